@@ -1,0 +1,222 @@
+"""Synthetic latent-SCM datasets: random DAG, linear-Gaussian SCM, interventions, projection."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dags import Seed, as_rng, random_dag, random_noise_scales, random_weights
+from .dataset import Dataset
+from .projections import linear_projection, mlp_projection, project, so_projection
+from .scm import sample_latents
+
+__all__ = ["SimulationConfig", "simulate"]
+
+_MAX_RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Configuration of :func:`simulate`; defaults follow the paper's linear-projection setting.
+
+    Attributes
+    ----------
+    d, D : int
+        Number of latents and observation dimension (``D == d`` for ``projection="so"``).
+    graph : {"er", "sf"}
+    edges_per_node : float
+    weight_range : (lo, hi)
+        Absolute edge weights ``~ U(lo, hi)`` with random sign.
+    noise_log_range : (lo, hi)
+        Noise standard deviations ``exp(U(lo, hi))``.
+    design : {"paired", "iid"}
+        ``"paired"``: ``n_pairs`` observational rows then their intervened twins, sharing exogenous noise
+        (``n_pairs == n_regimes * rows_per_regime``). ``"iid"``: ``n_rows`` independent rows split evenly
+        over the observational regime and the ``n_regimes`` interventional ones.
+    n_pairs, n_rows, n_regimes, rows_per_regime : int
+    targets : {"multi", "single"}
+        ``"multi"``: each regime intervenes on a uniformly random number in ``1..d-1`` of distinct nodes.
+        ``"single"``: one node per regime, cycling through a random permutation of the nodes.
+    values : {"gaussian", "uniform", "zero"}
+        Intervention values ``value_scale * N(0, 1)``, ``U(-value_scale, value_scale)`` or 0, per row.
+    value_scale : float
+    tau : float
+        Intervention noise standard deviation.
+    projection : {"linear", "mlp", "so"}
+    obs_noise : float
+        Observation noise standard deviation.
+    n_test_regimes : int
+        Regimes of the test set (``rows_per_regime`` iid rows each), new target masks where possible.
+    """
+
+    d: int = 5
+    D: int = 100
+    graph: str = "er"
+    edges_per_node: float = 1.0
+    weight_range: tuple[float, float] = (0.5, 2.0)
+    noise_log_range: tuple[float, float] = (0.0, math.log(2.0))
+    design: str = "paired"
+    n_pairs: int = 2000
+    n_rows: int = 4000
+    n_regimes: int = 20
+    rows_per_regime: int = 100
+    targets: str = "multi"
+    values: str = "gaussian"
+    value_scale: float = 2.0
+    tau: float = 0.1
+    projection: str = "linear"
+    obs_noise: float = 0.1
+    n_test_regimes: int = 5
+
+    def __post_init__(self):
+        choices = {"graph": ("er", "sf"), "design": ("paired", "iid"), "targets": ("multi", "single"),
+                   "values": ("gaussian", "uniform", "zero"), "projection": ("linear", "mlp", "so")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SimulationConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("d", "D", "n_pairs", "n_rows", "n_regimes", "rows_per_regime"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"SimulationConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.d < 2:
+            raise ValueError(f"SimulationConfig.d must be >= 2 (interventions target 1..d-1 nodes), got {self.d}")
+        if self.n_test_regimes < 0:
+            raise ValueError(f"SimulationConfig.n_test_regimes must be >= 0, got {self.n_test_regimes}")
+        for name in ("edges_per_node", "value_scale", "tau", "obs_noise"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"SimulationConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        lo, hi = self.weight_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"SimulationConfig.weight_range must satisfy 0 <= lo <= hi, got {self.weight_range}")
+        if not self.noise_log_range[0] <= self.noise_log_range[1]:
+            raise ValueError(f"SimulationConfig.noise_log_range must satisfy lo <= hi, got {self.noise_log_range}")
+        if self.design == "paired" and self.n_pairs != self.n_regimes * self.rows_per_regime:
+            raise ValueError(
+                f"paired design needs n_pairs == n_regimes * rows_per_regime, got n_pairs={self.n_pairs}, "
+                f"n_regimes={self.n_regimes}, rows_per_regime={self.rows_per_regime}; "
+                f"set n_pairs={self.n_regimes * self.rows_per_regime}")
+        if self.design == "iid" and self.n_rows < self.n_regimes + 1:
+            raise ValueError(f"iid design needs n_rows >= n_regimes + 1 = {self.n_regimes + 1} (one row per "
+                             f"regime at least), got n_rows={self.n_rows}")
+        needed = self.d if self.targets == "single" else 2
+        if self.n_regimes < needed:
+            raise ValueError(f"targets={self.targets!r} needs n_regimes >= {needed} so that every node is "
+                             f"intervened on in some regime, got n_regimes={self.n_regimes}")
+        if self.projection == "so" and self.D != self.d:
+            raise ValueError(f"projection='so' is a rotation of the latents and needs D == d, got D={self.D}, "
+                             f"d={self.d}")
+
+
+def _draw_mask(config: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
+    mask = np.zeros(config.d, dtype=np.int8)
+    k = 1 if config.targets == "single" else rng.integers(1, config.d)
+    mask[rng.choice(config.d, size=k, replace=False)] = 1
+    return mask
+
+
+def _train_masks(config: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
+    """(n_regimes, d) masks that together intervene on every node."""
+    if config.targets == "single":
+        nodes = np.resize(rng.permutation(config.d), config.n_regimes)
+        return np.eye(config.d, dtype=np.int8)[nodes]
+    for _ in range(_MAX_RESAMPLES):
+        masks = np.stack([_draw_mask(config, rng) for _ in range(config.n_regimes)])
+        if masks.any(axis=0).all():
+            return masks
+    raise RuntimeError(f"could not draw {config.n_regimes} target masks covering all {config.d} nodes in "
+                       f"{_MAX_RESAMPLES} tries; increase n_regimes")
+
+
+def _test_masks(config: SimulationConfig, seen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n_test_regimes, d) masks, unseen in training where a few tries find one."""
+    seen = {m.tobytes() for m in seen}
+    out = []
+    for _ in range(config.n_test_regimes):
+        for _ in range(100):
+            mask = _draw_mask(config, rng)
+            if mask.tobytes() not in seen:
+                break
+        seen.add(mask.tobytes())
+        out.append(mask)
+    return np.array(out, dtype=np.int8).reshape(-1, config.d)
+
+
+def _draw_values(config: SimulationConfig, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    shape = targets.shape
+    if config.values == "gaussian":
+        v = config.value_scale * rng.normal(size=shape)
+    elif config.values == "uniform":
+        v = rng.uniform(-config.value_scale, config.value_scale, size=shape)
+    else:
+        v = np.zeros(shape)
+    return np.where(targets == 1, v, 0.0)
+
+
+def simulate(config: SimulationConfig, seed: Seed) -> tuple[Dataset, Dataset]:
+    """Simulate a training and a test dataset from one random latent SCM and projection.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    train : Dataset
+        Paired design: rows ``0..n_pairs-1`` observational (regime 0), rows ``n_pairs + i`` their intervened
+        twins (regimes ``1..n_regimes``, ``rows_per_regime`` consecutive rows each); ``pair[i] ==
+        pair[n_pairs + i] == i`` and the twins share exogenous noise. iid design: no pair ids.
+        Fresh observation noise on every row.
+    test : Dataset
+        ``n_test_regimes`` new regimes (ids ``0..n_test_regimes-1``), ``rows_per_regime`` iid rows each.
+    Both carry the ground truth (``z``, ``weights``, ``noise_scales``, ``projection`` when linear or so)
+    and ``meta = {"config": ..., "seed": ..., "split": ...}``.
+    """
+    if not isinstance(config, SimulationConfig):
+        raise TypeError(f"config must be a SimulationConfig, got {type(config).__name__}")
+    c, rng = config, as_rng(seed)
+    weights = random_weights(random_dag(c.d, graph=c.graph, edges_per_node=c.edges_per_node, seed=rng),
+                             weight_range=c.weight_range, seed=rng)
+    sigma = random_noise_scales(c.d, log_range=c.noise_log_range, seed=rng)
+    if c.projection == "linear":
+        params = linear_projection(c.d, c.D, seed=rng)
+    elif c.projection == "so":
+        params = so_projection(c.d, seed=rng)
+    else:
+        params = mlp_projection(c.d, c.D, seed=rng)
+
+    masks = _train_masks(c, rng)
+    test_masks = _test_masks(c, masks, rng)
+
+    if c.design == "paired":
+        n = c.n_pairs
+        eps = rng.normal(size=(n, c.d)) * sigma
+        t_int = np.repeat(masks, c.rows_per_regime, axis=0)
+        targets = np.concatenate([np.zeros_like(t_int), t_int])
+        values = _draw_values(c, targets, rng)
+        z = sample_latents(rng, weights, sigma, targets, values, tau=c.tau, eps=np.concatenate([eps, eps]))
+        regime = np.concatenate([np.zeros(n, np.int64), np.repeat(np.arange(1, c.n_regimes + 1), c.rows_per_regime)])
+        pair = np.tile(np.arange(n), 2)
+    else:
+        sizes = [len(a) for a in np.array_split(np.arange(c.n_rows), c.n_regimes + 1)]
+        regime = np.repeat(np.arange(c.n_regimes + 1), sizes)
+        targets = np.concatenate([np.zeros((1, c.d), np.int8), masks])[regime]
+        values = _draw_values(c, targets, rng)
+        z = sample_latents(rng, weights, sigma, targets, values, tau=c.tau)
+        pair = None
+
+    test_regime = np.repeat(np.arange(c.n_test_regimes), c.rows_per_regime)
+    test_targets = test_masks[test_regime]
+    test_values = _draw_values(c, test_targets, rng)
+    test_z = sample_latents(rng, weights, sigma, test_targets, test_values, tau=c.tau)
+
+    truth = dict(weights=weights, noise_scales=sigma, projection=None if c.projection == "mlp" else params)
+    meta = {"config": dataclasses.asdict(c), "seed": int(seed) if isinstance(seed, (int, np.integer)) else None}
+    out = []
+    for split, t, v, zz, r, p in (("train", targets, values, z, regime, pair),
+                                  ("test", test_targets, test_values, test_z, test_regime, None)):
+        x = project(zz, c.projection, params) + c.obs_noise * rng.normal(size=(len(zz), c.D))
+        out.append(Dataset.from_arrays(x, t, v, regime=r, pair=p, z=zz, meta=meta | {"split": split}, **truth))
+    return out[0], out[1]
