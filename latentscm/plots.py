@@ -1,0 +1,342 @@
+"""Diagnostic plots for posteriors over latent SCMs (matplotlib).
+
+Every function returns the :class:`matplotlib.figure.Figure` it drew on and never calls
+``plt.show``; pass ``ax`` (or ``axes``) to draw into an existing figure. Save with
+:func:`save_figure`, which writes atomically and closes the figure. Works with any backend,
+including the non-interactive ``Agg``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from latentscm.metrics import mcc
+
+__all__ = [
+    "plot_edge_probabilities",
+    "plot_latents",
+    "plot_elbo",
+    "plot_order_probabilities",
+    "save_figure",
+]
+
+_ANNOTATE_MAX_D = 10
+
+
+def _root_figure(ax: Axes) -> Figure:
+    fig = ax.figure
+    while not isinstance(fig, Figure) and hasattr(fig, "figure"):  # SubFigure -> parent
+        fig = fig.figure
+    return fig
+
+
+def _square(a, name: str) -> np.ndarray:
+    arr = np.asarray(a, dtype=float)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"{name} must have shape (d, d); got {arr.shape}.")
+    return arr
+
+
+def _labels(node_names, d: int) -> list[str]:
+    if node_names is None:
+        return [str(i) for i in range(d)]
+    names = [str(n) for n in node_names]
+    if len(names) != d:
+        raise ValueError(f"node_names must have {d} entries (one per node); got {len(names)}.")
+    return names
+
+
+def _heatmap(
+    ax: Axes, values: np.ndarray, labels: list[str], *, title, xlabel, ylabel, cmap, fmt=".2f"
+):
+    d = values.shape[0]
+    im = ax.imshow(values, vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
+    ax.set_xticks(range(d), labels)
+    ax.set_yticks(range(d), labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if d <= _ANNOTATE_MAX_D:
+        for i in range(d):
+            for j in range(d):
+                v = values[i, j]
+                ax.text(
+                    j, i, format(v, fmt), ha="center", va="center", fontsize=8,
+                    color="white" if v < 0.5 else "black",  # colormaps here are dark at 0
+                )
+    return im
+
+
+def plot_edge_probabilities(probs, true_weights=None, *, node_names=None, ax=None) -> Figure:
+    """Heatmap of posterior edge probabilities, beside the true adjacency when given.
+
+    Parameters
+    ----------
+    probs : array_like, shape (d, d)
+        ``probs[i, j]`` = posterior probability of the edge ``i -> j`` (rows: parent, columns:
+        child), e.g. from :func:`latentscm.metrics.edge_probabilities`; values in [0, 1].
+    true_weights : array_like, shape (d, d), optional
+        True weighted adjacency; its 0/1 pattern (``!= 0``) is drawn in a second panel.
+    node_names : sequence of str, optional
+        ``d`` tick labels; defaults to ``0..d-1``.
+    ax : matplotlib.axes.Axes or sequence of two Axes, optional
+        Where to draw: one Axes without ``true_weights``, two (posterior, truth) with it.
+        A new figure is created when omitted.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Notes
+    -----
+    Cell values are written into the heatmap when ``d <= 10``.
+    """
+    p = _square(probs, "probs")
+    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        raise ValueError("probs must hold probabilities in [0, 1] (finite).")
+    d = p.shape[0]
+    labels = _labels(node_names, d)
+    truth = None
+    if true_weights is not None:
+        tw = _square(true_weights, "true_weights")
+        if tw.shape != p.shape:
+            raise ValueError(
+                f"true_weights must have the same shape as probs {p.shape}; got {tw.shape}."
+            )
+        truth = (tw != 0).astype(float)
+        np.fill_diagonal(truth, 0.0)
+    n_panels = 1 if truth is None else 2
+
+    if ax is None:
+        fig, axes = plt.subplots(
+            1, n_panels, figsize=(4.2 * n_panels + 0.8, 4.0), layout="constrained", squeeze=False
+        )
+        axes = list(axes[0])
+    else:
+        axes = [ax] if isinstance(ax, Axes) else list(ax)
+        if len(axes) != n_panels:
+            raise ValueError(
+                f"ax must be {'one Axes' if n_panels == 1 else 'a sequence of two Axes'} "
+                f"{'without' if truth is None else 'when'} true_weights is given; "
+                f"got {len(axes)} Axes."
+            )
+        fig = _root_figure(axes[0])
+
+    im = _heatmap(
+        axes[0], p, labels, title="Posterior edge probability", xlabel="child (to)",
+        ylabel="parent (from)", cmap="viridis",
+    )
+    if truth is not None:
+        _heatmap(
+            axes[1], truth, labels, title="True graph", xlabel="child (to)",
+            ylabel="parent (from)", cmap="viridis", fmt=".0f",
+        )
+    fig.colorbar(im, ax=axes, shrink=0.8, label="P(edge)")
+    return fig
+
+
+def plot_latents(z_pred, z_true, *, matching=None, axes=None) -> Figure:
+    """Scatter plots of each true latent against its matched inferred latent.
+
+    Parameters
+    ----------
+    z_pred : array_like, shape (N, d)
+        Inferred latents (e.g. ``Posterior.latent_mean``).
+    z_true : array_like, shape (N, d)
+        True latents.
+    matching : array_like of int, shape (d,), optional
+        ``matching[j]`` is the column of ``z_pred`` matched to true latent ``j``; computed with
+        :func:`latentscm.metrics.mcc` (Hungarian matching on absolute correlation) when omitted.
+    axes : sequence of matplotlib.axes.Axes, optional
+        At least ``d`` Axes to draw into (flattened); a new grid is created when omitted.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per true latent, titled with the Pearson r of the matched pair and the MCC in
+        the figure title (new figures only).
+    """
+    zp = np.asarray(z_pred, dtype=float)
+    zt = np.asarray(z_true, dtype=float)
+    if zp.ndim != 2 or zp.shape != zt.shape:
+        raise ValueError(
+            f"z_pred and z_true must both have shape (N, d); got {zp.shape} and {zt.shape}."
+        )
+    d = zt.shape[1]
+    if matching is None:
+        score, match = mcc(zp, zt, return_matching=True)
+    else:
+        match = np.asarray(matching)
+        if match.shape != (d,) or not np.array_equal(np.sort(match), np.arange(d)):
+            raise ValueError(f"matching must be a permutation of 0..{d - 1} with shape ({d},).")
+        score = None
+
+    if axes is None:
+        ncols = min(d, 4)
+        nrows = math.ceil(d / ncols)
+        fig, grid = plt.subplots(
+            nrows, ncols, figsize=(3.0 * ncols, 3.0 * nrows), layout="constrained", squeeze=False
+        )
+        axs = list(grid.ravel())
+        for extra in axs[d:]:
+            extra.set_visible(False)
+        if score is not None:
+            fig.suptitle(f"Inferred vs true latents (MCC = {score:.3f})")
+    else:
+        axs = list(np.ravel(np.asarray(axes, dtype=object)))
+        if len(axs) < d:
+            raise ValueError(f"axes must hold at least d = {d} Axes; got {len(axs)}.")
+        fig = _root_figure(axs[0])
+
+    for j in range(d):
+        ax = axs[j]
+        x, y = zt[:, j], zp[:, match[j]]
+        r = np.corrcoef(x, y)[0, 1]
+        ax.scatter(x, y, s=6, alpha=0.5, linewidths=0)
+        ax.set_title(f"z{j} vs ẑ{match[j]}  (r = {r:+.3f})", fontsize=9)
+        ax.set_xlabel(f"true z{j}")
+        ax.set_ylabel(f"inferred ẑ{match[j]}")
+    return fig
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing running mean over finite values (NaN where a window has none)."""
+    finite = np.isfinite(values)
+    csum = np.r_[0.0, np.cumsum(np.where(finite, values, 0.0))]
+    ccount = np.r_[0, np.cumsum(finite)]
+    idx = np.arange(values.size)
+    lo = np.maximum(idx + 1 - window, 0)
+    total = csum[idx + 1] - csum[lo]
+    count = ccount[idx + 1] - ccount[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def plot_elbo(elbo, *, ax=None, window=None, yscale="linear") -> Figure:
+    """ELBO trace against optimisation step, with a running mean overlay.
+
+    Parameters
+    ----------
+    elbo : array_like, shape (steps,)
+        ELBO per step (``Posterior.elbo``); non-finite steps are drawn as gaps.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is created when omitted.
+    window : int, optional
+        Running-mean window in steps; defaults to ``max(1, steps // 50)``.
+    yscale : {"linear", "symlog"}, default "linear"
+        ``"symlog"`` helps when early steps are orders of magnitude worse.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    values = np.asarray(elbo, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"elbo must be a non-empty 1-D array (steps,); got shape {values.shape}.")
+    if yscale not in ("linear", "symlog"):
+        raise ValueError(f"yscale must be 'linear' or 'symlog'; got {yscale!r}.")
+    if window is None:
+        window = max(1, values.size // 50)
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive integer; got {window!r}.")
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 3.5), layout="constrained")
+    else:
+        fig = _root_figure(ax)
+    steps = np.arange(values.size)
+    ax.plot(steps, values, lw=0.8, alpha=0.4, label="ELBO")
+    if window > 1:
+        ax.plot(steps, _running_mean(values, window), lw=1.6, label=f"running mean ({window})")
+    ax.set_yscale(yscale)
+    ax.set_xlabel("step")
+    ax.set_ylabel("ELBO")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_order_probabilities(order_probs, *, node_names=None, ax=None) -> Figure:
+    """Heatmap of the posterior probability of each node at each topological position.
+
+    Parameters
+    ----------
+    order_probs : array_like, shape (d, d)
+        ``order_probs[node, position]`` in [0, 1], e.g. from
+        :func:`latentscm.metrics.order_probabilities` applied to ``Posterior.orders``.
+    node_names : sequence of str, optional
+        ``d`` row labels; defaults to ``0..d-1``.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure is created when omitted.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    p = _square(order_probs, "order_probs")
+    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        raise ValueError("order_probs must hold probabilities in [0, 1] (finite).")
+    d = p.shape[0]
+    labels = _labels(node_names, d)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.8, 4.0), layout="constrained")
+    else:
+        fig = _root_figure(ax)
+    im = _heatmap(
+        ax, p, [str(k) for k in range(d)], title="Posterior order probability",
+        xlabel="position in topological order", ylabel="node", cmap="magma",
+    )
+    ax.set_yticks(range(d), labels)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="P(node at position)")
+    return fig
+
+
+def save_figure(fig: Figure, path, **savefig_kwargs) -> Path:
+    """Save ``fig`` atomically and close it.
+
+    The figure is written to a temporary file in the destination directory and moved into place
+    with :func:`os.replace`, so readers never see a partial file. The format follows the file
+    extension (e.g. ``.png``, ``.pdf``, ``.svg``). On success the figure is closed; if saving
+    fails, the temporary file is removed, the figure is left open and the error propagates.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        Figure to save.
+    path : str or os.PathLike
+        Destination file; its directory must exist.
+    **savefig_kwargs
+        Passed to :meth:`matplotlib.figure.Figure.savefig` (e.g. ``dpi``, ``bbox_inches``).
+
+    Returns
+    -------
+    pathlib.Path
+        The destination path.
+    """
+    if not isinstance(fig, Figure):
+        raise ValueError(f"fig must be a matplotlib Figure; got {type(fig).__name__}.")
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"path needs a file extension naming the format (e.g. .png); got {path}.")
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {path.parent} does not exist; create it first.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, **savefig_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    plt.close(fig)
+    return path
