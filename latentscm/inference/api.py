@@ -1,0 +1,68 @@
+"""``fit(dataset, method=...)``: the one entry point, and the registry of methods."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+from ..data import DataError, Dataset
+from ..models.priors import parse_priors
+from .collapsed import CollapsedConfig, fit_collapsed
+
+
+class Method(NamedTuple):
+    config: type  # frozen dataclass of settings
+    fit: Callable  # fit(dataset, *, config, priors, seed, progress) -> Posterior
+    decoders: tuple[str, ...]  # decoders it supports
+
+
+METHODS = {
+    "collapsed": Method(CollapsedConfig, fit_collapsed, ("linear",)),
+}
+
+
+def make_config(method, config=None):
+    """Validate ``method`` and turn ``config`` (None, dict, or the method's dataclass) into its settings."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available methods: {sorted(METHODS)}")
+    cls = METHODS[method].config
+    if config is None:
+        return cls()
+    if isinstance(config, cls):
+        return config
+    if not isinstance(config, dict):
+        raise TypeError(f"config for {method!r} must be a dict or {cls.__name__}; got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for method {method!r}; known settings: {sorted(known)}")
+    return cls(**config)
+
+
+def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progress=True):
+    """Infer the posterior over a latent SCM from ``dataset`` with the named method.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        x (N, D) with targets (N, d) and values (N, d).
+    method : str
+        A key of ``METHODS``.
+    config : dict or the method's config dataclass, optional
+        Method settings (see e.g. ``CollapsedConfig``); unknown names are an error.
+    priors : dict, path to a TOML file with a ``[priors]`` table, or PriorSpec, optional
+    seed : int
+        Seeds every random choice of the fit.
+    progress : bool
+        Show a progress bar.
+
+    Everything is validated before any compilation starts.
+    """
+    if not isinstance(dataset, Dataset):
+        raise DataError(f"fit expects a latentscm.data.Dataset; got {type(dataset).__name__}. "
+                        "Use Dataset.load(path) or Dataset.from_arrays(x, targets, values).")
+    cfg = make_config(method, config)
+    spec = parse_priors(priors)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    return METHODS[method].fit(dataset, config=cfg, priors=spec, seed=seed, progress=progress)
