@@ -1,0 +1,176 @@
+"""Run folders: what one fit leaves on disk, every file written atomically.
+
+A run folder holds
+
+================================  =====================================================================
+``posterior.nc``                  ``posterior.to_arviz()`` as netCDF (h5netcdf engine)
+``metrics.json``                  flat JSON object of metrics (see :func:`run_metrics`)
+``run.json``                      optional description of the run (settings, command line), when given
+``dataset.npz``                   the training set in the external format, when requested
+``edge_probabilities.png``        posterior edge probabilities, beside the true graph when known
+``order_probabilities.png``       posterior probability of each node at each topological position
+``elbo.png``                      ELBO trace (only when the method has one)
+``latents.png``                   inferred against true latents (only when true latents are known)
+================================  =====================================================================
+
+Every file is first written to a temporary file in the same folder and then moved into place with
+:func:`os.replace`, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["atomic_write", "write_json", "run_metrics", "write_run"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], object]) -> Path:
+    """Write ``path`` atomically: ``writer(tmp)`` fills a temporary file, which then replaces ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination; its folder must exist.
+    writer : callable
+        Called with the temporary file's path (a ``str`` in the destination folder, already created
+        and empty); it must write the whole content there. If it raises, the temporary file is
+        removed, ``path`` is left untouched and the error propagates.
+
+    Returns
+    -------
+    pathlib.Path
+        The destination path.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist; create it before writing {path.name}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(obj):
+    """Plain-Python copy of ``obj`` for JSON: numpy scalars and arrays converted, nan/inf -> None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically. Non-finite floats become ``null`` (valid JSON)."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
+    """Flat dict of a fit's summary and, where the truth is known, its metrics.
+
+    Parameters
+    ----------
+    posterior : latentscm.inference.Posterior
+        The fit of ``dataset``.
+    dataset : latentscm.data.Dataset
+        The training data; its ``weights`` and ``z`` (when present) are the ground truth.
+    test : latentscm.data.Dataset, optional
+        Held-out rows; adds ``heldout_nll`` (mean per-row negative log predictive density).
+    seed : int, optional
+        Recorded as ``seed``.
+
+    Returns
+    -------
+    dict
+        ``method``, ``seed`` (when given), ``n`` (rows), ``d``, ``D``, ``seconds``; with true weights
+        ``e_shd``, ``e_shd_double``, ``auroc``, ``auprc``, ``edge_rmse`` (see
+        :func:`latentscm.metrics.structure_metrics`); with true latents ``mcc`` (of
+        ``posterior.latent_mean``); with ``test`` ``heldout_nll``.
+    """
+    from .metrics import mcc, structure_metrics
+
+    out = {"method": posterior.method}
+    if seed is not None:
+        out["seed"] = int(seed)
+    out |= {"n": dataset.N, "d": dataset.d, "D": dataset.D, "seconds": float(posterior.seconds)}
+    if dataset.weights is not None:
+        z = {} if dataset.z is None else {"z_pred": posterior.latent_mean, "z_true": dataset.z}
+        out |= structure_metrics(posterior.W, dataset.weights, **z)
+    elif dataset.z is not None:
+        out["mcc"] = mcc(posterior.latent_mean, dataset.z)
+    if test is not None:
+        out["heldout_nll"] = float(posterior.heldout_nll(test))
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
+
+
+def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=None, *,
+              save_dataset: bool = True, info: Mapping | None = None) -> Path:
+    """Write a run folder (see the module docstring for its files).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The folder; created (with parents) when missing. Existing files of the same names are replaced.
+    posterior : latentscm.inference.Posterior
+    metrics : mapping
+        Written as ``metrics.json``, e.g. from :func:`run_metrics`.
+    dataset : latentscm.data.Dataset, optional
+        The training data. Its ground truth (``weights``, ``z``) goes into the plots; it is saved as
+        ``dataset.npz`` unless ``save_dataset`` is False.
+    save_dataset : bool, default True
+    info : mapping, optional
+        Written as ``run.json`` (e.g. the settings and command line that produced the run).
+
+    Returns
+    -------
+    pathlib.Path
+        The run folder.
+    """
+    from .metrics import order_probabilities
+    from .plots import plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities, save_figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tree = posterior.to_arviz()
+    atomic_write(out / "posterior.nc", lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
+    write_json(out / "metrics.json", metrics)
+    if info is not None:
+        write_json(out / "run.json", info)
+    if dataset is not None and save_dataset:
+        dataset.save(out / "dataset.npz")
+
+    true_w = None if dataset is None else dataset.weights
+    save_figure(plot_edge_probabilities(posterior.edge_probs(), true_w), out / "edge_probabilities.png")
+    save_figure(plot_order_probabilities(order_probabilities(np.asarray(posterior.orders))),
+                out / "order_probabilities.png")
+    elbo = np.asarray(posterior.elbo if posterior.elbo is not None else [])
+    if elbo.size:
+        save_figure(plot_elbo(elbo), out / "elbo.png")
+    if dataset is not None and dataset.z is not None and np.shape(posterior.latent_mean) == dataset.z.shape:
+        save_figure(plot_latents(posterior.latent_mean, dataset.z), out / "latents.png")
+    return out
