@@ -1,0 +1,5 @@
+"""``python -m latentscm``: the command line (see :mod:`latentscm.cli`)."""
+
+from latentscm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""Command line: ``latentscm run | fit | simulate`` (also ``python -m latentscm``).
+
+``run``
+    Simulate the embedded default problem (:class:`latentscm.data.SimulationConfig` defaults), fit it,
+    print the metrics and write a run folder (see :mod:`latentscm.runs`).
+``fit``
+    Fit a dataset in the external ``.npz`` format (see :meth:`latentscm.data.Dataset.load`).
+``simulate``
+    Write a simulated dataset in the external format.
+
+Settings file (``--config FILE.toml``)::
+
+    method = "collapsed"          # optional; --method overrides it
+    d = 5                         # optional; must equal the data's number of latents
+
+    [fit]                         # settings of the method (e.g. CollapsedConfig), passed as config=
+    steps = 1500
+
+    [priors]                      # passed as priors= (see latentscm.models.priors)
+    edge_weight = {dist = "horseshoe", scale = 0.1}
+
+User errors (bad data, settings or priors) print ``error: <message>`` to stderr and exit with code 2,
+before any compilation starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+__all__ = ["main", "load_config", "UsageError"]
+
+DEFAULT_METHOD = "collapsed"
+QUICK_FIT = {"steps": 300}
+_TOP_LEVEL = ("method", "d", "fit", "priors")
+
+
+class UsageError(Exception):
+    """A user error the command line reports as ``error: <message>`` with exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileConfig:
+    """Contents of a ``--config`` TOML file (all parts optional)."""
+
+    method: str | None = None
+    d: int | None = None
+    fit: dict = dataclasses.field(default_factory=dict)
+    priors: dict = dataclasses.field(default_factory=dict)
+
+
+def load_config(path: str | os.PathLike | None) -> FileConfig:
+    """Read and check a settings file; ``UsageError`` naming the problem when it is invalid."""
+    if path is None:
+        return FileConfig()
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} not found") from None
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(raw) - set(_TOP_LEVEL))
+    if unknown:
+        raise UsageError(
+            f"config file {path}: unknown top-level key(s) {unknown}; allowed are {list(_TOP_LEVEL)} "
+            "(method settings go in the [fit] table, priors in the [priors] table)")
+    method = raw.get("method")
+    if method is not None and not isinstance(method, str):
+        raise UsageError(f"config file {path}: method must be a string like \"collapsed\"; got {method!r}")
+    d = raw.get("d")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+        raise UsageError(f"config file {path}: d must be a positive integer (the number of latents); got {d!r}")
+    for table in ("fit", "priors"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise UsageError(f"config file {path}: [{table}] must be a table; got {raw[table]!r}")
+    return FileConfig(method=method, d=d, fit=dict(raw.get("fit", {})), priors=dict(raw.get("priors", {})))
+
+
+# ---------------------------------------------------------------------------------------------------
+# shared steps
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    method: str
+    fit: dict
+    priors: dict
+    d: int | None
+    described: dict  # resolved settings and priors, for run.json
+
+
+def _settings(args, quick: bool = False) -> _Settings:
+    """Merge the settings file with the flags and validate method, settings and priors (no data yet)."""
+    cfg = load_config(args.config)
+    method = args.method or cfg.method or DEFAULT_METHOD
+    fit_cfg = dict(cfg.fit)
+    if quick:
+        fit_cfg |= QUICK_FIT
+    from latentscm.inference import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
+    from latentscm.inference.api import make_config
+    from latentscm.models.priors import parse_priors
+
+    try:
+        resolved = make_config(method, fit_cfg)
+        prior_spec = parse_priors(cfg.priors)
+    except (ValueError, TypeError) as e:
+        where = f" (from {args.config})" if args.config else ""
+        raise UsageError(f"{e}{where}") from None
+    described = {"method": method, "config": dataclasses.asdict(resolved), "priors": prior_spec.describe()}
+    return _Settings(method, fit_cfg, cfg.priors, cfg.d, described)
+
+
+def _check_d(settings: _Settings, dataset, source: str) -> None:
+    if settings.d is not None and settings.d != dataset.d:
+        raise UsageError(f"the config file says d = {settings.d} but {source} has d = {dataset.d} latents "
+                         f"(columns of targets); fix or remove 'd' in the config file")
+
+
+def _load(path, what: str):
+    from latentscm.data import DataError, Dataset
+
+    try:
+        return Dataset.load(path)
+    except DataError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def _fit(dataset, settings: _Settings, seed: int):
+    from latentscm.inference import fit
+
+    try:
+        return fit(dataset, settings.method, config=settings.fit, priors=settings.priors, seed=seed,
+                   progress=sys.stderr.isatty())
+    except ValueError as e:  # DataError, PriorError and invalid settings are ValueErrors
+        raise UsageError(str(e)) from None
+
+
+def _default_out(method: str, seed: int) -> Path:
+    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-seed{seed}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def _print_metrics(metrics: dict) -> None:
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        print(f"{key:<{width}}  {value}")
+
+
+def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
+    from latentscm.runs import write_json, write_run
+
+    _print_metrics(metrics)
+    out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
+    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info)
+    print(f"run folder: {out}")
+    if getattr(args, "json", None):
+        write_json(args.json, metrics)
+        print(f"metrics JSON: {args.json}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# subcommands
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args) -> int:
+    from latentscm.data import SimulationConfig, simulate
+    from latentscm.runs import run_metrics
+
+    settings = _settings(args, quick=args.quick)
+    sim = SimulationConfig()
+    if settings.d is not None and settings.d != sim.d:
+        raise UsageError(f"the config file says d = {settings.d} but the embedded default problem has "
+                         f"d = {sim.d} latents; fix or remove 'd' in the config file")
+    train, test = simulate(sim, args.seed)
+    print(f"simulated: {train.N} training rows (paired, {sim.n_regimes} regimes), {test.N} test rows, "
+          f"d = {train.d}, D = {train.D}, seed {args.seed}", flush=True)
+    posterior = _fit(train, settings, args.seed)
+    metrics = run_metrics(posterior, train, test, seed=args.seed)
+    info = {"command": "run", "argv": args.argv, "seed": args.seed, "simulation": dataclasses.asdict(sim),
+            **settings.described}
+    _finish(args, posterior, metrics, train, save_dataset=True, info=info)
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from latentscm.runs import run_metrics
+
+    settings = _settings(args)
+    dataset = _load(args.data, "--data")
+    _check_d(settings, dataset, str(args.data))
+    test = None
+    if args.test:
+        test = _load(args.test, "--test")
+        if test.d != dataset.d or test.D != dataset.D:
+            raise UsageError(f"--test {args.test} has d = {test.d}, D = {test.D} but --data {args.data} has "
+                             f"d = {dataset.d}, D = {dataset.D}; they must match")
+    posterior = _fit(dataset, settings, args.seed)
+    metrics = run_metrics(posterior, dataset, test, seed=args.seed)
+    info = {"command": "fit", "argv": args.argv, "seed": args.seed, "data": str(args.data),
+            "test": None if args.test is None else str(args.test), **settings.described}
+    _finish(args, posterior, metrics, dataset, save_dataset=False, info=info)
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from latentscm.data import SimulationConfig, simulate
+
+    fields = {"d": args.d, "graph": args.graph, "edges_per_node": args.edges_per_node, "design": args.design,
+              "targets": args.targets, "values": args.values, "projection": args.projection}
+    fields["D"] = args.D if args.D is not None else (args.d if args.projection == "so" else 100)
+    for name in ("n_regimes", "rows_per_regime", "n_rows", "n_test_regimes"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.design == "paired":
+        fields["n_pairs"] = (fields.get("n_regimes", SimulationConfig.n_regimes)
+                             * fields.get("rows_per_regime", SimulationConfig.rows_per_regime))
+    try:
+        config = SimulationConfig(**fields)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    train, test = simulate(config, args.seed)
+    for path, data, name in ((args.out, train, "training set"), (args.test_out, test, "test set")):
+        if path is None:
+            continue
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        data.save(path)
+        print(f"wrote {name}: {path} ({data.N} rows, d = {data.d}, D = {data.D})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------------
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help=f"inference method (default: the config file's, else {DEFAULT_METHOD})")
+    p.add_argument("--config", metavar="FILE.toml", help="settings file with optional method, d, [fit], [priors]")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of simulation and fit (default 0)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<method>-seed<N>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentscm", description="Bayesian inference of latent linear-Gaussian structural causal models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,simulate}")
+
+    p = sub.add_parser("run", help="simulate the default problem, fit it, write a run folder",
+                       description="Simulate the embedded default problem (paired design, d=5, D=100, ER-1 graph, "
+                                   "linear projection, 2000 pairs in 20 multi-target regimes, Gaussian "
+                                   "intervention values of scale 2), fit it, print metrics, write a run folder.")
+    _fit_options(p)
+    p.add_argument("--quick", action="store_true",
+                   help=f"few optimisation steps ({QUICK_FIT}), for smoke tests; overrides the config file")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("fit", help="fit a dataset in the external .npz format",
+                       description="Fit a dataset in the external .npz format; metrics are computed where it "
+                                   "carries the ground truth (weights, z).")
+    p.add_argument("--data", required=True, metavar="FILE.npz", help="the dataset to fit")
+    p.add_argument("--test", metavar="FILE.npz", help="held-out dataset; adds heldout_nll to the metrics")
+    _fit_options(p)
+    p.add_argument("--json", metavar="FILE", help="also write the metrics as one flat JSON object here")
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("simulate", help="write a simulated dataset in the external .npz format")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="training set destination")
+    p.add_argument("--test-out", metavar="FILE.npz", help="also write the test set (new regimes) here")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--d", type=_pos_int, default=5, help="number of latents (default 5)")
+    p.add_argument("--D", type=_pos_int, help="observation dimension (default 100; d for --projection so)")
+    p.add_argument("--design", choices=("paired", "iid"), default="paired")
+    p.add_argument("--projection", choices=("linear", "mlp", "so"), default="linear")
+    p.add_argument("--graph", choices=("er", "sf"), default="er")
+    p.add_argument("--edges-per-node", type=float, default=1.0, metavar="K")
+    p.add_argument("--targets", choices=("multi", "single"), default="multi")
+    p.add_argument("--values", choices=("gaussian", "uniform", "zero"), default="gaussian")
+    p.add_argument("--n-regimes", type=_pos_int, help="interventional training regimes (default 20)")
+    p.add_argument("--rows-per-regime", type=_pos_int,
+                   help="rows per regime (default 100); paired design: n_pairs = n_regimes * rows_per_regime")
+    p.add_argument("--n-rows", type=_pos_int, help="training rows of the iid design (default 4000)")
+    p.add_argument("--n-test-regimes", type=_nonneg_int, help="regimes of the test set (default 5)")
+    p.set_defaults(handler=_cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")  # plots are only written to files
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.handler(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
