@@ -1,0 +1,332 @@
+"""Command line and run folders: user errors exit with code 2 before any fitting; outputs are complete."""
+
+import dataclasses
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from latentscm.cli import QUICK_FIT, main  # noqa: E402
+from latentscm.data import Dataset, SimulationConfig, simulate  # noqa: E402
+from latentscm.runs import atomic_write, run_metrics, write_json, write_run  # noqa: E402
+
+TINY = SimulationConfig(d=3, D=10, n_pairs=200, n_regimes=4, rows_per_regime=50)
+RUN_FILES = {"posterior.nc", "metrics.json", "run.json", "edge_probabilities.png", "order_probabilities.png",
+             "elbo.png", "latents.png"}
+TRUTH_KEYS = {"e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return simulate(TINY, 0)
+
+
+@pytest.fixture
+def tiny_file(tiny, tmp_path):
+    return tiny[0].save(tmp_path / "train.npz")
+
+
+def fake_posterior(dataset, method="collapsed", seed=0, steps=50, S=20):
+    """A Posterior built by hand near the truth of ``dataset`` (no fitting)."""
+    from latentscm.inference import Posterior
+
+    rng = np.random.default_rng(seed)
+    d, big_d = dataset.d, dataset.D
+    order = np.array(sorted(range(d), key=lambda j: -np.abs(dataset.weights[:, j]).sum()))
+    return Posterior(
+        method=method,
+        W=dataset.weights + 0.05 * rng.normal(size=(S, d, d)) * (dataset.weights != 0),
+        noise_scales=np.abs(dataset.noise_scales + 0.01 * rng.normal(size=(S, d))),
+        orders=np.tile(order, (S, 1)),
+        decoder={"A": np.broadcast_to(dataset.projection, (S, d, big_d)).copy(), "b": np.zeros((S, big_d)),
+                 "obs_scale": np.full(S, 0.1)},
+        latent_mean=dataset.z + 0.01 * rng.normal(size=dataset.z.shape),
+        latent_scale=np.full(dataset.z.shape, 0.01),
+        elbo=-np.geomspace(1e4, 1e2, steps),
+        seconds=1.5,
+    )
+
+
+@pytest.fixture
+def fake_fit(monkeypatch):
+    """Replace ``latentscm.inference.fit`` by a recorder returning :func:`fake_posterior`."""
+    import latentscm.inference
+
+    calls = []
+
+    def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progress=True):
+        calls.append({"dataset": dataset, "method": method, "config": config, "priors": priors, "seed": seed})
+        return fake_posterior(dataset, method, seed)
+
+    monkeypatch.setattr(latentscm.inference, "fit", fit)
+    return calls
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Fail the test if anything reaches ``latentscm.inference.fit``."""
+    import latentscm.inference
+
+    def fit(*args, **kwargs):
+        pytest.fail("fit was called although the input is invalid")
+
+    monkeypatch.setattr(latentscm.inference, "fit", fit)
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def write_toml(path, text):
+    path.write_text(text)
+    return path
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _good_arrays(n=20, d=3, big_d=4):
+    rng = np.random.default_rng(0)
+    targets = np.zeros((n, d), np.int8)
+    targets[n // 2:, 0] = 1
+    return {"x": rng.normal(size=(n, big_d)), "targets": targets, "values": targets * 1.5}
+
+
+def _bad_data_cases(tmp_path):
+    good = _good_arrays()
+    nan_x = good | {"x": np.where(np.arange(good["x"].size).reshape(good["x"].shape) == 5, np.nan, good["x"])}
+    twos = good | {"targets": good["targets"] * 2}
+    missing_values = {k: v for k, v in good.items() if k != "values"}
+    nan_values = good | {"values": np.where(good["targets"] == 1, np.nan, 0.0)}
+    empty = {"x": np.zeros((0, 4)), "targets": np.zeros((0, 3), np.int8), "values": np.zeros((0, 3))}
+    return {
+        "nonexistent": (tmp_path / "missing.npz", "no such file"),
+        "nan_in_x": (write_npz(tmp_path / "nan.npz", **nan_x), "non-finite"),
+        "targets_not_binary": (write_npz(tmp_path / "twos.npz", **twos), "only 0 and 1"),
+        "values_array_missing": (write_npz(tmp_path / "novalues.npz", **missing_values), "no array 'values'"),
+        "values_nan_where_targeted": (write_npz(tmp_path / "nanvalues.npz", **nan_values),
+                                      "every intervened node needs a value"),
+        "empty": (write_npz(tmp_path / "empty.npz", **empty), "empty"),
+        "not_npz": (write_toml(tmp_path / "text.npz", "hello"), "not a readable .npz"),
+    }
+
+
+@pytest.mark.parametrize("case", ["nonexistent", "nan_in_x", "targets_not_binary", "values_array_missing",
+                                  "values_nan_where_targeted", "empty", "not_npz"])
+def test_fit_rejects_bad_data(case, tmp_path, capsys, no_fit):
+    path, message = _bad_data_cases(tmp_path)[case]
+    code, out, err = run_cli(["fit", "--data", path, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert err.startswith("error: ")
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_method_lists_the_available_ones(tiny_file, tmp_path, capsys, no_fit):
+    from latentscm.inference import METHODS
+
+    code, _, err = run_cli(["fit", "--data", tiny_file, "--method", "nope"], capsys)
+    assert code == 2
+    assert "unknown method 'nope'" in err
+    assert all(name in err for name in METHODS)
+
+
+def test_unknown_method_is_reported_before_the_data_is_read(tmp_path, capsys, no_fit):
+    code, _, err = run_cli(["fit", "--data", tmp_path / "missing.npz", "--method", "nope"], capsys)
+    assert code == 2 and "unknown method" in err
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[priors]\nbogus = {dist = "normal", scale = 1.0}\n', "unknown prior name(s) ['bogus']"),
+    ('[priors]\nedge_weight = {dist = "nonsense", scale = 1.0}\n', "unknown distribution 'nonsense'"),
+    ('[priors]\nnoise_scale = {dist = "normal", scale = 1.0}\n', "positive reals"),
+    ("[fit]\nno_such_setting = 3\n", "unknown setting(s) ['no_such_setting']"),
+    ("[fit]\nsteps = -1\n", "steps must be an integer >= 1"),
+    ('method = "collapsed"\nsteps = 200\n', "unknown top-level key(s) ['steps']"),
+    ('method = 3\n', "method must be a string"),
+    ('d = "five"\n', "d must be a positive integer"),
+    ("this is = not toml ]\n", "not valid TOML"),
+    ("d = 4\n", "says d = 4 but"),
+])
+def test_fit_rejects_bad_config(toml, message, tiny_file, tmp_path, capsys, no_fit):
+    config = write_toml(tmp_path / "c.toml", toml)
+    code, _, err = run_cli(["fit", "--data", tiny_file, "--config", config], capsys)
+    assert code == 2
+    assert err.startswith("error: ")
+    assert message in err
+
+
+def test_missing_config_file(tiny_file, tmp_path, capsys, no_fit):
+    code, _, err = run_cli(["fit", "--data", tiny_file, "--config", tmp_path / "none.toml"], capsys)
+    assert code == 2 and "not found" in err
+
+
+def test_run_rejects_d_mismatch(tmp_path, capsys, no_fit):
+    config = write_toml(tmp_path / "c.toml", "d = 3\n")
+    code, _, err = run_cli(["run", "--config", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "embedded default problem has d = 5" in err
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit"])  # --data is required
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", "--out", "x.npz", "--design", "grid"])
+    assert e.value.code == 2
+
+
+def test_simulate_rejects_inconsistent_settings(tmp_path, capsys):
+    code, _, err = run_cli(["simulate", "--out", tmp_path / "a.npz", "--targets", "single", "--d", "5",
+                            "--n-regimes", "3"], capsys)
+    assert code == 2 and "n_regimes >= 5" in err
+    assert not (tmp_path / "a.npz").exists()
+
+
+# ------------------------------------------------------------------------------------------ simulate
+
+
+def test_simulate_writes_loadable_files(tmp_path, capsys):
+    code, out, _ = run_cli(["simulate", "--out", tmp_path / "sub" / "train.npz", "--test-out", tmp_path / "test.npz",
+                            "--d", 3, "--D", 10, "--n-regimes", 4, "--rows-per-regime", 50, "--seed", 3], capsys)
+    assert code == 0 and "train.npz" in out
+    train, test = Dataset.load(tmp_path / "sub" / "train.npz"), Dataset.load(tmp_path / "test.npz")
+    assert (train.N, train.d, train.D) == (400, 3, 10)
+    assert train.has_truth and train.pair is not None
+    assert (test.N, test.d, test.D) == (5 * 50, 3, 10)
+    # same as the Python API with the same seed
+    expected, _ = simulate(TINY, 3)
+    np.testing.assert_allclose(train.x, expected.x)
+
+
+@pytest.mark.parametrize("flags, shape", [
+    (["--design", "iid", "--n-rows", 90, "--n-regimes", 4, "--d", 3, "--D", 7], (90, 3, 7)),
+    (["--projection", "so", "--d", 4, "--n-regimes", 4, "--rows-per-regime", 10, "--targets", "single"],
+     (80, 4, 4)),
+    (["--projection", "mlp", "--graph", "sf", "--values", "uniform", "--n-regimes", 2, "--rows-per-regime", 10,
+      "--d", 3, "--D", 6, "--edges-per-node", 2], (40, 3, 6)),
+])
+def test_simulate_options(flags, shape, tmp_path, capsys):
+    code, _, _ = run_cli(["simulate", "--out", tmp_path / "a.npz", *flags], capsys)
+    assert code == 0
+    data = Dataset.load(tmp_path / "a.npz")
+    assert (data.N, data.d, data.D) == shape
+
+
+# ------------------------------------------------------------------------------------------ run folders
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "a.json"
+    target.write_text("old")
+
+    def failing(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    write_json(tmp_path / "m.json", {"auroc": float("nan"), "n": np.int64(3), "x": np.float32(0.5)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"auroc": None, "n": 3, "x": 0.5}
+
+
+def test_write_run_files(tiny, tmp_path):
+    import xarray as xr
+
+    train, _ = tiny
+    post = fake_posterior(train)
+    metrics = run_metrics(post, train, seed=0)
+    assert TRUTH_KEYS <= set(metrics)
+    assert metrics["e_shd"] == 0 and metrics["mcc"] > 0.99
+    out = write_run(tmp_path / "run", post, metrics, train, info={"note": "test"})
+    assert {p.name for p in out.iterdir()} == RUN_FILES | {"dataset.npz"}
+    assert json.loads((out / "metrics.json").read_text())["method"] == "collapsed"
+    np.testing.assert_allclose(Dataset.load(out / "dataset.npz").x, train.x)
+    tree = xr.open_datatree(out / "posterior.nc", engine="h5netcdf")
+    assert tree["posterior"]["W"].shape == (1, 20, 3, 3)
+
+
+def test_write_run_without_truth_or_elbo(tiny, tmp_path):
+    train, _ = tiny
+    post = fake_posterior(train)
+    post = dataclasses.replace(post, elbo=np.zeros(0))
+    bare = Dataset.from_arrays(train.x, train.targets, train.values)
+    metrics = run_metrics(post, bare)
+    assert set(metrics) == {"method", "n", "d", "D", "seconds"}
+    out = write_run(tmp_path / "run", post, metrics, bare, save_dataset=False)
+    assert {p.name for p in out.iterdir()} == {"posterior.nc", "metrics.json", "edge_probabilities.png",
+                                                "order_probabilities.png"}
+
+
+def test_fit_command_plumbing(tiny_file, tmp_path, capsys, fake_fit):
+    config = write_toml(tmp_path / "c.toml", 'method = "collapsed"\nd = 3\n[fit]\nsteps = 123\n'
+                                            '[priors]\nedge_weight = {dist = "horseshoe", scale = 0.1}\n')
+    code, out, _ = run_cli(["fit", "--data", tiny_file, "--config", config, "--seed", 7, "--out", tmp_path / "run",
+                            "--json", tmp_path / "m.json"], capsys)
+    assert code == 0
+    (call,) = fake_fit
+    assert call["config"] == {"steps": 123} and call["seed"] == 7 and call["method"] == "collapsed"
+    assert call["priors"] == {"edge_weight": {"dist": "horseshoe", "scale": 0.1}}
+    assert "e_shd" in out and "run folder" in out
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"method", "seconds", "n", "d", "D"} | TRUTH_KEYS <= set(metrics)
+    assert {p.name for p in (tmp_path / "run").iterdir()} == RUN_FILES
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["config"]["steps"] == 123 and info["priors"]["edge_weight"]["dist"] == "horseshoe"
+
+
+def test_run_command_plumbing(tmp_path, capsys, fake_fit, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_toml(tmp_path / "c.toml", "[fit]\nsteps = 5000\nlearning_rate = 0.02\n")
+    code, out, _ = run_cli(["run", "--quick", "--seed", 2, "--config", config], capsys)
+    assert code == 0
+    (call,) = fake_fit
+    assert call["config"] == {"steps": QUICK_FIT["steps"], "learning_rate": 0.02}  # --quick beats the file
+    data = call["dataset"]
+    assert (data.N, data.d, data.D) == (4000, 5, 100) and data.pair is not None
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.endswith("-collapsed-seed2")
+    assert {p.name for p in run_dir.iterdir()} == RUN_FILES | {"dataset.npz"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert np.isfinite(metrics["heldout_nll"]) and metrics["seed"] == 2
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow  # about 45 s on a CPU, nearly all of it compilation
+def test_fit_end_to_end(tiny, tmp_path, capsys):
+    pytest.importorskip("latentscm.inference")
+    try:
+        from latentscm.inference import fit  # noqa: F401
+    except ImportError:
+        pytest.skip("latentscm.inference.fit is not available")
+    train, test = tiny
+    train.save(tmp_path / "train.npz")
+    test.save(tmp_path / "test.npz")
+    config = write_toml(tmp_path / "c.toml", "[fit]\nsteps = 200\n")
+    code, _, err = run_cli(["fit", "--data", tmp_path / "train.npz", "--test", tmp_path / "test.npz", "--config",
+                            config, "--out", tmp_path / "run", "--json", tmp_path / "m.json"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"method", "seconds", "n", "d", "D", "heldout_nll"} | TRUTH_KEYS <= set(metrics)
+    assert metrics["n"] == 400 and metrics["d"] == 3 and metrics["D"] == 10
+    assert all(np.isfinite(metrics[k]) for k in TRUTH_KEYS | {"heldout_nll"})
+    assert {p.name for p in (tmp_path / "run").iterdir()} == RUN_FILES
