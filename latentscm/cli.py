@@ -129,6 +129,15 @@ def _check_d(settings: _Settings, dataset, source: str) -> None:
                          f"(columns of targets); fix or remove 'd' in the config file")
 
 
+def _check_outputs(args) -> None:
+    """Fail before the (long) fit when an output path cannot be written."""
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder; give a folder for the run's files")
+    json_path = getattr(args, "json", None)
+    if json_path and Path(json_path).is_dir():
+        raise UsageError(f"--json {json_path} is a folder; give a file name such as metrics.json")
+
+
 def _load(path, what: str):
     from latentscm.data import DataError, Dataset
 
@@ -173,6 +182,7 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, metrics)
         print(f"metrics JSON: {args.json}")
 
@@ -187,6 +197,7 @@ def _cmd_run(args) -> int:
     from latentscm.runs import run_metrics
 
     settings = _settings(args, quick=args.quick)
+    _check_outputs(args)
     sim = SimulationConfig()
     if settings.d is not None and settings.d != sim.d:
         raise UsageError(f"the config file says d = {settings.d} but the embedded default problem has "
@@ -206,6 +217,7 @@ def _cmd_fit(args) -> int:
     from latentscm.runs import run_metrics
 
     settings = _settings(args)
+    _check_outputs(args)
     dataset = _load(args.data, "--data")
     _check_d(settings, dataset, str(args.data))
     test = None

@@ -172,6 +172,14 @@ def test_missing_config_file(tiny_file, tmp_path, capsys, no_fit):
     assert code == 2 and "not found" in err
 
 
+def test_unwritable_outputs_are_reported_before_fitting(tiny_file, tmp_path, capsys, no_fit):
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(["fit", "--data", tiny_file, "--out", tmp_path / "file"], capsys)
+    assert code == 2 and "not a folder" in err
+    code, _, err = run_cli(["fit", "--data", tiny_file, "--json", tmp_path], capsys)
+    assert code == 2 and "is a folder" in err
+
+
 def test_run_rejects_d_mismatch(tmp_path, capsys, no_fit):
     config = write_toml(tmp_path / "c.toml", "d = 3\n")
     code, _, err = run_cli(["run", "--config", config, "--out", tmp_path / "run"], capsys)
