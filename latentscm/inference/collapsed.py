@@ -46,7 +46,7 @@ _INIT_SCALE = 0.01
 class CollapsedConfig:
     """Settings of the ``collapsed`` method (all validated in ``__post_init__``)."""
 
-    steps: int = 1500
+    steps: int = 1000
     learning_rate: float = 0.01
     num_particles: int = 4
     num_restarts: int = 2
@@ -89,13 +89,18 @@ def _mlp_logits(mlp, l_vec, sigma):
 
 
 def _site_specs(model):
-    """Shapes and supports of the model's continuous latent sites (P excluded)."""
-    tr = handlers.trace(handlers.seed(model, 0)).get_trace(1.0)
-    return {
-        name: (site["value"].shape, site["fn"].support)
-        for name, site in tr.items()
-        if site["type"] == "sample" and not site["is_observed"] and name != "P"
-    }
+    """Shapes and supports of the model's continuous latent sites (P excluded), traced abstractly."""
+    specs = {}
+
+    def record():
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(1.0)
+        for name, site in tr.items():
+            if site["type"] == "sample" and not site["is_observed"] and name != "P":
+                specs[name] = (tuple(site["value"].shape), site["fn"].support)
+        return 0.0
+
+    jax.eval_shape(record)
+    return specs
 
 
 def make_guide(specs, d, *, learn_order, gumbel_scale):
@@ -205,7 +210,7 @@ def _draw(guide, params, num, temperature, key, d, known):
         tr = handlers.trace(handlers.seed(handlers.substitute(guide, params), k)).get_trace(temperature)
         return {name: site["value"] for name, site in tr.items() if site["type"] == "sample"}
 
-    samples = jax.vmap(one)(jax.random.split(key, num))
+    samples = jax.jit(jax.vmap(one))(jax.random.split(key, num))
     P = samples.pop("P", None)
     if P is None:
         P = jnp.broadcast_to(jnp.eye(d)[known], (num, d, d))
