@@ -1,5 +1,6 @@
 """fit(): validation before any work, and a seeded recovery run of the collapsed method."""
 
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -51,9 +52,6 @@ def test_initialisation_recovers_latents_and_prefers_true_order():
     assert mcc(ini.z, train.z) > 0.99
     # latents come out in the true indexing and scale (interventions pin them): no matching needed
     assert np.corrcoef(ini.z[:, 0], train.z[:, 0])[0, 1] > 0.99
-    true_order = np.argsort(np.argsort(-np.abs(train.weights).sum(0) * 0))  # placeholder, replaced below
-    import networkx as nx
-
     true_order = np.array(list(nx.topological_sort(train.true_graph())))
     assert order_score(train.z, train.targets, ini.order) >= order_score(train.z, train.targets, true_order) - 1.0
 

@@ -88,12 +88,12 @@ def _mlp_logits(mlp, l_vec, sigma):
     return (h @ mlp["w2"] + mlp["b2"]).reshape(d, d)
 
 
-def _site_specs(model):
+def _site_specs(model, *args):
     """Shapes and supports of the model's continuous latent sites (P excluded), traced abstractly."""
     specs = {}
 
     def record():
-        tr = handlers.trace(handlers.seed(model, 0)).get_trace(1.0)
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(1.0, *args)
         for name, site in tr.items():
             if site["type"] == "sample" and not site["is_observed"] and name != "P":
                 specs[name] = (tuple(site["value"].shape), site["fn"].support)
@@ -106,7 +106,7 @@ def _site_specs(model):
 def make_guide(specs, d, *, learn_order, gumbel_scale):
     """The guide: mean-field Gaussians for ``specs`` and, when ``learn_order``, q(P | L, sigma)."""
 
-    def guide(temperature):
+    def guide(temperature, *args):
         values = {}
         for name, (shape, support) in specs.items():
             loc = numpyro.param(f"{name}_loc", jnp.zeros(shape))
@@ -169,15 +169,15 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
         known = None if config.known_order is None else jnp.asarray(config.known_order)
 
-        def model(temperature):
+        def model(temperature, stats):
             collapsed_model(stats, priors=priors, tau=config.tau, order=known)
 
-        specs = _site_specs(model)
+        specs = _site_specs(model, stats)
         guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
         elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True)
 
-        def loss_fn(params, key, temperature):
-            return elbo.loss(key, params, model, guide, temperature)
+        def loss_fn(params, key, temperature, stats):
+            return elbo.loss(key, params, model, guide, temperature, stats)
 
         t0, t1 = config.temperature
         steps = config.steps
@@ -188,7 +188,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         optimizer = optax.adam(config.learning_rate)
         state = svi_init(jax.random.PRNGKey(seed), _initial_params(specs, ini, d, config, rng), optimizer)
         step_fn = make_step(loss_fn, optimizer, schedule)
-        state, losses = run_svi(step_fn, state, steps, chunk=config.chunk, progress=progress, desc="collapsed")
+        state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress, desc="collapsed")
         tail = max(1, steps // 10)
         best = int(np.argmin(losses[-tail:].mean(0)))
         params = jax.tree.map(lambda a: a[best], state.params)
@@ -206,11 +206,11 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
 
 def _draw(guide, params, num, temperature, key, d, known):
     """Posterior draws from the fitted guide, as numpy arrays (W and order derived)."""
-    def one(k):
+    def one(k, params):
         tr = handlers.trace(handlers.seed(handlers.substitute(guide, params), k)).get_trace(temperature)
         return {name: site["value"] for name, site in tr.items() if site["type"] == "sample"}
 
-    samples = jax.jit(jax.vmap(one))(jax.random.split(key, num))
+    samples = jax.jit(jax.vmap(one, in_axes=(0, None)))(jax.random.split(key, num), params)
     P = samples.pop("P", None)
     if P is None:
         P = jnp.broadcast_to(jnp.eye(d)[known], (num, d, d))
@@ -226,16 +226,16 @@ def latent_summaries(dataset, draws, tau, chunk=50):
     """Mixture mean and sd (N, d) of ``p(z_n | x_n, ...)`` over the posterior draws (exact per draw)."""
     x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, np.nan_to_num(dataset.values)))
 
-    def moments(W, sigma, A, b, s):
+    def moments(W, sigma, A, b, s, x, t, v):
         mean, cov = latent_posterior(x, t, v, W, sigma, A, b, s, tau)
         return mean, jnp.diagonal(cov, axis1=-2, axis2=-1) + mean**2
 
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    f = jax.jit(jax.vmap(moments))
+    f = jax.jit(jax.vmap(moments, in_axes=(0,) * 5 + (None,) * 3))
     S = len(draws["W"])
     m1 = m2 = 0.0
     for i in range(0, S, chunk):
-        a, b_ = f(*(jnp.asarray(draws[k][i:i + chunk]) for k in keys))
+        a, b_ = f(*(jnp.asarray(draws[k][i:i + chunk]) for k in keys), x, t, v)
         m1, m2 = m1 + a.sum(0), m2 + b_.sum(0)
     mean = np.asarray(m1 / S)
     return mean, np.sqrt(np.maximum(np.asarray(m2 / S) - mean**2, 0.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -64,8 +65,8 @@ class Posterior:
             raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
         with jax.enable_x64(True):
             x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, np.nan_to_num(dataset.values)))
-            f = jax.jit(jax.vmap(lambda W, s, A, b, o: row_log_likelihood(x, t, v, W, s, A, b, o, self.tau)))
-            ll = f(jnp.asarray(self.W), jnp.asarray(self.noise_scales), jnp.asarray(self.decoder["A"]),
+            f = jax.jit(jax.vmap(partial(row_log_likelihood, tau=self.tau), in_axes=(None,) * 3 + (0,) * 5))
+            ll = f(x, t, v, jnp.asarray(self.W), jnp.asarray(self.noise_scales), jnp.asarray(self.decoder["A"]),
                    jnp.asarray(self.decoder["b"]), jnp.asarray(self.decoder["obs_scale"]))
             return float(-jnp.mean(logsumexp(ll, axis=0) - jnp.log(ll.shape[0])))
 
@@ -91,8 +92,9 @@ class Posterior:
         tree = az.from_dict(
             {"posterior": {k: shaped(v) for k, v in data.items()}},
             dims=dims, coords={"parent": nodes, "child": nodes, "node": nodes, "position": nodes},
-            attrs={"method": self.method, "seconds": self.seconds},
         )
+        tree.attrs.update({"method": self.method, "seconds": float(self.seconds)})
+        tree["posterior"].attrs.update({"method": self.method})
         latents = xr.Dataset(
             {"z_mean": (("obs", "node"), self.latent_mean), "z_sd": (("obs", "node"), self.latent_scale)},
             coords={"node": nodes},

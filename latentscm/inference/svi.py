@@ -36,28 +36,30 @@ def init(rng_key, params, optimizer):
 
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedule: Callable):
-    """``step(state, num_steps) -> (state, info)``: ``num_steps`` optimisation steps in one jitted scan.
+    """``step(state, data, num_steps) -> (state, info)``: ``num_steps`` steps in one jitted scan.
 
-    loss_fn(params, rng_key, temperature) -> negative ELBO; schedule(step) -> temperature.
+    loss_fn(params, rng_key, temperature, data) -> negative ELBO; schedule(step) -> temperature.
+    ``data`` (a pytree of arrays) is an argument, not a closure constant: large constants make XLA
+    compile slowly.
     """
 
-    def one(params, opt_state, key, temperature):
-        loss, grads = jax.value_and_grad(loss_fn)(params, key, temperature)
+    def one(params, opt_state, key, temperature, data):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key, temperature, data)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    batched = jax.vmap(one, in_axes=(0, 0, 0, None))
+    batched = jax.vmap(one, in_axes=(0, 0, 0, None, None))
 
-    def body(state, _):
-        keys = jax.vmap(jax.random.split)(state.rng_key)
-        params, opt_state, loss = batched(state.params, state.opt_state, keys[:, 1], schedule(state.step))
-        return SVIState(params, opt_state, keys[:, 0], state.step + 1), loss
+    def step(state, data, num_steps):
+        def body(state, _):
+            keys = jax.vmap(jax.random.split)(state.rng_key)
+            params, opt_state, loss = batched(state.params, state.opt_state, keys[:, 1], schedule(state.step), data)
+            return SVIState(params, opt_state, keys[:, 0], state.step + 1), loss
 
-    def step(state, num_steps):
         state, loss = jax.lax.scan(body, state, None, length=num_steps)
         return state, SVIInfo(loss)
 
-    return jax.jit(step, static_argnums=1)
+    return jax.jit(step, static_argnums=2)
 
 
 def _check_finite(state, losses, start):
@@ -74,7 +76,7 @@ def _check_finite(state, losses, start):
                 f"{start + len(losses)}. Lower the learning rate, or check the data scale and the priors.")
 
 
-def run_svi(step_fn, state, num_steps, *, chunk=100, progress=True, desc="svi", callback=None):
+def run_svi(step_fn, state, data, num_steps, *, chunk=100, progress=True, desc="svi", callback=None):
     """Run ``num_steps`` steps from ``state``; returns (state, losses (num_steps, R))."""
     losses = []
     bar = tqdm(total=num_steps, desc=desc, disable=not progress, leave=False)
@@ -83,7 +85,7 @@ def run_svi(step_fn, state, num_steps, *, chunk=100, progress=True, desc="svi", 
     try:
         while done < target:
             n = min(chunk, target - done)
-            state, info = step_fn(state, n)
+            state, info = step_fn(state, data, n)
             loss = np.asarray(info.loss)
             _check_finite(state, loss, done)
             losses.append(loss)
