@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from latentscm._io import atomic_write
 from latentscm.metrics import mcc
 
 __all__ = [
@@ -329,14 +329,6 @@ def save_figure(fig: Figure, path, **savefig_kwargs) -> Path:
         raise ValueError(f"path needs a file extension naming the format (e.g. .png); got {path}.")
     if not path.parent.is_dir():
         raise ValueError(f"directory {path.parent} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, **savefig_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
     plt.close(fig)
     return path

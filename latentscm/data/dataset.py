@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
+
+from .._io import atomic_write
 
 __all__ = ["DataError", "Dataset"]
 
@@ -238,15 +239,11 @@ class Dataset:
         if self.image_shape is not None:
             arrays["image_shape"] = np.asarray(self.image_shape, dtype=np.int64)
         arrays["meta"] = np.array(json.dumps(self.meta))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        def writer(tmp):
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+                np.savez(fh, **arrays)
+
+        return atomic_write(path, writer)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Dataset":
