@@ -104,3 +104,24 @@ def test_to_arviz_named_dims(posterior, tmp_path):
 
 def test_methods_registry_lists_collapsed():
     assert "collapsed" in METHODS
+
+
+def test_run_svi_stops_on_non_finite_loss_with_step_number():
+    import jax.numpy as jnp
+
+    from latentscm.inference.svi import SVIInfo, SVIState, run_svi
+
+    def step_fn(state, data, n):  # a fake step whose loss turns NaN in the second chunk
+        step = state.step + n
+        loss = jnp.where(jnp.arange(n)[:, None] + state.step >= 13, jnp.nan, 1.0) * jnp.ones((n, 2))
+        return SVIState(state.params, state.opt_state, state.rng_key, step), SVIInfo(loss)
+
+    state = SVIState({"a": jnp.zeros((2, 1))}, None, None, jnp.zeros((), jnp.int32))
+    with pytest.raises(FloatingPointError, match="non-finite.*at step 13 \\(restart 0\\)"):
+        run_svi(step_fn, state, None, 30, chunk=10, progress=False)
+
+    def bad_params(state, data, n):
+        return SVIState({"a": jnp.full((2, 1), jnp.inf)}, None, None, state.step + n), SVIInfo(jnp.ones((n, 2)))
+
+    with pytest.raises(FloatingPointError, match=r"parameter \['a'\] became non-finite by step 10"):
+        run_svi(bad_params, state, None, 30, chunk=10, progress=False)
