@@ -26,6 +26,7 @@ before any compilation starts.
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import os
 import sys
@@ -213,10 +214,33 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_fit(args) -> int:
-    from latentscm.runs import run_metrics
+def _resume_args(args) -> _Settings:
+    """Settings and paths of the interrupted run in ``args.resume`` (its run.json)."""
+    folder = Path(args.resume)
+    info_path = folder / "run.json"
+    if not info_path.is_file():
+        raise UsageError(f"--resume {folder}: no run.json there; give the run folder of an earlier "
+                         "'latentscm fit' (it is written when the fit starts)")
+    try:
+        info = json.loads(info_path.read_text())
+        args.data, args.test, args.seed = info["data"], info["test"], int(info["seed"])
+        method, config, priors = info["method"], dict(info["config"]), dict(info["priors"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"--resume {folder}: run.json is not a run description ({e})") from None
+    args.out = str(folder)
+    config.pop("checkpoint_dir", None)
+    return _Settings(method, config, priors, None, {"method": method, "config": config, "priors": priors})
 
-    settings = _settings(args)
+
+def _cmd_fit(args) -> int:
+    from latentscm.inference.api import make_config
+    from latentscm.runs import run_metrics, write_json
+
+    if args.resume and args.data:
+        raise UsageError("give either --data (a new fit) or --resume DIR (continue an interrupted one), not both")
+    if not args.resume and not args.data:
+        raise UsageError("--data FILE.npz is required (or --resume DIR to continue an interrupted fit)")
+    settings = _resume_args(args) if args.resume else _settings(args)
     _check_outputs(args)
     dataset = _load(args.data, "--data")
     _check_d(settings, dataset, str(args.data))
@@ -226,10 +250,17 @@ def _cmd_fit(args) -> int:
         if test.d != dataset.d or test.D != dataset.D:
             raise UsageError(f"--test {args.test} has d = {test.d}, D = {test.D} but --data {args.data} has "
                              f"d = {dataset.d}, D = {dataset.D}; they must match")
+    out = Path(args.out) if args.out else _default_out(settings.method, args.seed)
+    args.out = str(out)
+    info = {"command": "fit", "argv": args.argv, "seed": args.seed, "data": str(Path(args.data).resolve()),
+            "test": None if args.test is None else str(Path(args.test).resolve()), **settings.described}
+    if "checkpoint_dir" in dataclasses.asdict(make_config(settings.method, settings.fit)):
+        settings = dataclasses.replace(settings, fit={**settings.fit, "checkpoint_dir": str(out)})
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", info)  # written first, so that --resume can find the run
+    print(f"run folder: {out}" + (" (resuming)" if args.resume else ""), flush=True)
     posterior = _fit(dataset, settings, args.seed)
     metrics = run_metrics(posterior, dataset, test, seed=args.seed)
-    info = {"command": "fit", "argv": args.argv, "seed": args.seed, "data": str(args.data),
-            "test": None if args.test is None else str(args.test), **settings.described}
     _finish(args, posterior, metrics, dataset, save_dataset=False, info=info)
     return 0
 
@@ -306,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a dataset in the external .npz format",
                        description="Fit a dataset in the external .npz format; metrics are computed where it "
                                    "carries the ground truth (weights, z).")
-    p.add_argument("--data", required=True, metavar="FILE.npz", help="the dataset to fit")
+    p.add_argument("--data", metavar="FILE.npz", help="the dataset to fit (required unless --resume)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted fit whose run folder is DIR "
+                                                   "(same data, settings and seed; from its last checkpoint)")
     p.add_argument("--test", metavar="FILE.npz", help="held-out dataset; adds heldout_nll to the metrics")
     _fit_options(p)
     p.add_argument("--json", metavar="FILE", help="also write the metrics as one flat JSON object here")

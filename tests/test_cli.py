@@ -186,10 +186,13 @@ def test_run_rejects_d_mismatch(tmp_path, capsys, no_fit):
     assert code == 2 and "embedded default problem has d = 5" in err
 
 
-def test_argparse_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["fit"])  # --data is required
-    assert e.value.code == 2
+def test_argparse_errors_exit_2(capsys, tmp_path):
+    code, _, err = run_cli(["fit"], capsys)
+    assert code == 2 and "--data FILE.npz is required" in err
+    code, _, err = run_cli(["fit", "--resume", tmp_path], capsys)
+    assert code == 2 and "no run.json there" in err
+    code, _, err = run_cli(["fit", "--resume", tmp_path, "--data", "x.npz"], capsys)
+    assert code == 2 and "not both" in err
     with pytest.raises(SystemExit) as e:
         main(["simulate", "--out", "x.npz", "--design", "grid"])
     assert e.value.code == 2
@@ -290,7 +293,9 @@ def test_fit_command_plumbing(tiny_file, tmp_path, capsys, fake_fit):
                             "--json", tmp_path / "m.json"], capsys)
     assert code == 0
     (call,) = fake_fit
-    assert call["config"] == {"steps": 123} and call["seed"] == 7 and call["method"] == "collapsed"
+    # the run folder doubles as the checkpoint folder, so that `fit --resume` can continue the run
+    assert call["config"] == {"steps": 123, "checkpoint_dir": str(tmp_path / "run")}
+    assert call["seed"] == 7 and call["method"] == "collapsed"
     assert call["priors"] == {"edge_weight": {"dist": "horseshoe", "scale": 0.1}}
     assert "e_shd" in out and "run folder" in out
     metrics = json.loads((tmp_path / "m.json").read_text())

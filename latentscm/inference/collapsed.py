@@ -37,7 +37,7 @@ from ..models.scm import tril_size, tril_to_matrix, weights_from_order
 from .initialize import initialise
 from .posterior import Posterior
 from .svi import init as svi_init
-from .svi import make_step, run_svi
+from .svi import checkpoint_for, make_step, run_svi
 
 _INIT_SCALE = 0.01
 
@@ -59,9 +59,12 @@ class CollapsedConfig:
     order_init: str = "proposal"
     known_order: tuple[int, ...] | None = None
     chunk: int = 100
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 200
 
     def __post_init__(self):
-        ints = {"steps": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2, "mlp_hidden": 1, "chunk": 1}
+        ints = {"steps": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2, "mlp_hidden": 1, "chunk": 1,
+                "checkpoint_every": 1}
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -188,7 +191,9 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         optimizer = optax.adam(config.learning_rate)
         state = svi_init(jax.random.PRNGKey(seed), _initial_params(specs, ini, d, config, rng), optimizer)
         step_fn = make_step(loss_fn, optimizer, schedule)
-        state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress, desc="collapsed")
+        checkpoint = checkpoint_for("collapsed", config, priors, seed, dataset)
+        state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress,
+                                desc="collapsed", checkpoint=checkpoint)
         tail = max(1, steps // 10)
         best = int(np.argmin(losses[-tail:].mean(0)))
         params = jax.tree.map(lambda a: a[best], state.params)

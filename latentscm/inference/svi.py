@@ -8,6 +8,11 @@ loss or parameter, and returns the ELBO trace of every restart.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import zipfile
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
@@ -15,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
+
+from .._io import atomic_write
 
 
 class SVIState(NamedTuple):
@@ -76,15 +83,94 @@ def _check_finite(state, losses, start):
                 f"{start + len(losses)}. Lower the learning rate, or check the data scale and the priors.")
 
 
-def run_svi(step_fn, state, data, num_steps, *, chunk=100, progress=True, desc="svi", callback=None):
-    """Run ``num_steps`` steps from ``state``; returns (state, losses (num_steps, R))."""
-    losses = []
-    bar = tqdm(total=num_steps, desc=desc, disable=not progress, leave=False)
-    done = int(state.step)
-    target = done + num_steps
+class Checkpoint(NamedTuple):
+    """Where and how often ``run_svi`` saves its state, and what identifies the run.
+
+    fingerprint: JSON-able description (method, settings, priors, seed, data digest); a checkpoint
+    whose fingerprint differs is refused, so a resume never mixes two runs.
+    """
+
+    path: Path
+    every: int
+    fingerprint: dict
+
+
+def save_checkpoint(path, state, losses, fingerprint):
+    """Write ``state`` (params, optimiser state, keys, step) and the loss trace atomically (npz)."""
+    leaves, treedef = jax.tree.flatten(state)
+    arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays["losses"] = losses
+    arrays["fingerprint"] = np.array(json.dumps(fingerprint, sort_keys=True, default=str))
+    arrays["treedef"] = np.array(str(treedef))
+
+    def writer(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(path, writer)
+
+
+def load_checkpoint(path, template, fingerprint):
+    """Restore (state, losses) saved by :func:`save_checkpoint`; ``template`` gives the structure.
+
+    Raises ``ValueError`` naming the problem when the file is corrupt or belongs to another run.
+    """
     try:
-        while done < target:
-            n = min(chunk, target - done)
+        with np.load(path, allow_pickle=False) as f:
+            saved = json.loads(str(f["fingerprint"]))
+            treedef = str(f["treedef"])
+            leaves = [f[f"leaf_{i:04d}"] for i in range(sum(k.startswith("leaf_") for k in f.files))]
+            losses = f["losses"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt ({e}); delete it to start afresh") from None
+    want = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    if saved != want:
+        diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+        raise ValueError(f"checkpoint {path} belongs to another run (differs in {diff}); resume with the "
+                         "same data, method, settings, priors and seed, or use another folder")
+    t_leaves, t_def = jax.tree.flatten(template)
+    if treedef != str(t_def) or [np.shape(a) for a in leaves] != [np.shape(a) for a in t_leaves]:
+        raise ValueError(f"checkpoint {path} does not match this model's parameters; delete it to start afresh")
+    state = jax.tree.unflatten(t_def, [jnp.asarray(a, dtype=jnp.asarray(t).dtype) for a, t in zip(leaves, t_leaves)])
+    return state, losses
+
+
+def checkpoint_for(method, config, priors, seed, dataset):
+    """The :class:`Checkpoint` of a fit whose config has ``checkpoint_dir`` set (else None).
+
+    The file is ``<checkpoint_dir>/checkpoint.npz``; the fingerprint covers the method, every setting
+    but the checkpoint's own, the priors, the seed and a digest of the data.
+    """
+    if getattr(config, "checkpoint_dir", None) is None:
+        return None
+    folder = Path(config.checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if not k.startswith("checkpoint_")}
+    digest = hashlib.sha256()
+    for a in (dataset.x, dataset.targets, np.nan_to_num(dataset.values)):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    fingerprint = {"method": method, "settings": settings, "priors": priors.describe(), "seed": seed,
+                   "data": digest.hexdigest()}
+    return Checkpoint(folder / "checkpoint.npz", config.checkpoint_every, fingerprint)
+
+
+def run_svi(step_fn, state, data, num_steps, *, chunk=100, progress=True, desc="svi", callback=None,
+            checkpoint: Checkpoint | None = None):
+    """Run ``state`` to ``num_steps`` total steps; returns (state, losses (num_steps, R)).
+
+    With ``checkpoint``, an existing checkpoint file is resumed from (after validation) and the state
+    is saved every ``checkpoint.every`` steps and at the end. Chunks are aligned to multiples of
+    ``chunk`` from step 0, so a resumed run computes exactly what an uninterrupted one does.
+    """
+    losses = []
+    if checkpoint is not None and Path(checkpoint.path).exists():
+        state, previous = load_checkpoint(checkpoint.path, state, checkpoint.fingerprint)
+        losses.append(previous)
+    done = int(state.step)
+    bar = tqdm(total=num_steps, initial=done, desc=desc, disable=not progress, leave=False)
+    try:
+        while done < num_steps:
+            n = min(chunk - done % chunk, num_steps - done)
             state, info = step_fn(state, data, n)
             loss = np.asarray(info.loss)
             _check_finite(state, loss, done)
@@ -92,6 +178,8 @@ def run_svi(step_fn, state, data, num_steps, *, chunk=100, progress=True, desc="
             done += n
             bar.update(n)
             bar.set_postfix(elbo=f"{-np.min(loss[-1]):.4g}")
+            if checkpoint is not None and (done % checkpoint.every < n or done == num_steps):
+                save_checkpoint(checkpoint.path, state, np.concatenate(losses), checkpoint.fingerprint)
             if callback is not None:
                 callback(state, np.concatenate(losses))
     finally:
