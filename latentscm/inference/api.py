@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple
 from ..data import DataError, Dataset
 from ..models.priors import parse_priors
 from .collapsed import CollapsedConfig, fit_collapsed
+from .mcmc import MCMCConfig, fit_mcmc
 
 
 class Method(NamedTuple):
@@ -18,6 +19,7 @@ class Method(NamedTuple):
 
 METHODS = {
     "collapsed": Method(CollapsedConfig, fit_collapsed, ("linear",)),
+    "mcmc": Method(MCMCConfig, fit_mcmc, ("linear", "identity")),
 }
 
 

@@ -1,0 +1,590 @@
+"""``mcmc``: HMC-within-Gibbs on the collapsed model, with Metropolis moves on the node order.
+
+Target: the joint posterior of the collapsed model (:mod:`latentscm.models.collapsed`; z integrated
+out, linear decoder) or, with ``decoder="identity"``, of the SCM with z observed (``x = z``,
+:func:`identity_model`). One MCMC iteration, per chain:
+
+1. ``order_moves`` Metropolis-Hastings updates of the node order ``P`` (and, for one move type,
+   a coordinate permutation of ``L``) targeting ``p(P, L | rest)``; the continuous sites other
+   than ``L`` stay fixed. Two symmetric proposals, chosen with probability ``swap_prob`` and
+   ``1 - swap_prob``:
+
+   * **random swap**: exchange the positions of two uniformly chosen nodes, ``L`` fixed. With
+     ``L`` in position space this relabels which nodes the weights connect (the graph changes);
+     the proposal is symmetric, so the acceptance ratio is the ratio of the joint densities.
+   * **adjacent reversal**: exchange the nodes at positions ``k, k+1`` (``k`` uniform) and permute
+     ``L`` consistently, ``L' = Q L Q^T`` with the one entry that would leave the lower triangle,
+     ``L[k+1, k]``, kept in place. In node space this keeps every edge weight except that the edge
+     between the two swapped nodes is *reversed* with the same weight (``W'[j, i] = W[i, j]``).
+     A plain graph-preserving swap (``L' = Q L Q^T``) is valid only when ``L[k+1, k] == 0``, which
+     has probability zero for continuous weights; the reversal variant is always valid. It is a
+     deterministic involution that permutes coordinates of ``L`` (and of the horseshoe's local
+     scales, if used): unit Jacobian in the unconstrained space too, so with ``k`` uniform the
+     acceptance ratio is again the joint-density ratio (the i.i.d. edge prior cancels).
+
+   The uniform order prior cancels in both.
+2. One NUTS step on all continuous sites (``edge_weight``, ``noise_scale``, decoder, horseshoe
+   scales) of the model conditioned on the current order, with step size and diagonal mass matrix
+   adapted during warmup (the adaptation sees the order changing, which is fine: the adapted
+   kernel is fixed after warmup and each step leaves the conditional invariant).
+
+Chains run vectorised (``jax.vmap`` over one jitted step; ``chain_method="vectorized"``) or one
+after another (``"sequential"``, same code with a chain batch of one). numpyro's ``HMCGibbs`` is not
+used because its Gibbs function may only return the Gibbs sites, while the adjacent reversal also
+moves ``L``; the loop here is numpyro's functional ``hmc(..., algo="NUTS")`` kernel plus a
+``lax.fori_loop`` of order moves, run in jitted chunks of ``chunk`` iterations under a progress bar.
+
+Initialisation: the data-driven initialisation (:func:`~latentscm.inference.initialize.initialise`;
+for the identity decoder the order proposal and regressions on ``x`` itself) in every chain, with
+Gaussian jitter ``init_jitter`` on ``L`` and ``log sigma``; ``order_init="random"`` starts each chain
+from a random order instead (weights refitted in that order), and ``svi_init_steps > 0`` starts chain
+``c`` from draw ``c`` of a short ``collapsed`` SVI fit.
+
+Exactness check: :func:`exact_order_posterior` enumerates ``p(order | z)`` in closed form for the
+identity decoder with Normal edge priors and fixed noise scales (Bayesian linear regression per node).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import constrain_fn, potential_energy
+from tqdm.auto import tqdm
+
+from ..models.collapsed import collapsed_model, sufficient_stats
+from ..models.permutation import UniformPermutation
+from ..models.priors import parse_priors
+from ..models.scm import tril_size, tril_to_matrix, weights_from_order
+from .collapsed import latent_summaries
+from .initialize import _node_fit, initialise, propose_order
+from .posterior import Posterior
+
+DECODERS = ("linear", "identity")
+LOG_2PI = math.log(2 * math.pi)  # a Python float: exact under x64 (scm.LOG_2PI is float32)
+_PERMUTED_SITES = ("edge_weight", "edge_weight_local_scale")  # tril-shaped sites the reversal permutes
+
+
+@dataclass(frozen=True)
+class MCMCConfig:
+    """Settings of the ``mcmc`` method (validated in ``__post_init__``, before any work).
+
+    num_warmup, num_samples: iterations per chain (draws kept: ``num_chains * num_samples``);
+    num_chains; chain_method: ``"vectorized"`` or ``"sequential"``; decoder: ``"linear"`` (collapsed
+    model) or ``"identity"`` (``x`` is ``z``, needs ``D == d``); order_moves: Metropolis order
+    proposals per iteration (None: d); swap_prob: probability that a proposal is a random swap (else
+    an adjacent reversal); target_accept_prob, max_tree_depth, dense_mass: NUTS; tau: intervention
+    noise scale; fixed_noise_scales: (d,) known SCM noise scales (no ``noise_scale`` site then);
+    known_order: fixes the order (no order moves); order_init: ``"proposal"`` or ``"random"``;
+    init_jitter: sd of the Gaussian jitter of each chain's start (unconstrained L and log sigma);
+    svi_init_steps: > 0 runs a short ``collapsed`` SVI fit first and starts each chain from one of its
+    draws (linear decoder only); chunk: iterations per jitted call (progress-bar granularity).
+    """
+
+    num_warmup: int = 500
+    num_samples: int = 500
+    num_chains: int = 4
+    chain_method: str = "vectorized"
+    decoder: str = "linear"
+    order_moves: int | None = None
+    swap_prob: float = 0.5
+    target_accept_prob: float = 0.8
+    max_tree_depth: int = 8
+    dense_mass: bool = False
+    tau: float = 0.1
+    fixed_noise_scales: tuple[float, ...] | None = None
+    known_order: tuple[int, ...] | None = None
+    order_init: str = "proposal"
+    init_jitter: float = 0.1
+    svi_init_steps: int = 0
+    chunk: int = 50
+
+    def __post_init__(self):
+        ints = {"num_warmup": 0, "num_samples": 1, "num_chains": 1, "max_tree_depth": 1, "svi_init_steps": 0,
+                "chunk": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"mcmc: {name} must be an integer >= {low}; got {value!r}")
+        if self.order_moves is not None and (isinstance(self.order_moves, bool)
+                                             or not isinstance(self.order_moves, int) or self.order_moves < 0):
+            raise ValueError(f"mcmc: order_moves must be None (= d) or an integer >= 0; got {self.order_moves!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(
+                f"mcmc: decoder {self.decoder!r} is not supported; mcmc integrates z out exactly and needs a "
+                f"linear decoder: choose one of {DECODERS} ('identity' when x is z itself). For a nonlinear "
+                "(e.g. 'mlp') decoder use a variational method.")
+        if self.chain_method not in ("vectorized", "sequential"):
+            raise ValueError(f"mcmc: chain_method must be 'vectorized' or 'sequential'; got {self.chain_method!r}")
+        if self.order_init not in ("proposal", "random"):
+            raise ValueError(f"mcmc: order_init must be 'proposal' or 'random'; got {self.order_init!r}")
+        if not 0.0 <= self.swap_prob <= 1.0:
+            raise ValueError(f"mcmc: swap_prob must lie in [0, 1]; got {self.swap_prob!r}")
+        if not 0.0 < self.target_accept_prob < 1.0:
+            raise ValueError(f"mcmc: target_accept_prob must lie in (0, 1); got {self.target_accept_prob!r}")
+        if not self.tau > 0:
+            raise ValueError(f"mcmc: tau (intervention noise scale) must be > 0; got {self.tau!r}")
+        if not self.init_jitter >= 0:
+            raise ValueError(f"mcmc: init_jitter must be >= 0; got {self.init_jitter!r}")
+        if self.fixed_noise_scales is not None:
+            scales = tuple(float(s) for s in self.fixed_noise_scales)
+            if not all(math.isfinite(s) and s > 0 for s in scales):
+                raise ValueError(f"mcmc: fixed_noise_scales must be positive numbers; got {self.fixed_noise_scales!r}")
+            object.__setattr__(self, "fixed_noise_scales", scales)
+        if self.known_order is not None:
+            object.__setattr__(self, "known_order", tuple(int(i) for i in self.known_order))
+        if self.svi_init_steps and self.decoder != "linear":
+            raise ValueError("mcmc: svi_init_steps needs decoder='linear' (the collapsed SVI fit)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# identity decoder: z observed
+# ---------------------------------------------------------------------------------------------------
+
+
+class IdentityStats(NamedTuple):
+    """Sufficient statistics of observed latents ``z`` (N, d) for the SCM log-density.
+
+    gram (d, d, d): ``gram[j] = sum_{n: m_nj = 0} z_n^T z_n``; n_free (d,): rows where j is not
+    intervened; n_int (d,): rows where it is; sse_int (d,): ``sum_{n: m_nj = 1} (z_nj - v_nj)^2``.
+    """
+
+    gram: np.ndarray
+    n_free: np.ndarray
+    n_int: np.ndarray
+    sse_int: np.ndarray
+
+
+def identity_stats(z, targets, values):
+    """:class:`IdentityStats` of z (N, d) under the target mask (N, d) and values (N, d), float64."""
+    z = np.asarray(z, np.float64)
+    m = np.asarray(targets) > 0
+    v = np.where(m, np.nan_to_num(np.asarray(values, np.float64)), 0.0)
+    free = (~m).astype(np.float64)
+    gram = np.einsum("nj,na,nb->jab", free, z, z)
+    return IdentityStats(gram, free.sum(0), m.sum(0).astype(np.float64), np.sum(m * (z - v) ** 2, 0))
+
+
+def identity_log_likelihood(stats, W, sigma, tau):
+    """``sum_n log p(z_n | targets_n, values_n, W, sigma)`` from :class:`IdentityStats` (scalar).
+
+    Equals the summed ``InterventionalLinearGaussian(W, sigma, targets, values, tau).log_prob(z)``.
+    """
+    d = W.shape[-1]
+    w = W.T  # w[j] = W[:, j], the parent weights of node j
+    e = jnp.eye(d)
+    r = e - w  # residual of node j: z (e_j - W[:, j])
+    sse = jnp.einsum("ja,jab,jb->j", r, stats.gram, r)
+    free = -0.5 * (stats.n_free * (LOG_2PI + 2 * jnp.log(sigma)) + sse / sigma**2)
+    inter = -0.5 * (stats.n_int * (LOG_2PI + 2 * jnp.log(tau)) + stats.sse_int / tau**2)
+    return jnp.sum(free) + jnp.sum(inter)
+
+
+def identity_model(stats, *, priors, tau=0.1, order=None):
+    """NumPyro model of the SCM with z observed (decoder = identity). Sites as in the collapsed model,
+    without the decoder: ``edge_weight``, ``P`` (or a known ``order``), ``noise_scale``, deterministic
+    ``W``, factor ``x``."""
+    d = stats.gram.shape[-1]
+    l_vec = priors["edge_weight"].sample("edge_weight", (tril_size(d),))
+    sigma = priors["noise_scale"].sample("noise_scale", (d,))
+    if order is None:
+        P = numpyro.sample("P", UniformPermutation(d))
+    else:
+        P = jnp.eye(d)[jnp.asarray(order)]
+    W = numpyro.deterministic("W", weights_from_order(tril_to_matrix(l_vec, d), P))
+    numpyro.factor("x", identity_log_likelihood(stats, W, sigma, tau))
+
+
+# ---------------------------------------------------------------------------------------------------
+# exact order posterior (identity decoder, Normal edge prior, known noise scales)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _log_evidence_node(y, X, prior_scale, sigma):
+    """log N(y; 0, sigma^2 I + s^2 X X^T) (Bayesian linear regression evidence), via Woodbury."""
+    n, k = len(y), X.shape[1]
+    out = -0.5 * n * (math.log(2 * math.pi) + 2 * math.log(sigma)) - 0.5 * (y @ y) / sigma**2
+    if k:
+        A = np.eye(k) / prior_scale**2 + X.T @ X / sigma**2
+        c = np.linalg.cholesky(A)
+        u = np.linalg.solve(c, X.T @ y / sigma**2)
+        out += 0.5 * (u @ u) - np.sum(np.log(np.diag(c))) - k * math.log(prior_scale)
+    return out
+
+
+def exact_order_posterior(z, targets, values, prior_scale, noise_scales, tau):
+    """Exact posterior over node orders for observed latents, by enumeration of all d! orders.
+
+    Model: uniform order prior; in position space i.i.d. ``Normal(0, prior_scale)`` weights on all
+    pairs (earlier -> later), the ``edge_weight`` prior of :func:`identity_model`; noise scales known.
+    Then ``p(z | order)`` factorises over nodes into Bayesian linear regressions of ``z_j`` on all its
+    predecessors over the rows where j is not intervened (intervened rows contribute a factor that does
+    not depend on the order; ``values`` and ``tau`` enter only there and cancel).
+
+    z: (N, d); targets, values: (N, d); noise_scales: (d,).
+    Returns ``orders`` (d!, d) int (lexicographic) and ``probs`` (d!,).
+    """
+    z = np.asarray(z, np.float64)
+    m = np.asarray(targets) > 0
+    d = z.shape[1]
+    sigma = np.broadcast_to(np.asarray(noise_scales, np.float64), (d,))
+    del values, tau  # order-independent factors
+    orders = np.array(list(itertools.permutations(range(d))), dtype=np.int64)
+    cache = {}
+    logp = np.zeros(len(orders))
+    for o, order in enumerate(orders):
+        for p, j in enumerate(order):
+            key = (int(j), frozenset(int(i) for i in order[:p]))
+            if key not in cache:
+                rows = ~m[:, j]
+                cache[key] = _log_evidence_node(z[rows, j], z[rows][:, sorted(key[1])], prior_scale, sigma[j])
+            logp[o] += cache[key]
+    probs = np.exp(logp - logp.max())
+    return orders, probs / probs.sum()
+
+
+def order_total_variation(order_draws, orders, probs):
+    """Total variation distance between the empirical distribution of ``order_draws`` (S, d) and the
+    distribution ``probs`` over ``orders`` (K, d) (e.g. from :func:`exact_order_posterior`)."""
+    d = orders.shape[1]
+    base = d ** np.arange(d)[::-1]
+    index = {int(k): i for i, k in enumerate(orders @ base)}
+    counts = np.zeros(len(orders))
+    for key in np.asarray(order_draws) @ base:
+        counts[index[int(key)]] += 1
+    return 0.5 * float(np.abs(counts / counts.sum() - probs).sum())
+
+
+# ---------------------------------------------------------------------------------------------------
+# the sampler
+# ---------------------------------------------------------------------------------------------------
+
+
+class ChainState(NamedTuple):
+    """State of one chain: the NUTS state (unconstrained continuous sites), the order (d,), a key."""
+
+    hmc_state: object
+    order: jax.Array
+    rng_key: jax.Array
+
+
+class StepInfo(NamedTuple):
+    """Per-iteration output of one chain."""
+
+    z: dict  # unconstrained continuous sites after the step
+    order: jax.Array  # (d,)
+    diverging: jax.Array
+    accept_prob: jax.Array  # NUTS mean acceptance probability of the step
+    num_steps: jax.Array  # leapfrog steps
+    swap_accepted: jax.Array  # accepted random swaps in this iteration
+    swap_proposed: jax.Array
+    reversal_accepted: jax.Array  # accepted adjacent reversals
+    reversal_proposed: jax.Array
+
+
+def reversal_index(d):
+    """(d-1, d(d-1)/2) int: ``l'[t] = l[idx[k, t]]`` implements the adjacent reversal at positions k, k+1.
+
+    ``L' = Q L Q^T`` (Q swaps k and k+1) except ``L'[k+1, k] = L[k+1, k]``; an involution.
+    """
+    rows, cols = np.tril_indices(d, -1)
+    pos = {(int(r), int(c)): t for t, (r, c) in enumerate(zip(rows, cols))}
+    out = np.zeros((max(d - 1, 0), len(rows)), np.int64)
+    for k in range(d - 1):
+        q = np.arange(d)
+        q[k], q[k + 1] = k + 1, k
+        for t, (r, c) in enumerate(zip(rows, cols)):
+            out[k, t] = t if (r, c) == (k + 1, k) else pos[(int(q[r]), int(q[c]))]
+    return out
+
+
+def _site_specs(model, *args):
+    """Shapes and supports of the model's unobserved sample sites, traced abstractly (no computation)."""
+    specs = {}
+
+    def record():
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(*args)
+        for name, site in tr.items():
+            if site["type"] == "sample" and not site["is_observed"]:
+                specs[name] = (tuple(site["value"].shape), site["fn"].support)
+        return 0.0
+
+    jax.eval_shape(record)
+    return specs
+
+
+def make_sampler(model, data, init_values, order0, config, num_warmup):
+    """Build ``init`` and ``step`` for the HMC-within-Gibbs chain on ``model(data, order)``.
+
+    init_values: constrained starting values of the continuous sites, one dict per chain;
+    order0: (C, d) starting orders. Returns ``(init_state (batched ChainState), step, postprocess)``:
+    ``step(state, data) -> (state, StepInfo)`` for one chain (vmap it), ``postprocess(z, order, data)``
+    the constrained values and ``W``.
+    """
+    d = order0.shape[1]
+    specs = _site_specs(model, data, jnp.asarray(order0[0]))
+    z0 = []
+    for vals in init_values:
+        zc = {}
+        for name, (shape, support) in specs.items():
+            if name in vals:
+                value = biject_to(support).inv(jnp.asarray(vals[name], jnp.float64))
+            else:  # hierarchical scales: start at 1 (0.1 for global scales), as the collapsed method does
+                value = jnp.full(shape, np.log(0.1) if name.endswith("global_scale") else 0.0)
+            zc[name] = jnp.asarray(value, jnp.float64).reshape(shape)
+        z0.append(zc)
+    z0 = jax.tree.map(lambda *xs: jnp.stack(xs), *z0)
+
+    def pe_gen(data, order):
+        return partial(potential_energy, model, (data, order), {})
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=pe_gen, algo="NUTS")
+    n_moves = d if config.order_moves is None else config.order_moves
+    if config.known_order is not None or d < 2:
+        n_moves = 0
+    rev = jnp.asarray(reversal_index(d))
+    permuted = [k for k in _PERMUTED_SITES if k in specs]
+
+    def init_one(z, order, key, data):
+        return init_kernel(z, num_warmup, adapt_step_size=True, adapt_mass_matrix=True,
+                           dense_mass=config.dense_mass, target_accept_prob=config.target_accept_prob,
+                           max_tree_depth=config.max_tree_depth, model_args=(data, order), rng_key=key)
+
+    def order_moves(key, z, order, U, data):
+        def body(_, carry):
+            z, order, U, key, counts = carry
+            key, k_type, k_pair, k_adj, k_acc = jax.random.split(key, 5)
+            is_swap = jax.random.uniform(k_type) < config.swap_prob
+            pair = jax.random.choice(k_pair, d, (2,), replace=False)
+            k = jax.random.randint(k_adj, (), 0, d - 1)
+            a = jnp.where(is_swap, pair[0], k)
+            b = jnp.where(is_swap, pair[1], k + 1)
+            new_order = order.at[a].set(order[b]).at[b].set(order[a])
+            new_z = dict(z)
+            for name in permuted:
+                new_z[name] = jnp.where(is_swap, z[name], z[name][rev[k]])
+            new_U = pe_gen(data, new_order)(new_z)
+            log_alpha = U - new_U
+            accept = jnp.log(jax.random.uniform(k_acc)) < jnp.where(jnp.isfinite(log_alpha), log_alpha, -jnp.inf)
+            z = jax.tree.map(lambda n, o: jnp.where(accept, n, o), new_z, z)
+            order = jnp.where(accept, new_order, order)
+            U = jnp.where(accept, new_U, U)
+            counts = counts + jnp.array([accept & is_swap, is_swap, accept & ~is_swap, ~is_swap], jnp.int32)
+            return z, order, U, key, counts
+
+        z, order, U, _, counts = jax.lax.fori_loop(0, n_moves, body, (z, order, U, key, jnp.zeros(4, jnp.int32)))
+        return z, order, counts
+
+    def step(state, data):
+        key, k_moves = jax.random.split(state.rng_key)
+        hs = state.hmc_state
+        z, order, counts = order_moves(k_moves, hs.z, state.order, hs.potential_energy, data)
+        if n_moves:
+            U, grad = jax.value_and_grad(pe_gen(data, order))(z)
+            hs = hs._replace(z=z, potential_energy=U, z_grad=grad)
+        hs = sample_kernel(hs, model_args=(data, order))
+        out = StepInfo(hs.z, order, hs.diverging, hs.accept_prob, hs.num_steps, *counts)
+        return ChainState(hs, order, key), out
+
+    def postprocess(z, order, data):
+        return constrain_fn(model, (data, order), {}, z, return_deterministic=True)
+
+    return init_one, z0, step, postprocess
+
+
+def _chain_starts(dataset, config, rng, d):
+    """Per-chain constrained start values and orders (C, d); the proposal order; the SVI posterior or None."""
+    C = config.num_chains
+    x, t = dataset.x, dataset.targets
+    v = np.where(t > 0, np.nan_to_num(np.asarray(dataset.values, np.float64)), 0.0)
+    svi = None
+    if config.decoder == "identity":
+        z_hat = np.asarray(x, np.float64)
+        proposal = np.asarray(config.known_order) if config.known_order else propose_order(z_hat, t, v)[0]
+        dec = {}
+    else:
+        ini = initialise(x, t, v, order=config.known_order)
+        z_hat, proposal = ini.z, ini.order
+        dec = {"decoder_weight": ini.A, "decoder_bias": ini.b, "obs_scale": ini.obs_scale}
+    if config.svi_init_steps:
+        from .collapsed import CollapsedConfig, fit_collapsed
+
+        svi = fit_collapsed(dataset, config=CollapsedConfig(
+            steps=config.svi_init_steps, num_draws=max(C, 2), tau=config.tau, known_order=config.known_order),
+            priors=None, seed=int(rng.integers(2**31)), progress=False)
+    starts, orders = [], []
+    for c in range(C):
+        if svi is not None:
+            order = svi.orders[c]
+            W, sigma = svi.W[c], svi.noise_scales[c]
+            vals = {"decoder_weight": svi.decoder["A"][c], "decoder_bias": svi.decoder["b"][c],
+                    "obs_scale": svi.decoder["obs_scale"][c]}
+        else:
+            order = proposal if (config.order_init == "proposal" or config.known_order) else rng.permutation(d)
+            W, sigma = np.zeros((d, d)), np.ones(d)
+            for p, j in enumerate(order):
+                _, coef, sigma[j] = _node_fit(z_hat, t, j, list(order[:p]))
+                W[order[:p], j] = coef
+            vals = dict(dec)
+        L = W[np.ix_(order, order)].T[np.tril_indices(d, -1)]
+        vals["edge_weight"] = L + config.init_jitter * rng.normal(size=L.shape)
+        if config.fixed_noise_scales is None:
+            vals["noise_scale"] = sigma * np.exp(config.init_jitter * rng.normal(size=d))
+        starts.append(vals)
+        orders.append(np.asarray(order))
+    return starts, np.stack(orders).astype(np.int32), np.asarray(proposal), svi
+
+
+def _run_chains(run, init_fn, z0, orders, keys, data, num_warmup, total, config, progress):
+    """Run a chain batch; returns stacked StepInfo with leading (chain, iteration) of the kept draws."""
+    state = jax.jit(jax.vmap(init_fn, in_axes=(0, 0, 0, None)))(z0, jnp.asarray(orders), keys, data)
+    hkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    state = ChainState(state, jnp.asarray(orders), hkeys)
+    n_chunks = -(-total // config.chunk)
+    size = -(-total // n_chunks)
+    outs = []
+    bar = tqdm(total=total, desc="mcmc", disable=not progress, leave=False)
+    done = divergences = 0
+    try:
+        while done < total:
+            state, out = run(state, data, size)
+            out = jax.tree.map(np.asarray, out)
+            outs.append(out)
+            divergences += int(out.diverging[:, max(num_warmup - done, 0):].sum())
+            bar.update(min(size, total - done))
+            done += size
+            bar.set_postfix(phase="warmup" if done <= num_warmup else "sampling", divergences=divergences)
+    finally:
+        bar.close()
+    out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *outs)
+    return jax.tree.map(lambda a: a[:, num_warmup:total], out)
+
+
+def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True):
+    """Sample the posterior of ``dataset`` by HMC-within-Gibbs; returns a :class:`Posterior`.
+
+    All input checks run before any compilation.
+    """
+    start = time.perf_counter()
+    priors = parse_priors(priors)
+    d, D = dataset.d, dataset.D
+    if config.decoder == "identity" and D != d:
+        raise ValueError(f"mcmc: decoder='identity' needs x to be the latents themselves (D == d); the dataset "
+                         f"has D={D}, d={d}. Use decoder='linear'.")
+    if config.known_order is not None and sorted(config.known_order) != list(range(d)):
+        raise ValueError(f"mcmc: known_order must be a permutation of 0..{d - 1}; got {config.known_order}")
+    if config.fixed_noise_scales is not None and len(config.fixed_noise_scales) != d:
+        raise ValueError(f"mcmc: fixed_noise_scales needs {d} values (one per latent); got "
+                         f"{len(config.fixed_noise_scales)}")
+    rng = np.random.default_rng(seed)
+    C, tau = config.num_chains, config.tau
+    with jax.enable_x64(True):
+        starts, orders0, proposal, svi = _chain_starts(dataset, config, rng, d)
+        if config.decoder == "identity":
+            data = jax.tree.map(jnp.asarray, identity_stats(dataset.x, dataset.targets, dataset.values))
+            base_model = identity_model
+        else:
+            data = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
+            base_model = collapsed_model
+        fixed = None if config.fixed_noise_scales is None else jnp.asarray(config.fixed_noise_scales)
+
+        def model(data, order):
+            if fixed is None:
+                base_model(data, priors=priors, tau=tau, order=order)
+            else:
+                with handlers.condition(data={"noise_scale": fixed}):
+                    base_model(data, priors=priors, tau=tau, order=order)
+
+        init_fn, z0, step, postprocess = make_sampler(model, data, starts, orders0, config, config.num_warmup)
+
+        def run(state, data, n):
+            state, out = jax.lax.scan(lambda s, _: jax.vmap(step, in_axes=(0, None))(s, data), state, None, length=n)
+            return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # (chain, iteration, ...)
+
+        run = jax.jit(run, static_argnums=2)
+        keys = jax.random.split(jax.random.PRNGKey(seed), C)
+        total = config.num_warmup + config.num_samples
+        if config.chain_method == "vectorized":
+            out = _run_chains(run, init_fn, z0, orders0, keys, data, config.num_warmup, total, config, progress)
+        else:
+            parts = [_run_chains(run, init_fn, jax.tree.map(lambda a: a[c:c + 1], z0), orders0[c:c + 1],
+                                 keys[c:c + 1], data, config.num_warmup, total, config, progress) for c in range(C)]
+            out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+        draws = _constrain(postprocess, out, data)
+        S = C * config.num_samples
+        noise = draws["noise_scale"] if fixed is None else np.broadcast_to(np.asarray(fixed), (S, d)).copy()
+        if config.decoder == "linear":
+            decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
+            latent_mean, latent_sd = latent_summaries(
+                dataset, {"W": draws["W"], "noise_scale": noise, "decoder_weight": decoder["A"],
+                          "decoder_bias": decoder["b"], "obs_scale": decoder["obs_scale"]}, tau)
+        else:
+            decoder = {}
+            latent_mean, latent_sd = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d))
+    orders = out.order.reshape(S, d)
+    counts = {k: int(getattr(out, k).sum()) for k in ("swap_accepted", "swap_proposed", "reversal_accepted",
+                                                      "reversal_proposed")}
+    post = Posterior(
+        method="mcmc", W=draws["W"], noise_scales=noise, orders=orders, decoder=decoder,
+        latent_mean=latent_mean, latent_scale=latent_sd, elbo=np.zeros(0), seconds=0.0, tau=tau,
+        info={"num_chains": C, "config": config.__dict__, "priors": priors.describe(),
+              "proposal_order": proposal.tolist(), "divergences": int(out.diverging.sum()),
+              "mean_accept_prob": float(out.accept_prob.mean()), "mean_leapfrog_steps": float(out.num_steps.mean()),
+              "order_acceptance": _rate(counts["swap_accepted"] + counts["reversal_accepted"],
+                                        counts["swap_proposed"] + counts["reversal_proposed"]),
+              "swap_acceptance": _rate(counts["swap_accepted"], counts["swap_proposed"]),
+              "reversal_acceptance": _rate(counts["reversal_accepted"], counts["reversal_proposed"]),
+              "svi_init": svi is not None},
+    )
+    post.info.update(diagnostics(post))
+    object.__setattr__(post, "seconds", time.perf_counter() - start)
+    return post
+
+
+def _rate(a, b):
+    return float(a / b) if b else float("nan")
+
+
+def _constrain(postprocess, out, data, chunk=500):
+    """Constrained draws (chain-major flattened, leading C * S) from the unconstrained chain output."""
+    z = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out.z)
+    order = out.order.reshape(-1, out.order.shape[-1])
+    f = jax.jit(jax.vmap(postprocess, in_axes=(0, 0, None)))
+    n = len(order)
+    parts = [jax.tree.map(np.asarray, f(jax.tree.map(lambda a: jnp.asarray(a[i:i + chunk]), z),
+                                       jnp.asarray(order[i:i + chunk]), data)) for i in range(0, n, chunk)]
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+def diagnostics(posterior):
+    """Sampler diagnostics via ArviZ on ``posterior.to_arviz()``: max R-hat and min bulk ESS of ``W``
+    and ``noise_scale`` (entries that never vary, e.g. the diagonal of W, are skipped)."""
+    import arviz as az
+
+    tree = posterior.to_arviz()
+    out = {}
+    for var in ("W", "noise_scale"):
+        draws = np.asarray(tree["posterior"][var])
+        varying = np.ptp(draws.reshape((-1,) + draws.shape[2:]), axis=0) > 0
+        if posterior.info.get("num_chains", 1) < 2 or not varying.any():
+            out[f"max_rhat_{var}"], out[f"min_ess_{var}"] = float("nan"), float("nan")
+            continue
+        with warnings.catch_warnings():  # constant entries (W's diagonal) divide 0 by 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rhat = np.asarray(az.rhat(tree, var_names=[var])[var])
+            ess = np.asarray(az.ess(tree, var_names=[var])[var])
+        out[f"max_rhat_{var}"] = float(np.nanmax(rhat[varying]))
+        out[f"min_ess_{var}"] = float(np.nanmin(ess[varying]))
+    return out
