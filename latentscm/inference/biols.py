@@ -1,0 +1,345 @@
+"""``biols``: the seed paper's method (Subramanian et al. 2022, built on BCD Nets), as the baseline.
+
+ELBO (model in :mod:`latentscm.models.biols`)::
+
+    E_q [ log p(x | z, decoder) ] - KL(q(L, sigma) || p(L, sigma)) - E_q(L, sigma) KL(q(P | L, sigma) || p(P))
+
+with ``q(z | L, sigma, P) = p(z | L, sigma, P, intervention)``: z is drawn from the SCM given each
+row's intervention (reparameterised, one triangular solve per row), never inferred from x. Guide:
+
+* ``q(L, log sigma)``: mean-field Gaussian; its log-sd is squashed to ``(-log_std_max, log_std_max)``
+  by ``tanh`` and starts at -1, means at 0 (all as in the reference code);
+* ``q(P | L, sigma)``: Gumbel-matching with logits ``T = c tanh(MLP(L, log sigma) / c)``
+  (two GELU layers of ``order_hidden`` units, ``c = logit_constraint``); hard Hungarian samples,
+  straight-through Gumbel-Sinkhorn gradients at a fixed temperature, ``log q(P)`` by the Bethe
+  permanent; the prior over orders is uniform. With ``known_order`` P is fixed (what every run of
+  the reference code did);
+* ``z``: the SCM itself (the ``z`` site appears in model and guide with the same distribution, so
+  its log-density terms cancel exactly and only the reconstruction term depends on it);
+* decoder parameters: point estimates (maximum likelihood), optimised jointly.
+
+Optimiser AdaBelief (the reference's ``scale_by_belief``). See ``docs/biols.md`` for the parts that
+differ from the reference code and why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer import Trace_ELBO
+
+from ..models.biols import (
+    MarginalHorseshoe, ReparamGumbelSinkhornPermutation, ReparamInterventionalLinearGaussian, SitePrior, biols_model, decode, horseshoe_global_scale, init_decoder,
+)
+from ..models.collapsed import latent_posterior
+from ..models.permutation import order_from_matrix
+from ..models.priors import parse_priors
+from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
+from .posterior import Posterior
+from .svi import init as svi_init
+from .svi import make_step, run_svi
+
+
+@dataclass(frozen=True)
+class BiolsConfig:
+    """Settings of the ``biols`` method (validated in ``__post_init__``).
+
+    steps, learning_rate: AdaBelief optimisation; num_particles: posterior samples per step (the
+    reference used 64); batch_size: rows per step (None: all rows; the reference used all);
+    decoder: ``"linear"`` or ``"mlp"``; decoder_hidden: MLP widths (the reference: 16, 64, 64, 64);
+    order_hidden: width of the order MLP's two layers; known_order: node order (first to last) or
+    None to learn it; horseshoe: the paper's marginal horseshoe prior on edge weights with the
+    global scale of :func:`~latentscm.models.biols.horseshoe_global_scale` (False: the priors
+    spec's ``edge_weight``); expected_degree: parents per node assumed by that rule;
+    noise_prior_scale: sd of the normal prior on ``log sigma`` (None: the spec's ``noise_scale``);
+    obs_scale: observation noise sd (fixed, as the reference's ``pred_sigma``); temperature:
+    Gumbel-Sinkhorn temperature (fixed); logit_constraint, log_std_max: the reference's squashing
+    constants; tau: intervention noise scale; num_draws: posterior draws kept; chunk: steps per
+    jitted call; latent_draws, latent_steps: MAP latent estimates for the MLP decoder.
+    """
+
+    steps: int = 2000
+    learning_rate: float = 0.01
+    num_particles: int = 16
+    batch_size: int | None = 500
+    decoder: str = "linear"
+    decoder_hidden: tuple[int, ...] = (16, 64, 64, 64)
+    order_hidden: int = 128
+    known_order: tuple[int, ...] | None = None
+    horseshoe: bool = True
+    expected_degree: float = 1.0
+    noise_prior_scale: float | None = 3.0
+    obs_scale: float = 0.1
+    temperature: float = 0.2
+    logit_constraint: float = 10.0
+    log_std_max: float = 5.0
+    tau: float = 0.1
+    num_draws: int = 200
+    chunk: int = 100
+    latent_draws: int = 4
+    latent_steps: int = 300
+
+    def __post_init__(self):
+        ints = {"steps": 1, "num_particles": 1, "order_hidden": 1, "num_draws": 2, "chunk": 1,
+                "latent_draws": 1, "latent_steps": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"biols: {name} must be an integer >= {low}; got {value!r}")
+        b = self.batch_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"biols: batch_size must be an integer >= 1, or None for all rows; got {b!r}")
+        for name in ("learning_rate", "expected_degree", "obs_scale", "temperature", "logit_constraint",
+                     "log_std_max", "tau"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"biols: {name} must be a finite number > 0; got {value!r}")
+        s = self.noise_prior_scale
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0):
+            raise ValueError(f"biols: noise_prior_scale must be > 0, or None for the priors spec's "
+                             f"noise_scale; got {s!r}")
+        if self.decoder not in ("linear", "mlp"):
+            raise ValueError(f"biols: decoder must be 'linear' or 'mlp'; got {self.decoder!r}")
+        hidden = tuple(self.decoder_hidden)
+        if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+            raise ValueError(f"biols: decoder_hidden must be a non-empty tuple of integers >= 1; "
+                             f"got {self.decoder_hidden!r}")
+        object.__setattr__(self, "decoder_hidden", hidden)
+        if not isinstance(self.horseshoe, bool):
+            raise ValueError(f"biols: horseshoe must be True or False; got {self.horseshoe!r}")
+        if self.known_order is not None:
+            order = tuple(self.known_order)
+            if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in order):
+                raise ValueError(f"biols: known_order must be a tuple of node indices; got {self.known_order!r}")
+            object.__setattr__(self, "known_order", tuple(int(i) for i in order))
+
+
+def _order_logits(mlp, l_vec, log_sigma, c):
+    """(d, d) order logits ``c tanh(MLP(L, log sigma) / c)`` (two GELU layers, as the reference)."""
+    h = jnp.concatenate([l_vec, log_sigma], axis=-1)
+    h = jax.nn.gelu(h @ mlp["w1"] + mlp["b1"])
+    h = jax.nn.gelu(h @ mlp["w2"] + mlp["b2"])
+    out = h @ mlp["w3"] + mlp["b3"]
+    d = log_sigma.shape[-1]
+    return (c * jnp.tanh(out / c)).reshape(d, d)
+
+
+def make_guide(d, config, *, extra_specs=None):
+    """The BIOLS guide ``guide(temperature, data)``; ``data`` has ``targets`` (N, d), ``values``.
+
+    extra_specs: shapes and supports of further continuous model sites (e.g. hierarchical prior
+    scales when ``horseshoe=False`` with a hierarchical spec), each given a mean-field Gaussian.
+    """
+    learn_order = config.known_order is None
+    known = None if learn_order else np.asarray(config.known_order)
+    T = tril_size(d)
+    cap = config.log_std_max
+
+    def gaussian(name, shape, support):
+        loc = numpyro.param(f"{name}_loc", jnp.zeros(shape))
+        log_std = numpyro.param(f"{name}_log_std", jnp.full(shape, -1.0))
+        scale = jnp.exp(cap * jnp.tanh(log_std / cap))
+        base = dist.Normal(loc, scale).to_event(len(shape))
+        return numpyro.sample(name, dist.TransformedDistribution(base, biject_to(support)))
+
+    def global_part(temperature):
+        """Sample (L, sigma, P) from the guide; returns W (d, d), sigma (d,) and the node order (d,)."""
+        for name, (shape, support) in (extra_specs or {}).items():
+            gaussian(name, shape, support)
+        l_vec = gaussian("edge_weight", (T,), constraints_real)
+        sigma = gaussian("noise_scale", (d,), constraints_positive)
+        if learn_order:
+            mlp = numpyro.param("order_mlp", {})
+            logits = _order_logits(mlp, l_vec, jnp.log(sigma), config.logit_constraint)
+            P = numpyro.sample("P", ReparamGumbelSinkhornPermutation(logits, temperature))
+            order = order_from_matrix(jax.lax.stop_gradient(P))
+        else:
+            order = jnp.asarray(known)
+            P = jnp.eye(d)[order]
+        return weights_from_order(tril_to_matrix(l_vec, d), P), sigma, order
+
+    def guide(temperature, data, subsample_size=None):
+        W, sigma, order = global_part(temperature)
+        targets, values = data["targets"], data["values"]
+        with numpyro.plate("rows", targets.shape[0], subsample_size=subsample_size) as idx:
+            numpyro.sample("z", ReparamInterventionalLinearGaussian(W, sigma, targets[idx], values[idx], config.tau,
+                                                                    order=order))
+
+    guide.global_part = global_part
+    return guide
+
+
+constraints_real = dist.constraints.real
+constraints_positive = dist.constraints.positive
+
+
+def _priors_for(config, spec, n, d):
+    """Edge-weight and noise-scale priors (objects with ``sample(site, shape)``) and a description."""
+    if config.horseshoe:
+        tau0 = horseshoe_global_scale(n, d, config.expected_degree)
+        edge, edge_desc = SitePrior(MarginalHorseshoe(tau0)), {"dist": "marginal_horseshoe", "scale": tau0}
+    else:
+        edge, edge_desc = spec["edge_weight"], spec.describe()["edge_weight"]
+    if config.noise_prior_scale is not None:
+        noise = SitePrior(dist.LogNormal(0.0, float(config.noise_prior_scale)))
+        noise_desc = {"dist": "lognormal", "loc": 0.0, "scale": float(config.noise_prior_scale)}
+    else:
+        noise, noise_desc = spec["noise_scale"], spec.describe()["noise_scale"]
+    return edge, noise, {"edge_weight": edge_desc, "noise_scale": noise_desc}
+
+
+def _extra_sites(model_fn, data):
+    """Continuous latent sites of the model other than edge_weight, noise_scale, P and z."""
+    specs = {}
+
+    def record():
+        tr = handlers.trace(handlers.seed(model_fn, 0)).get_trace(1.0, data)
+        for name, site in tr.items():
+            if (site["type"] == "sample" and not site["is_observed"]
+                    and name not in ("edge_weight", "noise_scale", "P", "z")):
+                specs[name] = (tuple(site["value"].shape), site["fn"].support)
+        return 0.0
+
+    jax.eval_shape(record)
+    return specs
+
+
+def _initial_params(d, D, config, rng, extra_specs):
+    """Initial variational and decoder parameters, with a leading restart axis of size 1."""
+    T = tril_size(d)
+    params = {"edge_weight_loc": np.zeros(T), "edge_weight_log_std": np.full(T, -1.0),
+              "noise_scale_loc": np.zeros(d), "noise_scale_log_std": np.full(d, -1.0),
+              "decoder": init_decoder(rng, config.decoder, d, D, config.decoder_hidden)}
+    for name, (shape, _) in extra_specs.items():
+        params[f"{name}_loc"] = np.zeros(shape)
+        params[f"{name}_log_std"] = np.full(shape, -1.0)
+    if config.known_order is None:
+        h, n_in = config.order_hidden, T + d
+        params["order_mlp"] = {
+            "w1": rng.normal(size=(n_in, h)) / np.sqrt(n_in), "b1": np.zeros(h),
+            "w2": rng.normal(size=(h, h)) / np.sqrt(h), "b2": np.zeros(h),
+            "w3": rng.normal(size=(h, d * d)) / np.sqrt(h), "b3": np.zeros(d * d),
+        }
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float32))[None], params)
+
+
+def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=True):
+    """Fit BIOLS to ``dataset``; returns a :class:`Posterior` (see the module docstring)."""
+    start = time.perf_counter()
+    spec = parse_priors(priors)
+    N, d, D = dataset.N, dataset.d, dataset.D
+    if config.known_order is not None and sorted(config.known_order) != list(range(d)):
+        raise ValueError(f"biols: known_order must be a permutation of 0..{d - 1}; got {config.known_order}")
+    if d < 2:
+        raise ValueError(f"biols: needs at least 2 latent nodes; the dataset has d={d}")
+    batch = None if config.batch_size is None or config.batch_size >= N else config.batch_size
+    rng = np.random.default_rng(seed)
+    edge_prior, noise_prior, prior_desc = _priors_for(config, spec, N, d)
+    data = {"x": jnp.asarray(dataset.x, jnp.float32), "targets": jnp.asarray(dataset.targets, jnp.float32),
+            "values": jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)}
+    order = None if config.known_order is None else np.asarray(config.known_order)
+    decoder0 = init_decoder(rng, config.decoder, d, D, config.decoder_hidden)
+
+    def model(temperature, data, subsample_size=None):
+        biols_model(data["targets"], data["values"], data["x"], decoder_init=decoder0, edge_prior=edge_prior,
+                    noise_prior=noise_prior, tau=config.tau, obs_scale=config.obs_scale, order=order,
+                    subsample_size=subsample_size)
+
+    extra = _extra_sites(model, data)
+    guide = make_guide(d, config, extra_specs=extra)
+    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True)
+
+    def loss_fn(params, key, temperature, data):
+        return elbo.loss(key, params, model, guide, temperature, data, batch) / N
+
+    optimizer = optax.adabelief(config.learning_rate, eps=1e-8)
+    state = svi_init(jax.random.PRNGKey(seed), _initial_params(d, D, config, rng, extra), optimizer)
+    step_fn = make_step(loss_fn, optimizer, lambda step: config.temperature)
+    state, losses = run_svi(step_fn, state, data, config.steps, chunk=config.chunk, progress=progress, desc="biols")
+    params = jax.tree.map(lambda a: a[0], state.params)
+    draws = _draw(guide, params, config.num_draws, config.temperature, jax.random.PRNGKey(seed + 1))
+    S = config.num_draws
+    dec = {k: np.asarray(v) for k, v in params["decoder"].items()}
+    if config.decoder == "linear":
+        decoder = {"A": np.broadcast_to(dec["A"], (S, d, D)), "b": np.broadcast_to(dec["b"], (S, D))}
+        latent_mean, latent_sd = _linear_latents(data, draws, dec, config)
+    else:
+        decoder = {k: np.broadcast_to(v, (S,) + v.shape) for k, v in dec.items()}
+        latent_mean, latent_sd = _map_latents(data, draws, dec, config, jax.random.PRNGKey(seed + 2))
+    decoder["obs_scale"] = np.full(S, config.obs_scale, np.float32)
+    return Posterior(
+        method="biols", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"], decoder=decoder,
+        latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, 0] * N,
+        seconds=time.perf_counter() - start, tau=config.tau,
+        info={"config": config.__dict__, "priors": prior_desc, "decoder_kind": config.decoder,
+              "batch_size": batch or N, "latents": "exact p(z | x) per draw (linear decoder)"
+              if config.decoder == "linear" else "MAP of p(x | z) p(z | SCM) per draw (MLP decoder)"},
+    )
+
+
+def _draw(guide, params, num, temperature, key):
+    """Posterior draws of (W, sigma, order) from the fitted guide, as numpy arrays."""
+
+    def one(k):
+        with handlers.seed(rng_seed=k), handlers.substitute(data=params):
+            return guide.global_part(temperature)
+
+    W, sigma, order = jax.jit(jax.vmap(one))(jax.random.split(key, num))
+    return {"W": np.asarray(W), "noise_scale": np.asarray(sigma), "order": np.asarray(order)}
+
+
+def _linear_latents(data, draws, dec, config, chunk=50):
+    """Mixture mean and sd (N, d) of the exact Gaussian ``p(z_n | x_n, ...)`` over the draws."""
+    f = jax.jit(jax.vmap(lambda W, s: latent_posterior(data["x"], data["targets"], data["values"], W, s,
+                                                       dec["A"], dec["b"], config.obs_scale, config.tau)))
+    S = len(draws["W"])
+    m1 = m2 = 0.0
+    for i in range(0, S, chunk):
+        mean, cov = f(jnp.asarray(draws["W"][i:i + chunk]), jnp.asarray(draws["noise_scale"][i:i + chunk]))
+        m1 = m1 + mean.sum(0)
+        m2 = m2 + (jnp.diagonal(cov, axis1=-2, axis2=-1) + mean**2).sum(0)
+    mean = np.asarray(m1 / S)
+    return mean, np.sqrt(np.maximum(np.asarray(m2 / S) - mean**2, 0.0))
+
+
+def _map_latents(data, draws, dec, config, key):
+    """MLP decoder: per-row MAP of ``log p(x_n | z) + log p(z | SCM, m_n, v_n)`` for a few draws.
+
+    Adam from the SCM's interventional mean, vectorised over rows and draws; returns the mean and
+    sd of the MAP points across draws (the sd reflects posterior uncertainty about the SCM only).
+    """
+    k = min(config.latent_draws, len(draws["W"]))
+    idx = np.asarray(jax.random.choice(key, len(draws["W"]), (k,), replace=False))
+    x, t, v = data["x"], data["targets"], data["values"]
+    opt = optax.adam(0.05)
+
+    def solve(W, sigma):
+        prior = InterventionalLinearGaussian(W, sigma, t, v, config.tau)
+
+        def objective(z):
+            ll = dist.Normal(decode(dec, z), config.obs_scale).log_prob(x).sum()
+            return -(ll + prior.log_prob(z).sum())
+
+        def body(carry, _):
+            z, s = carry
+            g = jax.grad(objective)(z)
+            u, s = opt.update(g, s, z)
+            return (optax.apply_updates(z, u), s), None
+
+        z0 = prior.mean
+        (z, _), _ = jax.lax.scan(body, (z0, opt.init(z0)), None, length=config.latent_steps)
+        return z
+
+    zs = jax.jit(jax.vmap(solve))(jnp.asarray(draws["W"][idx]), jnp.asarray(draws["noise_scale"][idx]))
+    zs = np.asarray(zs)
+    return zs.mean(0), zs.std(0)
