@@ -7,6 +7,7 @@ from typing import Callable, NamedTuple
 
 from ..data import DataError, Dataset
 from ..models.priors import parse_priors
+from .amortized import AmortizedConfig, fit_amortized
 from .biols import BiolsConfig, fit_biols
 from .collapsed import CollapsedConfig, fit_collapsed
 from .mcmc import MCMCConfig, fit_mcmc
@@ -22,6 +23,7 @@ METHODS = {
     "collapsed": Method(CollapsedConfig, fit_collapsed, ("linear",)),
     "mcmc": Method(MCMCConfig, fit_mcmc, ("linear", "identity")),
     "biols": Method(BiolsConfig, fit_biols, ("linear", "mlp")),
+    "amortized": Method(AmortizedConfig, fit_amortized, ("linear", "mlp")),
 }
 
 

@@ -1,0 +1,387 @@
+"""``amortized``: SVI with per-row latents and a Gaussian encoder, for linear and MLP decoders.
+
+Model: :func:`latentscm.models.amortized.amortized_model` (rows subsampled in minibatches).
+Guide:
+
+* the global sites (``edge_weight``, ``noise_scale``, ``obs_scale``, and ``decoder_weight`` /
+  ``decoder_bias`` for a linear decoder) and the order ``P``: exactly the guide of ``collapsed``
+  (:func:`latentscm.inference.collapsed.make_guide`: mean-field Gaussians, Gumbel-matching order
+  distribution with logits from an MLP of ``(L, log sigma)``, straight-through gradients);
+* ``z``: ``q(z_n | x_n, m_n, v_n)``, Gaussian with mean and scale (diagonal, or a full Cholesky factor)
+  from an equinox MLP of ``[standardised x_n, m_n, v_n]`` (site param ``encoder$params``).
+
+The ELBO is ``numpyro.infer.TraceMeanField_ELBO``: ``z``'s term is the closed-form KL to the SCM's
+Gaussian (registered in :mod:`latentscm.models.amortized`), scaled by ``N / batch_size``.
+
+Initialisation ("supervised", the default): interventions label the latents, since where node j is
+targeted ``z_j = v_j + eta``. The encoder (fed ``x`` only, with ``m`` and ``v`` zeroed) is first fitted
+by regression of ``v_j`` on ``x`` over those rows; its output ``z_hat`` (every row, every node) then
+gives the order proposal and ``L``, ``sigma`` (:mod:`latentscm.inference.initialize`), and the decoder is
+fitted by regression of ``x`` on ``z_hat``. The encoder's inputs for ``m`` and ``v`` start at zero
+weight. ``latent_init = "linear"`` uses the principal-subspace estimate of ``initialize`` instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from jax.scipy.special import logsumexp
+from numpyro.contrib.module import eqx_module
+from numpyro.infer import TraceMeanField_ELBO
+
+from ..models.amortized import amortized_model
+from ..models.priors import parse_priors
+from ..models.scm import InterventionalLinearGaussian
+from .collapsed import _draw, _initial_params, _site_specs, make_guide
+from .initialize import Initialisation, _node_fit, estimate_latents, order_score, propose_order
+from .posterior import Posterior
+from .svi import checkpoint_for, make_step, run_svi
+from .svi import init as svi_init
+
+_INIT_Z_SCALE = 0.05
+
+
+@dataclass(frozen=True)
+class AmortizedConfig:
+    """Settings of the ``amortized`` method (all validated in ``__post_init__``).
+
+    Besides the settings shared with ``collapsed`` (``steps``, ``learning_rate``, ``num_particles``,
+    ``num_restarts``, ``num_draws``, ``temperature``, ``gumbel_scale``, ``logit_scale``, ``mlp_hidden``,
+    ``tau``, ``order_init``, ``known_order``, ``chunk``, ``checkpoint_dir``, ``checkpoint_every``):
+    ``batch_size`` rows per step (capped at N); ``decoder`` ``"mlp"`` or ``"linear"``;
+    ``decoder_width`` / ``decoder_depth`` and ``encoder_width`` / ``encoder_depth`` of the MLPs;
+    ``encoder_covariance`` ``"diag"`` or ``"full"``; ``latent_init`` ``"supervised"`` or ``"linear"``;
+    ``pretrain_steps`` of the supervised encoder and decoder fits; ``heldout_draws`` and
+    ``heldout_particles`` of the importance-sampled held-out NLL (MLP decoder).
+    """
+
+    steps: int = 2000
+    learning_rate: float = 0.003
+    batch_size: int = 256
+    num_particles: int = 2
+    num_restarts: int = 1
+    num_draws: int = 200
+    decoder: str = "mlp"
+    decoder_width: int = 64
+    decoder_depth: int = 2
+    encoder_width: int = 64
+    encoder_depth: int = 2
+    encoder_covariance: str = "diag"
+    latent_init: str = "supervised"
+    pretrain_steps: int = 1500
+    temperature: tuple[float, float] = (1.0, 0.2)
+    gumbel_scale: float = 1.0
+    logit_scale: float = 4.0
+    mlp_hidden: int = 32
+    tau: float = 0.1
+    order_init: str = "proposal"
+    known_order: tuple[int, ...] | None = None
+    heldout_draws: int = 50
+    heldout_particles: int = 64
+    chunk: int = 100
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 200
+
+    def __post_init__(self):
+        ints = {"steps": 1, "batch_size": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2,
+                "decoder_width": 1, "decoder_depth": 1, "encoder_width": 1, "encoder_depth": 1,
+                "pretrain_steps": 0, "mlp_hidden": 1, "heldout_draws": 1, "heldout_particles": 1, "chunk": 1,
+                "checkpoint_every": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"amortized: {name} must be an integer >= {low}; got {value!r}")
+        for name in ("learning_rate", "gumbel_scale", "logit_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"amortized: {name} must be > 0; got {getattr(self, name)!r}")
+        if not self.tau > 0:
+            raise ValueError(f"amortized: tau (intervention noise scale) must be > 0; got {self.tau!r}")
+        t = tuple(self.temperature)
+        if len(t) != 2 or not all(v > 0 for v in t):
+            raise ValueError(f"amortized: temperature must be (start, end) with both > 0; got {self.temperature!r}")
+        object.__setattr__(self, "temperature", (float(t[0]), float(t[1])))
+        choices = {"decoder": ("mlp", "linear"), "encoder_covariance": ("diag", "full"),
+                   "latent_init": ("supervised", "linear"), "order_init": ("proposal", "random")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"amortized: {name} must be one of {allowed}; got {getattr(self, name)!r}")
+        if self.known_order is not None:
+            object.__setattr__(self, "known_order", tuple(int(i) for i in self.known_order))
+
+
+class GaussianEncoder(eqx.Module):
+    """``q(z | x, m, v)``: one row's ``[x_std (D,), m (d,), v (d,)]`` -> (loc (d,), scale_tril (d, d)).
+
+    ``x_std`` is ``x`` standardised by the training data's per-feature mean and sd. The MLP's outputs
+    are ``d`` means, ``d`` log-scales (the Cholesky diagonal) and, for ``full=True``, the
+    ``d(d-1)/2`` below-diagonal entries of the Cholesky factor.
+    """
+
+    net: eqx.nn.MLP
+    d: int = eqx.field(static=True)
+    full: bool = eqx.field(static=True)
+
+    def __init__(self, D, d, width, depth, full, *, key):
+        n_out = 2 * d + (d * (d - 1) // 2 if full else 0)
+        net = eqx.nn.MLP(D + 2 * d, n_out, width, depth, activation=jax.nn.leaky_relu, key=key)
+        last = net.layers[-1]
+        weight = last.weight.at[d:].set(0.0)
+        bias = last.bias.at[d:].set(0.0).at[d:2 * d].set(jnp.log(_INIT_Z_SCALE))
+        self.net = eqx.tree_at(lambda n: (n.layers[-1].weight, n.layers[-1].bias), net, (weight, bias))
+        self.d, self.full = d, full
+
+    def __call__(self, x_std, targets, values):
+        d = self.d
+        out = self.net(jnp.concatenate([x_std, targets, values]))
+        tril = jnp.diag(jnp.exp(jnp.clip(out[d:2 * d], -12.0, 5.0)))
+        if self.full:
+            rows, cols = jnp.tril_indices(d, -1)
+            tril = tril.at[rows, cols].set(out[2 * d:])
+        return out[:d], tril
+
+    def distribution(self, x_std, targets, values):
+        """Batched ``q(z_n)`` for rows (B, ...): ``Normal(...).to_event(1)`` or ``MultivariateNormal``."""
+        loc, tril = jax.vmap(self)(x_std, targets, values)
+        if self.full:
+            return dist.MultivariateNormal(loc, scale_tril=tril)
+        return dist.Normal(loc, jnp.diagonal(tril, 0, -2, -1)).to_event(1)
+
+
+def _fit_regression(net, inputs, targets, weights, steps, learning_rate, key, batch=2048):
+    """Fit ``net`` (a row-wise module of ``inputs``) to ``targets`` by weighted squared error (Adam).
+
+    inputs: tuple of (N, ...) arrays; targets, weights: (N, k). Minibatches of ``batch`` rows.
+    """
+    N = targets.shape[0]
+    B = min(N, batch)
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    opt = optax.adam(learning_rate)
+
+    def loss(p, idx):
+        out = jax.vmap(eqx.combine(p, static))(*(a[idx] for a in inputs))
+        out = out[0] if isinstance(out, tuple) else out
+        return jnp.sum(weights[idx] * (out - targets[idx]) ** 2) / jnp.maximum(jnp.sum(weights[idx]), 1.0)
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def run(p, s, key, n):
+        def body(carry, k):
+            p, s = carry
+            idx = jax.random.choice(k, N, (B,), replace=False) if B < N else jnp.arange(N)
+            g = jax.grad(loss)(p, idx)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (p, s), _ = jax.lax.scan(body, (p, s), jax.random.split(key, n))
+        return p, s
+
+    if steps > 0:
+        params, _ = run(params, opt.init(params), key, steps)
+    return eqx.combine(params, static)
+
+
+def _encode(encoder, x_std, targets, values, chunk=4096):
+    """Encoder mean and sd (N, d) for every row, in chunks."""
+    f = eqx.filter_jit(lambda e, x, t, v: jax.vmap(e)(x, t, v))
+    means, sds = [], []
+    for i in range(0, len(x_std), chunk):
+        loc, tril = f(encoder, x_std[i:i + chunk], targets[i:i + chunk], values[i:i + chunk])
+        means.append(np.asarray(loc))
+        sds.append(np.sqrt(np.sum(np.asarray(tril) ** 2, axis=-1)))
+    return np.concatenate(means), np.concatenate(sds)
+
+
+def _initialise(dataset, config, key, x_std, targets, values):
+    """Data-driven start: pretrained encoder and decoder, latent estimate, order proposal, L and sigma."""
+    d, D = dataset.d, dataset.D
+    k_enc, k_dec, k_fit1, k_fit2 = jax.random.split(key, 4)
+    encoder = GaussianEncoder(D, d, config.encoder_width, config.encoder_depth,
+                              config.encoder_covariance == "full", key=k_enc)
+    t_np = np.asarray(targets)
+    v_np = np.asarray(values)
+    z_lin = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np)
+    if config.latent_init == "supervised":
+        # Label z_j by v_j where j is targeted; nodes without usable interventions fall back to z_lin.
+        usable = np.array([(t_np[:, j] > 0).sum() >= d + 2 and np.ptp(v_np[t_np[:, j] > 0, j]) > 0
+                           for j in range(d)])
+        labels = np.where(usable, np.where(t_np > 0, v_np, 0.0), z_lin)
+        weights = np.where(usable, (t_np > 0).astype(np.float32), 1.0)
+        zeros = jnp.zeros_like(targets)
+        encoder = _fit_regression(encoder, (x_std, zeros, zeros), jnp.asarray(labels, jnp.float32),
+                                  jnp.asarray(weights, jnp.float32), config.pretrain_steps, 3e-3, k_fit1)
+        z_hat = _encode(encoder, x_std, zeros, zeros)[0].astype(np.float64)
+    else:
+        z_hat = z_lin
+        zeros = jnp.zeros_like(targets)
+        encoder = _fit_regression(encoder, (x_std, zeros, zeros), jnp.asarray(z_lin, jnp.float32),
+                                  jnp.ones_like(targets), config.pretrain_steps, 3e-3, k_fit1)
+    first = encoder.net.layers[0]
+    encoder = eqx.tree_at(lambda e: e.net.layers[0].weight, encoder, first.weight.at[:, D:].set(0.0))
+    if config.known_order is None:
+        order, score = propose_order(z_hat, t_np, v_np)
+    else:
+        order = np.asarray(config.known_order)
+        score = order_score(z_hat, t_np, order)
+    W, sigma = np.zeros((d, d)), np.ones(d)
+    for p, j in enumerate(order):
+        _, coef, sigma[j] = _node_fit(z_hat, t_np, j, list(order[:p]))
+        W[order[:p], j] = coef
+    x64 = np.asarray(dataset.x, np.float64)
+    Z1 = np.c_[z_hat, np.ones(len(z_hat))]
+    coef, *_ = np.linalg.lstsq(Z1, x64, rcond=None)
+    A, b = coef[:-1], coef[-1]
+    resid = x64 - Z1 @ coef
+    decoder = None
+    if config.decoder == "mlp":
+        decoder = eqx.nn.MLP(d, D, config.decoder_width, config.decoder_depth, activation=jax.nn.leaky_relu,
+                             key=k_dec)
+        decoder = _fit_regression(decoder, (jnp.asarray(z_hat, jnp.float32),), jnp.asarray(x64, jnp.float32),
+                                  jnp.ones((len(x64), D), jnp.float32), config.pretrain_steps, 3e-3, k_fit2)
+        resid = x64 - _decode_point(decoder, z_hat[None], None)[0]
+    obs_scale = max(float(np.sqrt(np.mean(resid**2))), 1e-3)
+    ini = Initialisation(z_hat, A, b, obs_scale, np.asarray(order), W, sigma, float(score))
+    return ini, encoder, decoder
+
+
+def _decode_point(net, z, draws):
+    """``decode`` for a point-estimate decoder: z (K, M, d) -> (K, M, D); ``draws`` unused."""
+    return np.asarray(_apply_rows(net, jnp.asarray(z, jnp.float32)))
+
+
+@eqx.filter_jit
+def _apply_rows(net, z):
+    return jax.vmap(jax.vmap(net))(z)
+
+
+def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, progress=True):
+    """Fit the amortized model to ``dataset``; returns a :class:`Posterior`."""
+    start = time.perf_counter()
+    priors = parse_priors(priors)
+    d, D, N = dataset.d, dataset.D, dataset.N
+    if config.known_order is not None and sorted(config.known_order) != list(range(d)):
+        raise ValueError(f"amortized: known_order must be a permutation of 0..{d - 1}; got {config.known_order}")
+    rng = np.random.default_rng(seed)
+    key_init, key_svi, key_draw = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = jnp.asarray(dataset.x, jnp.float32)
+    x_loc, x_scale = x.mean(0), x.std(0) + 1e-6
+    targets = jnp.asarray(dataset.targets, jnp.float32)
+    values = jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)
+    data = {"x": x, "x_std": (x - x_loc) / x_scale, "targets": targets, "values": values}
+    ini, encoder0, decoder0 = _initialise(dataset, config, key_init, data["x_std"], targets, values)
+    known = None if config.known_order is None else jnp.asarray(config.known_order)
+    batch = min(config.batch_size, N)
+    decoder_arg = "linear" if config.decoder == "linear" else decoder0
+
+    def model(temperature, data):
+        amortized_model(data["x"], targets=data["targets"], values=data["values"], priors=priors,
+                        decoder=decoder_arg, tau=config.tau, order=known, batch_size=batch)
+
+    specs = {k: v for k, v in _site_specs(model, data).items() if k != "z"}
+    base_guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
+
+    def guide(temperature, data=None):
+        base_guide(temperature)
+        if data is not None:
+            enc = eqx_module("encoder", encoder0)
+            with numpyro.plate("rows", N, subsample_size=batch) as idx:
+                numpyro.sample("z", enc.distribution(data["x_std"][idx], data["targets"][idx], data["values"][idx]))
+
+    elbo = TraceMeanField_ELBO(num_particles=config.num_particles, vectorize_particles=True)
+
+    def loss_fn(params, key, temperature, data):
+        return elbo.loss(key, params, model, guide, temperature, data)
+
+    t0, t1 = config.temperature
+    steps = config.steps
+
+    def schedule(step):
+        return t0 * (t1 / t0) ** jnp.minimum(step / max(steps - 1, 1), 1.0)
+
+    params0 = _initial_params(specs, ini, d, config, rng)
+    R = config.num_restarts
+    nets = {"encoder$params": eqx.filter(encoder0, eqx.is_inexact_array)}
+    if decoder0 is not None:
+        nets["decoder$params"] = eqx.filter(decoder0, eqx.is_inexact_array)
+    params0 |= jax.tree.map(lambda a: jnp.broadcast_to(a, (R,) + a.shape), nets)
+    params0 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params0)
+    # A short warm-up keeps the first Adam steps from knocking the pretrained networks off their fit.
+    optimizer = optax.adam(optax.linear_schedule(config.learning_rate / 100, config.learning_rate, 100))
+    state = svi_init(key_svi, params0, optimizer)
+    step_fn = make_step(loss_fn, optimizer, schedule)
+    checkpoint = checkpoint_for("amortized", config, priors, seed, dataset)
+    state, losses = run_svi(step_fn, state, data, steps, chunk=config.chunk, progress=progress,
+                            desc="amortized", checkpoint=checkpoint)
+    tail = max(1, steps // 10)
+    best = int(np.argmin(losses[-tail:].mean(0)))
+    params = jax.tree.map(lambda a: a[best], state.params)
+    draws = _draw(guide, params, config.num_draws, schedule(steps), key_draw, d, known)
+    encoder = eqx.combine(params["encoder$params"], encoder0)
+    latent_mean, latent_sd = _encode(encoder, data["x_std"], targets, values)
+    decoder = {"obs_scale": draws["obs_scale"]}
+    decode = log_predictive = None
+    if config.decoder == "linear":
+        decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
+    else:
+        net = eqx.combine(params["decoder$params"], decoder0)
+        decode = functools.partial(_decode_point, net)
+        log_predictive = functools.partial(
+            _importance_log_predictive, encoder, net, (np.asarray(x_loc), np.asarray(x_scale)),
+            {"W": draws["W"], "noise_scale": draws["noise_scale"], "obs_scale": draws["obs_scale"]},
+            config.tau, config.heldout_draws, config.heldout_particles, seed)
+    return Posterior(
+        method="amortized", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
+        decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
+        seconds=time.perf_counter() - start, tau=config.tau, decode=decode, log_predictive=log_predictive,
+        info={"restart_elbo": (-losses[-tail:].mean(0)).tolist(), "best_restart": best,
+              "proposal_order": ini.order.tolist(), "decoder_kind": config.decoder, "batch_size": batch,
+              "latents": "encoder mean and sd of q(z_n | x_n, targets_n, values_n)",
+              "config": config.__dict__, "priors": priors.describe()},
+    )
+
+
+def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, seed, dataset,
+                               chunk=256):
+    """Per-row estimate (N,) of ``log p(x_n | m_n, v_n, data)`` for a nonlinear decoder.
+
+    For each of ``num_draws`` posterior draws theta_s (the first ones), ``p(x_n | theta_s)`` is estimated
+    by importance sampling with the encoder ``q(z | x_n, m_n, v_n)`` as proposal (``num_particles``
+    samples): ``mean_k p(x_n | z_k) p(z_k | theta_s) / q(z_k)``; the estimates are averaged over draws.
+    Unbiased for ``p(x_n | data)``; its log is biased low (Jensen), the more so the worse q fits.
+    """
+    x = jnp.asarray(dataset.x, jnp.float32)
+    x_std = (x - x_norm[0]) / x_norm[1]
+    t = jnp.asarray(dataset.targets, jnp.float32)
+    v = jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)
+    S = min(num_draws, len(draws["W"]))
+    W, sigma, s = (jnp.asarray(draws[k][:S], jnp.float32) for k in ("W", "noise_scale", "obs_scale"))
+
+    @eqx.filter_jit
+    def rows(key, x, x_std, t, v):
+        q = encoder.distribution(x_std, t, v)  # batch (B,)
+        z = q.sample(key, (num_particles,))  # (K, B, d)
+        log_q = q.log_prob(z)  # (K, B)
+        mean = jax.vmap(jax.vmap(decoder))(z)  # (K, B, D)
+
+        def per_draw(W, sigma, s):
+            log_pz = InterventionalLinearGaussian(W, sigma, t, v, tau).log_prob(z)
+            log_px = dist.Normal(mean, s).to_event(1).log_prob(x)
+            return logsumexp(log_px + log_pz - log_q, axis=0) - jnp.log(num_particles)  # (B,)
+
+        ll = jax.lax.map(lambda a: per_draw(*a), (W, sigma, s))  # (S, B)
+        return logsumexp(ll, axis=0) - jnp.log(S)
+
+    key = jax.random.PRNGKey(seed + 7)
+    out = []
+    for i in range(0, len(x), chunk):
+        key, k = jax.random.split(key)
+        sl = slice(i, i + chunk)
+        out.append(np.asarray(rows(k, x[sl], x_std[sl], t[sl], v[sl])))
+    return np.concatenate(out)

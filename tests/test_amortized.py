@@ -1,0 +1,164 @@
+"""The ``amortized`` method: closed-form KL, model sites, config validation, predict, recovery."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from numpyro import handlers
+from numpyro.distributions.kl import kl_divergence
+
+from latentscm.data import SimulationConfig, simulate
+from latentscm.data.scm import topological_order
+from latentscm.inference import Posterior, fit
+from latentscm.inference.amortized import AmortizedConfig
+from latentscm.metrics import expected_shd, mcc
+from latentscm.models.amortized import amortized_model, gaussian_scm_kl
+from latentscm.models.priors import parse_priors
+from latentscm.models.scm import InterventionalLinearGaussian
+
+W3 = np.array([[0.0, 1.5, 0.7], [0.0, 0.0, -0.8], [0.0, 0.0, 0.0]])  # edges 0 -> 1, 1 -> 2, 0 -> 2
+SIGMA3 = np.array([0.8, 1.3, 0.6])
+
+
+def _gauss_kl(m0, S0, m1, S1):
+    """KL(N(m0, S0) || N(m1, S1)) by the textbook formula (numpy, full matrices)."""
+    S1i = np.linalg.inv(S1)
+    k = len(m0)
+    return 0.5 * (np.trace(S1i @ S0) + (m1 - m0) @ S1i @ (m1 - m0) - k
+                  + np.linalg.slogdet(S1)[1] - np.linalg.slogdet(S0)[1])
+
+
+@pytest.mark.parametrize("targets,values", [([0, 0, 0], [0, 0, 0]), ([0, 1, 0], [0, 2.0, 0]),
+                                            ([1, 0, 1], [-1.0, 0, 0.5])])
+def test_kl_matches_textbook_formula(targets, values):
+    rng = np.random.default_rng(0)
+    loc = rng.normal(size=3)
+    L = np.tril(rng.normal(size=(3, 3)) * 0.3, -1) + np.diag(rng.uniform(0.2, 1.0, 3))
+    p = InterventionalLinearGaussian(jnp.asarray(W3), jnp.asarray(SIGMA3), jnp.asarray(targets, float),
+                                     jnp.asarray(values), tau=0.1)
+    ref = _gauss_kl(loc, L @ L.T, np.asarray(p.mean), np.asarray(p.covariance()))
+    got = gaussian_scm_kl(jnp.asarray(loc), jnp.asarray(L), jnp.asarray(W3), jnp.asarray(SIGMA3),
+                          jnp.asarray(targets, float), jnp.asarray(values), 0.1)
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    # NumPyro's dispatch (used by TraceMeanField_ELBO) reaches the same formula, for both guide families.
+    np.testing.assert_allclose(kl_divergence(dist.MultivariateNormal(loc, scale_tril=L), p), ref, rtol=1e-4)
+    diag = np.diag(L)
+    ref_diag = _gauss_kl(loc, np.diag(diag**2), np.asarray(p.mean), np.asarray(p.covariance()))
+    np.testing.assert_allclose(kl_divergence(dist.Normal(loc, diag).to_event(1), p), ref_diag, rtol=1e-4)
+
+
+def test_kl_matches_monte_carlo_batched():
+    key = jax.random.PRNGKey(1)
+    t = jnp.array([[0.0, 0, 0], [1, 0, 0]])
+    v = jnp.array([[0.0, 0, 0], [1.5, 0, 0]])
+    loc, scale = jnp.array([[0.3, -0.2, 1.0], [1.4, 2.0, 2.5]]), jnp.array([[0.5, 0.7, 0.4], [0.1, 0.9, 0.6]])
+    q = dist.Normal(loc, scale).to_event(1)
+    p = InterventionalLinearGaussian(jnp.asarray(W3), jnp.asarray(SIGMA3), t, v, tau=0.1)
+    z = q.sample(key, (100_000,))
+    mc = jnp.mean(q.log_prob(z) - p.log_prob(z), 0)
+    kl = kl_divergence(q, p)
+    assert kl.shape == (2,)
+    np.testing.assert_allclose(kl, mc, rtol=0.02, atol=0.02)
+
+
+def test_model_sites_and_prior_predictive():
+    N, d, D = 6, 3, 4
+    t = np.zeros((N, d))
+    t[3:, 1] = 1
+    v = t * 2.0
+    tr = handlers.trace(handlers.seed(amortized_model, 0)).get_trace(
+        None, targets=t, values=v, priors=parse_priors(), D=D, batch_size=4)
+    assert {"edge_weight", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale", "P", "W", "rows", "z",
+            "x"} <= set(tr)
+    assert tr["z"]["value"].shape == (4, d) and tr["x"]["value"].shape == (4, D)
+    assert tr["x"]["scale"] == pytest.approx(N / 4)
+    with pytest.raises(ValueError, match="give x, or D"):
+        handlers.seed(amortized_model, 0)(None, targets=t, values=v, priors=parse_priors())
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"batch_size": 0}, "batch_size"), ({"decoder": "conv"}, "decoder"), ({"encoder_covariance": "low"}, "encoder"),
+    ({"tau": 0.0}, "tau"), ({"learning_rate": -1.0}, "learning_rate"), ({"temperature": (1.0,)}, "temperature"),
+    ({"latent_init": "pca"}, "latent_init"), ({"steps": 1.5}, "steps"),
+])
+def test_config_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        AmortizedConfig(**bad)
+
+
+def test_fit_rejects_bad_settings_before_work():
+    train, _ = simulate(SimulationConfig(d=3, D=6, n_pairs=40, rows_per_regime=2, projection="mlp"), 0)
+    with pytest.raises(ValueError, match="unknown setting"):
+        fit(train, "amortized", config={"batchsize": 10})
+    with pytest.raises(ValueError, match="known_order"):
+        fit(train, "amortized", config={"known_order": (0, 1, 1), "steps": 1}, progress=False)
+
+
+def test_predict_matches_scm_distribution():
+    """Posterior.predict on a one-draw posterior reproduces the SCM's interventional mean and covariance."""
+    S, D = 1, 2
+    A = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    post = Posterior(method="hand", W=W3[None].astype(np.float32), noise_scales=SIGMA3[None], orders=np.array([[0, 1, 2]]),
+                     decoder={"A": A[None], "b": np.array([[0.5, -0.5]]), "obs_scale": np.array([0.01])},
+                     latent_mean=np.zeros((1, 3)), latent_scale=np.zeros((1, 3)), elbo=np.zeros(0), seconds=0.0)
+    t, v = np.array([0, 1, 0]), np.array([0.0, 3.0, 0.0])
+    out = post.predict(t, v, num_samples=20_000, seed=3)
+    assert out["z"].shape == (20_000, 1, 3) and out["x"].shape == (20_000, 1, D)
+    z = out["z"][:, 0]
+    ref = InterventionalLinearGaussian(jnp.asarray(W3), jnp.asarray(SIGMA3), t, v, tau=0.1)
+    np.testing.assert_allclose(z.mean(0), ref.mean, atol=0.05)
+    np.testing.assert_allclose(np.cov(z.T), ref.covariance(), atol=0.08)
+    np.testing.assert_allclose(out["x"][:, 0], z @ A + [0.5, -0.5], atol=0.05)
+    with pytest.raises(ValueError, match="shape"):
+        post.predict(np.zeros((2, 4)))
+
+
+def _small_mlp_fit(steps, pretrain_steps, num_draws):
+    train, test = simulate(SimulationConfig(d=3, D=10, n_pairs=400, rows_per_regime=20, projection="mlp"), 0)
+    order = tuple(int(i) for i in topological_order(train.weights))
+    cfg = {"steps": steps, "pretrain_steps": pretrain_steps, "num_draws": num_draws, "known_order": order,
+           "chunk": steps, "heldout_draws": 5, "heldout_particles": 8}
+    return train, test, fit(train, "amortized", config=cfg, seed=0, progress=False)
+
+
+@pytest.mark.slow
+def test_small_mlp_fit_outputs():
+    """A few steps only; compilation dominates (~35-90 s on 2 shared cores, hence slow)."""
+    train, test, post = _small_mlp_fit(20, 50, 10)
+    assert post.method == "amortized" and post.W.shape == (10, 3, 3) and post.latent_mean.shape == (train.N, 3)
+    assert np.all(post.latent_scale > 0) and post.elbo.shape == (20,)
+    assert set(post.decoder) == {"obs_scale"} and post.decode is not None
+    nll = post.heldout_nll(test)
+    assert np.isfinite(nll)
+    pred = post.predict(test.targets[:4], test.values[:4], num_samples=6)
+    assert pred["z"].shape == (6, 4, 3) and pred["x"].shape == (6, 4, 10)
+    tree = post.to_arviz()
+    assert tree["posterior"]["W"].dims == ("chain", "draw", "parent", "child")
+    assert tree["latents"]["z_mean"].dims == ("obs", "node")
+
+
+@pytest.mark.slow
+def test_small_mlp_recovery_known_order():
+    train, _, post = _small_mlp_fit(300, 800, 50)
+    assert mcc(post.latent_mean, train.z) > 0.95
+    assert expected_shd(post.W, train.weights) <= 1.0
+
+
+@pytest.mark.slow
+def test_linear_decoder_learned_order():
+    train, test = simulate(SimulationConfig(d=3, D=10, n_pairs=400, rows_per_regime=20), 1)
+    post = fit(train, "amortized", config={"decoder": "linear", "steps": 400, "pretrain_steps": 500,
+                                           "num_draws": 50}, seed=0, progress=False)
+    assert set(post.decoder) == {"A", "b", "obs_scale"} and post.decoder["A"].shape == (50, 3, 10)
+    assert mcc(post.latent_mean, train.z) > 0.95
+    assert expected_shd(post.W, train.weights) <= 1.0
+    assert np.isfinite(post.heldout_nll(test))
+
+
+@pytest.mark.slow
+def test_full_covariance_encoder():
+    train, _ = simulate(SimulationConfig(d=3, D=10, n_pairs=400, rows_per_regime=20, projection="mlp"), 2)
+    post = fit(train, "amortized", config={"encoder_covariance": "full", "steps": 300, "pretrain_steps": 500,
+                                           "num_draws": 20}, seed=0, progress=False)
+    assert mcc(post.latent_mean, train.z) > 0.95
