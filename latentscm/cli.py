@@ -148,6 +148,15 @@ def _load(path, what: str):
         raise UsageError(f"{what}: {e}") from None
 
 
+def _check_fit_inputs(dataset, settings: _Settings) -> None:
+    from latentscm.inference.api import check_fit_inputs
+
+    try:
+        check_fit_inputs(dataset, settings.method, settings.fit)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def _fit(dataset, settings: _Settings, seed: int):
     from latentscm.inference import fit
 
@@ -250,6 +259,7 @@ def _cmd_fit(args) -> int:
         if test.d != dataset.d or test.D != dataset.D:
             raise UsageError(f"--test {args.test} has d = {test.d}, D = {test.D} but --data {args.data} has "
                              f"d = {dataset.d}, D = {dataset.D}; they must match")
+    _check_fit_inputs(dataset, settings)
     out = Path(args.out) if args.out else _default_out(settings.method, args.seed)
     args.out = str(out)
     info = {"command": "fit", "argv": args.argv, "seed": args.seed, "data": str(Path(args.data).resolve()),

@@ -114,9 +114,10 @@ def _bad_data_cases(tmp_path):
         "nonexistent": (tmp_path / "missing.npz", "no such file"),
         "nan_in_x": (write_npz(tmp_path / "nan.npz", **nan_x), "non-finite"),
         "targets_not_binary": (write_npz(tmp_path / "twos.npz", **twos), "only 0 and 1"),
-        "values_array_missing": (write_npz(tmp_path / "novalues.npz", **missing_values), "no array 'values'"),
+        "values_array_missing": (write_npz(tmp_path / "novalues.npz", **missing_values),
+                                 'intervention values are missing where targets are 1'),
         "values_nan_where_targeted": (write_npz(tmp_path / "nanvalues.npz", **nan_values),
-                                      "every intervened node needs a value"),
+                                      'unknown_values = "latent"'),
         "empty": (write_npz(tmp_path / "empty.npz", **empty), "empty"),
         "not_npz": (write_toml(tmp_path / "text.npz", "hello"), "not a readable .npz"),
     }

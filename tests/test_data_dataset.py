@@ -75,8 +75,7 @@ def test_true_graph_subset_dataframe(small):
         (lambda a: a.update(x=a["x"][:0], targets=a["targets"][:0], values=a["values"][:0]), "empty"),
         (lambda a: a.update(targets=a["targets"] * 2), "only 0 and 1"),
         (lambda a: a.update(targets=a["targets"][:5]), r"N = 6 rows"),
-        (lambda a: a.update(values=np.where(a["targets"] == 1, np.nan, 0.0)), r"values has 3 missing.*row 3"),
-        (lambda a: a.update(values=None), "values are required"),
+        (lambda a: a.update(values=np.where(a["targets"] == 1, np.inf, 0.0)), r"values has 3 infinite.*row 3"),
         (lambda a: a.update(values=a["values"][:, :2]), "shape of targets"),
         (lambda a: a.update(z=np.zeros((6, 2))), r"z must have shape \(6, 3\)"),
         (lambda a: a.update(weights=np.zeros((2, 2))), r"weights must have shape \(3, 3\)"),
@@ -113,8 +112,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(DataError, match="no array 'x'.*targets"):
         Dataset.load(tmp_path / "nox.npz")
     np.savez(tmp_path / "novalues.npz", x=x, targets=t)
-    with pytest.raises(DataError, match="no array 'values'"):
-        Dataset.load(tmp_path / "novalues.npz")
+    assert Dataset.load(tmp_path / "novalues.npz").num_unknown_values == int(t.sum())  # values unknown
     np.savez(tmp_path / "obs.npz", x=x, targets=np.zeros_like(t))
     assert Dataset.load(tmp_path / "obs.npz").d == 3
 
@@ -128,3 +126,12 @@ def test_load_reference_datasets(d, edges):
     assert np.all(ds.targets[:2000] == 0) and np.all(ds.targets[2000:].sum(1) >= 1)
     np.testing.assert_array_equal(ds.pair[:2000], ds.pair[2000:])
     assert len(np.unique(ds.regime[2000:])) <= 20
+
+
+def test_missing_values_are_unknown_not_zero():
+    x, t, v = _arrays()
+    v = np.where(t == 1, v, 0.0)
+    v[np.argwhere(t == 1)[0][0], np.argwhere(t == 1)[0][1]] = np.nan
+    ds = Dataset.from_arrays(x, t, v)
+    assert ds.num_unknown_values == 1
+    assert Dataset.from_arrays(x, t).num_unknown_values == int(t.sum())  # values omitted: all unknown

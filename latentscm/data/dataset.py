@@ -18,7 +18,7 @@ __all__ = ["DataError", "Dataset"]
 
 FORMAT_HELP = (
     "The external format is a .npz file with arrays x (N, D) float, targets (N, d) 0/1 and values (N, d) "
-    "(required unless all targets are 0), and optionally regime (N,), pair (N,), z (N, d), weights (d, d), "
+    "(NaN where a targeted value is unknown; omitted: all unknown), and optionally regime (N,), pair (N,), z (N, d), weights (d, d), "
     "noise_scales (d,), projection (d, D), image_shape (k,), meta (0-d JSON string)."
 )
 _OPTIONAL_ARRAYS = ("pair", "z", "weights", "noise_scales", "projection")
@@ -66,7 +66,7 @@ class Dataset:
     targets : (N, d) int8
         Intervention masks, 1 where node j of row n was intervened on.
     values : (N, d) float32
-        Intervention values, 0 where ``targets == 0``.
+        Intervention values, 0 where ``targets == 0``, NaN where targeted but unknown.
     regime : (N,) int64
         Regime id of each row.
     pair : (N,) int64, optional
@@ -116,11 +116,11 @@ class Dataset:
         v = np.asarray(self.values, dtype=np.float64)
         if v.shape != t.shape:
             raise DataError(f"values must have the shape of targets {t.shape}, got {v.shape}")
-        missing = (t == 1) & ~np.isfinite(v)
-        if missing.any():
-            raise DataError(f"values has {int(missing.sum())} missing or non-finite entries where targets == 1 "
-                            f"(first in row {_first_bad_row(missing)}); every intervened node needs a value")
-        v = np.where(t == 1, v, 0.0).astype(np.float32)
+        infinite = (t == 1) & np.isinf(v)
+        if infinite.any():
+            raise DataError(f"values has {int(infinite.sum())} infinite entries where targets == 1 "
+                            f"(first in row {_first_bad_row(infinite)}); give finite values, or NaN for unknown ones")
+        v = np.where(t == 1, v, 0.0).astype(np.float32)  # NaN where targeted: an unknown value
         r = np.asarray(self.regime)
         if r.shape != (n,) or not np.issubdtype(r.dtype, np.integer):
             raise DataError(f"regime must be a 1-D integer array of length N = {n}, got {r.dtype} {r.shape}")
@@ -161,15 +161,13 @@ class Dataset:
                     noise_scales=None, projection=None, image_shape=None, meta=None) -> "Dataset":
         """Build a validated Dataset.
 
-        ``values`` may be omitted only when all targets are 0; ``regime`` defaults to the index of each
-        row's distinct target mask. Shapes as in the class docstring.
+        ``values`` may be omitted: the intervention values are then unknown (NaN where targeted);
+        ``regime`` defaults to the index of each row's distinct target mask. Shapes as in the class
+        docstring.
         """
         t = np.asarray(targets)
         if values is None:
-            if t.size and np.any(t != 0):
-                raise DataError("values are required when some targets are 1: pass values (N, d) with the "
-                                "intervention value of each targeted node")
-            values = np.zeros(t.shape, dtype=np.float32)
+            values = np.where(t != 0, np.nan, 0.0).astype(np.float32)
         if regime is None and t.ndim == 2 and np.isin(t, (0, 1)).all():
             regime = _regime_from_targets(t.astype(np.int8)) if t.shape[0] else np.zeros(0, np.int64)
         return cls(x, t, values, regime if regime is not None else np.zeros(len(t), np.int64), pair=pair, z=z,
@@ -177,6 +175,11 @@ class Dataset:
                    image_shape=image_shape, meta=meta or {})
 
     # ------------------------------------------------------------------ properties
+    @property
+    def num_unknown_values(self) -> int:
+        """Number of targeted entries whose intervention value is unknown (NaN)."""
+        return int(np.isnan(self.values).sum())
+
     @property
     def N(self) -> int:
         """Number of rows."""
@@ -261,8 +264,6 @@ class Dataset:
         for key in ("x", "targets"):
             if key not in arrays:
                 raise DataError(f"{path} has no array '{key}' (found {sorted(arrays)}). {FORMAT_HELP}")
-        if "values" not in arrays and np.any(arrays["targets"] != 0):
-            raise DataError(f"{path} has no array 'values' but some targets are 1. {FORMAT_HELP}")
         meta = {}
         if "meta" in arrays:
             try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple
 
+import numpy as np
+
 from ..data import DataError, Dataset
 from ..models.priors import parse_priors
 from .amortized import AmortizedConfig, fit_amortized
@@ -45,6 +47,25 @@ def make_config(method, config=None):
     return cls(**config)
 
 
+def check_fit_inputs(dataset, method, config=None):
+    """Validate a dataset against a method and its settings before any work; returns the settings.
+
+    Raises DataError / ValueError with a message that says what is wrong and how to fix it.
+    """
+    if not isinstance(dataset, Dataset):
+        raise DataError(f"fit expects a latentscm.data.Dataset; got {type(dataset).__name__}. "
+                        "Use Dataset.load(path) or Dataset.from_arrays(x, targets, values).")
+    cfg = make_config(method, config)
+    if dataset.num_unknown_values and getattr(cfg, "unknown_values", "error") != "latent":
+        first = int(np.argwhere(np.isnan(dataset.values))[0, 0])
+        supported = sorted(m for m, spec in METHODS.items()
+                           if "unknown_values" in {f.name for f in dataclasses.fields(spec.config)})
+        raise DataError(f"{dataset.num_unknown_values} intervention values are missing where targets are 1 "
+                        f"(first in row {first}). Provide them, or infer them as latent variables with the "
+                        f"setting unknown_values = \"latent\" (methods that support it: {supported})")
+    return cfg
+
+
 def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progress=True):
     """Infer the posterior over a latent SCM from ``dataset`` with the named method.
 
@@ -64,10 +85,7 @@ def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progre
 
     Everything is validated before any compilation starts.
     """
-    if not isinstance(dataset, Dataset):
-        raise DataError(f"fit expects a latentscm.data.Dataset; got {type(dataset).__name__}. "
-                        "Use Dataset.load(path) or Dataset.from_arrays(x, targets, values).")
-    cfg = make_config(method, config)
+    cfg = check_fit_inputs(dataset, method, config)
     spec = parse_priors(priors)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")

@@ -30,7 +30,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
-from ..models.collapsed import collapsed_model, latent_posterior, sufficient_stats
+from ..models.collapsed import Units, collapsed_model, make_units, unit_latent_posterior, unit_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..models.priors import parse_priors
 from ..models.scm import tril_size, tril_to_matrix, weights_from_order
@@ -48,6 +48,7 @@ class CollapsedConfig:
 
     steps: int = 1000
     learning_rate: float = 0.01
+    lr_final_fraction: float = 0.05
     num_particles: int = 4
     num_restarts: int = 2
     num_draws: int = 200
@@ -56,6 +57,9 @@ class CollapsedConfig:
     logit_scale: float = 4.0
     mlp_hidden: int = 32
     tau: float = 0.1
+    use_pairs: bool = False
+    unknown_values: str = "error"
+    value_scale: float = 2.0
     order_init: str = "proposal"
     known_order: tuple[int, ...] | None = None
     chunk: int = 100
@@ -69,9 +73,17 @@ class CollapsedConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"collapsed: {name} must be an integer >= {low}; got {value!r}")
+        if not 0 < self.lr_final_fraction <= 1:
+            raise ValueError(f"collapsed: lr_final_fraction must be in (0, 1]; got {self.lr_final_fraction!r}")
         for name in ("learning_rate", "gumbel_scale", "logit_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"collapsed: {name} must be > 0; got {getattr(self, name)!r}")
+        if self.unknown_values not in ("error", "latent"):
+            raise ValueError(f"collapsed: unknown_values must be 'error' or 'latent'; got {self.unknown_values!r}")
+        if not self.value_scale > 0:
+            raise ValueError(f"collapsed: value_scale must be > 0; got {self.value_scale!r}")
+        if not isinstance(self.use_pairs, bool):
+            raise ValueError(f"collapsed: use_pairs must be true or false; got {self.use_pairs!r}")
         if not self.tau > 0:
             raise ValueError(f"collapsed: tau (intervention noise scale) must be > 0; got {self.tau!r}")
         t = tuple(self.temperature)
@@ -169,11 +181,13 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
         ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order)
-        stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
+        units = make_units(dataset.x, dataset.targets, dataset.values,
+                           dataset.pair if config.use_pairs else None)
+        stats = tuple(jax.tree.map(jnp.asarray, unit_stats(u)) for u in units)
         known = None if config.known_order is None else jnp.asarray(config.known_order)
 
         def model(temperature, stats):
-            collapsed_model(stats, priors=priors, tau=config.tau, order=known)
+            collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known)
 
         specs = _site_specs(model, stats)
         guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
@@ -188,7 +202,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         def schedule(step):
             return t0 * (t1 / t0) ** jnp.minimum(step / max(steps - 1, 1), 1.0)
 
-        optimizer = optax.adam(config.learning_rate)
+        optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction))
         state = svi_init(jax.random.PRNGKey(seed), _initial_params(specs, ini, d, config, rng), optimizer)
         step_fn = make_step(loss_fn, optimizer, schedule)
         checkpoint = checkpoint_for("collapsed", config, priors, seed, dataset)
@@ -198,14 +212,16 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         best = int(np.argmin(losses[-tail:].mean(0)))
         params = jax.tree.map(lambda a: a[best], state.params)
         draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known)
-        latent_mean, latent_sd = latent_summaries(dataset, draws, config.tau)
+        latent_mean, latent_sd = latent_summaries(dataset, draws, config.tau, units=units,
+                                                  value_scale=config.value_scale)
     return Posterior(
         method="collapsed", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
         decoder={"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]},
         latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
         seconds=time.perf_counter() - start, tau=config.tau,
         info={"restart_elbo": (-losses[-tail:].mean(0)).tolist(), "best_restart": best,
-              "proposal_order": ini.order.tolist(), "config": config.__dict__, "priors": priors.describe()},
+              "proposal_order": ini.order.tolist(),
+              "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__, "priors": priors.describe()},
     )
 
 
@@ -227,20 +243,30 @@ def _draw(guide, params, num, temperature, key, d, known):
     return out
 
 
-def latent_summaries(dataset, draws, tau, chunk=50):
-    """Mixture mean and sd (N, d) of ``p(z_n | x_n, ...)`` over the posterior draws (exact per draw)."""
-    x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, np.nan_to_num(dataset.values)))
+def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=50):
+    """Mixture mean and sd (N, d) of the exact ``p(z_n | x, ...)`` over the posterior draws.
 
-    def moments(W, sigma, A, b, s, x, t, v):
-        mean, cov = latent_posterior(x, t, v, W, sigma, A, b, s, tau)
-        return mean, jnp.diagonal(cov, axis1=-2, axis2=-1) + mean**2
+    ``units`` (from :func:`make_units`) conditions each row on its whole unit (both halves of a
+    pair); by default rows are independent.
+    """
+    if units is None:
+        units = make_units(dataset.x, dataset.targets, dataset.values)
+
+    def moments(W, sigma, A, b, s, u):
+        mean, cov = unit_latent_posterior(u, W, sigma, A, b, s, tau, value_scale)
+        var = jnp.diagonal(cov.reshape(cov.shape[0], mean[0].size, -1), axis1=-2, axis2=-1)
+        return mean, var.reshape(mean.shape) + mean**2
 
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    f = jax.jit(jax.vmap(moments, in_axes=(0,) * 5 + (None,) * 3))
+    f = jax.jit(jax.vmap(moments, in_axes=(0,) * 5 + (None,)))
     S = len(draws["W"])
-    m1 = m2 = 0.0
-    for i in range(0, S, chunk):
-        a, b_ = f(*(jnp.asarray(draws[k][i:i + chunk]) for k in keys), x, t, v)
-        m1, m2 = m1 + a.sum(0), m2 + b_.sum(0)
-    mean = np.asarray(m1 / S)
-    return mean, np.sqrt(np.maximum(np.asarray(m2 / S) - mean**2, 0.0))
+    m1, m2 = np.zeros(dataset.targets.shape), np.zeros(dataset.targets.shape)
+    for u in units:
+        rows = u.rows.reshape(-1)
+        arrays = Units(*(jnp.asarray(a, jnp.float64) for a in u[:4]), None)
+        for i in range(0, S, chunk):
+            a, b_ = f(*(jnp.asarray(draws[k][i:i + chunk]) for k in keys), arrays)
+            m1[rows] += np.asarray(a.sum(0)).reshape(len(rows), -1)
+            m2[rows] += np.asarray(b_.sum(0)).reshape(len(rows), -1)
+    mean = m1 / S
+    return mean, np.sqrt(np.maximum(m2 / S - mean**2, 0.0))

@@ -44,7 +44,7 @@ def estimate_latents(x, targets, values):
     y = np.c_[xc @ vt[:d].T, np.ones(len(x))]
     z = np.zeros((len(x), d))
     for j in range(d):
-        rows = targets[:, j] > 0
+        rows = (targets[:, j] > 0) & np.isfinite(values[:, j])
         if rows.sum() < d + 2 or np.ptp(values[rows, j]) == 0:
             # No usable intervention values for node j: fall back to a standardised component.
             z[:, j] = y[:, j] / (y[:, j].std() + 1e-12)
@@ -80,7 +80,7 @@ def _total_effect_order(z, targets, values):
     effect = np.zeros((d, d))  # effect[j, k]: |corr(v_j, z_k)| where j targeted, k not
     for j in range(d):
         for k in range(d):
-            rows = (targets[:, j] > 0) & (targets[:, k] == 0)
+            rows = (targets[:, j] > 0) & (targets[:, k] == 0) & np.isfinite(values[:, j])
             if j != k and rows.sum() > 3 and np.ptp(values[rows, j]) > 0:
                 effect[j, k] = abs(np.corrcoef(values[rows, j], z[rows, k])[0, 1])
     order, left = [], list(range(d))
@@ -115,7 +115,7 @@ def propose_order(z, targets, values, max_sweeps=20):
 def initialise(x, targets, values, order=None):
     """Full data-driven initialisation (see the module docstring). ``order`` skips the order search."""
     targets = np.asarray(targets)
-    values = np.where(targets > 0, np.nan_to_num(np.asarray(values, np.float64)), 0.0)
+    values = np.where(targets > 0, np.asarray(values, np.float64), 0.0)  # NaN: unknown value
     x = np.asarray(x, np.float64)
     z = estimate_latents(x, targets, values)
     Z1 = np.c_[z, np.ones(len(z))]

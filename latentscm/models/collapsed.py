@@ -26,14 +26,49 @@ from .permutation import UniformPermutation
 from .scm import LOG_2PI, tril_size, tril_to_matrix, weights_from_order
 
 
-class SufficientStats(NamedTuple):
-    """Per-regime sufficient statistics; R distinct target masks.
+class Units(NamedTuple):
+    """Rows arranged in units of k rows that share their exogenous noise (k = 1: single rows,
+    k = 2: pairs). x (U, k, D); targets, values, known (U, k, d); rows (U, k) original row indices.
+    ``values`` is 0 where not targeted or unknown; ``known`` is 1 where a targeted value is observed."""
 
-    masks (R, d); n (R,); sx (R, D); sxx (R, D, D); sv (R, d); svv (R, d, d); sxv (R, D, d);
-    tr_sxx (R,) (kept separately for accuracy).
+    x: np.ndarray
+    targets: np.ndarray
+    values: np.ndarray
+    known: np.ndarray
+    rows: np.ndarray
+
+
+def make_units(x, targets, values, pair=None):
+    """Split rows into units: pairs (rows with equal ``pair`` id) and singles. Returns a tuple of
+    :class:`Units` (singles first), omitting empty ones. NaN values where targeted are unknown."""
+    x = np.asarray(x, np.float64)
+    t = np.asarray(targets, np.int8)
+    v = np.asarray(values, np.float64)
+    known = ((t > 0) & np.isfinite(v)).astype(np.int8)
+    v = np.where(known > 0, v, 0.0)
+    groups = [np.arange(len(x))[:, None]]
+    if pair is not None:
+        ids, inverse, counts = np.unique(np.asarray(pair), return_inverse=True, return_counts=True)
+        if counts.max() > 2:
+            raise ValueError(f"pair ids must group at most two rows; id {ids[counts.argmax()]} has "
+                             f"{counts.max()} rows. Fix the pair array or fit with use_pairs = false")
+        order = np.argsort(inverse, kind="stable")
+        first = np.searchsorted(inverse[order], np.arange(len(ids)))
+        singles = order[first[counts == 1]]
+        pairs = np.stack([order[first[counts == 2]], order[first[counts == 2] + 1]], axis=1)
+        groups = [g for g in (singles[:, None], pairs) if len(g)]
+    return tuple(Units(x[g], t[g], v[g], known[g], g) for g in groups)
+
+
+class SufficientStats(NamedTuple):
+    """Sufficient statistics of units grouped by pattern; R patterns of k rows.
+
+    masks, known (R, k, d); n (R,); sx (R, kD); sxx (R, kD, kD); sv (R, kd); svv (R, kd, kd);
+    sxv (R, kD, kd); tr_sxx (R,) (kept separately for accuracy). Unit rows are concatenated.
     """
 
     masks: np.ndarray
+    known: np.ndarray
     n: np.ndarray
     sx: np.ndarray
     sxx: np.ndarray
@@ -47,8 +82,12 @@ class SufficientStats(NamedTuple):
         return self.masks.shape[-1]
 
     @property
+    def k(self):
+        return self.masks.shape[-2]
+
+    @property
     def D(self):
-        return self.sx.shape[-1]
+        return self.sx.shape[-1] // self.masks.shape[-2]
 
 
 def group_rows(targets):
@@ -57,87 +96,159 @@ def group_rows(targets):
     return masks, index.reshape(-1)
 
 
-def sufficient_stats(x, targets, values, dtype=np.float64):
-    """Sufficient statistics of rows grouped by target mask (computed in float64 with numpy)."""
-    x = np.asarray(x, np.float64)
-    v = np.where(np.asarray(targets) > 0, np.asarray(values, np.float64), 0.0)
-    masks, g = group_rows(targets)
-    R = len(masks)
-    n = np.bincount(g, minlength=R).astype(np.float64)
-    onehot = np.zeros((R, len(x)))
-    onehot[g, np.arange(len(x))] = 1.0
-    sxx = np.stack([x[g == r].T @ x[g == r] for r in range(R)])
+def unit_stats(units: Units, dtype=np.float64):
+    """Sufficient statistics of units grouped by their (targets, known) pattern (float64, numpy)."""
+    U, k, D = units.x.shape
+    d = units.targets.shape[-1]
+    pattern = np.concatenate([units.targets.reshape(U, -1), units.known.reshape(U, -1)], axis=1)
+    patterns, g = group_rows(pattern)
+    R = len(patterns)
+    X, V = units.x.reshape(U, k * D), units.values.reshape(U, k * d)
+    onehot = np.zeros((R, U))
+    onehot[g, np.arange(U)] = 1.0
+    sxx = np.stack([X[g == r].T @ X[g == r] for r in range(R)])
     stats = SufficientStats(
-        masks.astype(dtype), n, onehot @ x, sxx, onehot @ v,
-        np.einsum("rn,ni,nj->rij", onehot, v, v), np.einsum("rn,ni,nj->rij", onehot, x, v),
+        patterns[:, : k * d].reshape(R, k, d), patterns[:, k * d:].reshape(R, k, d),
+        onehot.sum(1), onehot @ X, sxx, onehot @ V,
+        np.einsum("rn,ni,nj->rij", onehot, V, V), np.einsum("rn,ni,nj->rij", onehot, X, V),
         np.einsum("rii->r", sxx),
     )
     return SufficientStats(*(np.asarray(a, dtype) for a in stats))
 
 
-def regime_operators(W, sigma, tau, masks):
-    """Per-regime propagator ``C = (I - W diag(1 - m))^{-1}`` (R, d, d) and variances ``S`` (R, d)."""
+def _block_rows(X):
+    """(R, k, d, d) per-row blocks -> (R, k*d, k, d): row (i, a) touches only the latents of row i."""
+    k = X.shape[1]
+    out = jnp.einsum("ij,rjab->riajb", jnp.eye(k, dtype=X.dtype), X)
+    return out.reshape(X.shape[0], k * X.shape[2], k, X.shape[3])
+
+
+def unit_factors(W, sigma, tau, value_scale, masks, known):
+    """Latent factorisation of a unit pattern: ``Z = xi Gamma + V Gz`` with ``xi ~ N(0, I)``.
+
+    masks, known: (R, k, d). Returns Gamma (R, (k+1) d, k, d) (shared noise eps, then one
+    intervention-noise block per row: tau, plus ``value_scale`` where the value is unknown) and
+    Gz (R, k d, k, d) mapping the known values V (k d) to the latent mean.
+    """
     d = W.shape[-1]
-    B = W[None] * (1 - masks)[:, None, :]
-    C = jnp.linalg.inv(jnp.eye(d) - B)
-    S = jnp.where(masks > 0, tau**2, sigma**2)
-    return C, S
+    C = jnp.linalg.inv(jnp.eye(d) - W * (1 - masks)[..., None, :])  # (R, k, d, d): z_i = u_i C_i
+    eps = jnp.swapaxes(sigma[:, None] * (1 - masks)[..., :, None] * C, 1, 2)  # (R, d, k, d)
+    eta_scale = masks * jnp.sqrt(tau**2 + value_scale**2 * (1 - known))
+    gamma = jnp.concatenate([eps, _block_rows(eta_scale[..., None] * C)], axis=1)
+    return gamma, _block_rows((masks * known)[..., None] * C)
 
 
-def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau):
-    """Exact ``log p(x | targets, values, W, sigma, A, b, s)`` summed over all rows (scalar)."""
-    C, S = regime_operators(W, sigma, tau, stats.masks)
-    d, D = A.shape
-    CA = C @ A  # (R, d, D)
-    Ut = jnp.sqrt(S)[..., None] * CA  # U^T
-    G = stats.masks[..., None] * CA  # mean of x is v G + b
+def _decoded(gamma, gz, A):
+    """Project the latent factors through the linear decoder: Ut (R, r, kD), G (R, kd, kD)."""
+    R, r, k, _ = gamma.shape
+    D = A.shape[-1]
+    Ut = jnp.einsum("rpkd,dD->rpkD", gamma, A).reshape(R, r, k * D)
+    G = jnp.einsum("rqkd,dD->rqkD", gz, A).reshape(R, gz.shape[1], k * D)
+    return Ut, G
+
+
+def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
+    """Exact ``log p(x | targets, values, W, sigma, A, b, s)`` summed over all units (scalar).
+
+    Per unit ``X ~ N(V G + b, U U^T + s^2 I)`` with ``U^T = Gamma A`` of rank ``r = (k+1) d``:
+    Woodbury and the determinant lemma on ``K = s^2 I_r + U^T U``; the data enter only through the
+    sufficient statistics.
+    """
+    gamma, gz = unit_factors(W, sigma, tau, value_scale, stats.masks, stats.known)
+    Ut, G = _decoded(gamma, gz, A)
+    r, kD = Ut.shape[1], Ut.shape[2]
+    b = jnp.tile(b, stats.k)
     s2 = obs_scale**2
-    K = s2 * jnp.eye(d) + Ut @ jnp.swapaxes(Ut, -1, -2)  # (R, d, d)
     n = stats.n
-    # E = sum_n e_n^T e_n with e_n = x_n - b - v_n G: trace and projection U^T E U.
-    sxv_b = stats.sxv - b[None, :, None] * stats.sv[:, None, :]  # sum (x - b)^T v  (R, D, d)
+    # E = sum_n e_n^T e_n with e_n = X_n - b - V_n G: its trace and its projection U^T E U.
+    sxv_b = stats.sxv - b[None, :, None] * stats.sv[:, None, :]
     tr_xx = stats.tr_sxx - 2 * stats.sx @ b + n * (b @ b)
-    trE = (tr_xx - 2 * jnp.einsum("rDk,rkD->r", sxv_b, G)
-           + jnp.einsum("rkD,rkl,rlD->r", G, stats.svv, G))
-    Ub = Ut @ b  # (R, d)
+    trE = tr_xx - 2 * jnp.einsum("rDk,rkD->r", sxv_b, G) + jnp.einsum("rkD,rkl,rlD->r", G, stats.svv, G)
+    Ub = Ut @ b
     Usx = jnp.einsum("rkD,rD->rk", Ut, stats.sx)
     UxxU = (jnp.einsum("rkD,rDE,rlE->rkl", Ut, stats.sxx, Ut)
             - Usx[:, :, None] * Ub[:, None, :] - Ub[:, :, None] * Usx[:, None, :]
             + n[:, None, None] * Ub[:, :, None] * Ub[:, None, :])
-    GU = G @ jnp.swapaxes(Ut, -1, -2)  # (R, d, d): v G U
-    UxvG = Ut @ sxv_b @ GU  # U^T (sum (x-b)^T v) G U  (R, d, d)
+    GU = G @ jnp.swapaxes(Ut, -1, -2)  # (R, kd, r)
+    UxvG = Ut @ sxv_b @ GU
     UEU = UxxU - UxvG - jnp.swapaxes(UxvG, -1, -2) + jnp.swapaxes(GU, -1, -2) @ stats.svv @ GU
+    K = s2 * jnp.eye(r) + Ut @ jnp.swapaxes(Ut, -1, -2)
     quad = (trE - jnp.einsum("rkl,rlk->r", jnp.linalg.inv(K), UEU)) / s2
-    logdet = (D - d) * jnp.log(s2) + jnp.linalg.slogdet(K)[1]
-    return jnp.sum(-0.5 * (n * D * LOG_2PI + n * logdet + quad))
+    logdet = (kD - r) * jnp.log(s2) + jnp.linalg.slogdet(K)[1]
+    return jnp.sum(-0.5 * (n * kD * LOG_2PI + n * logdet + quad))
 
 
-def latent_posterior(x, targets, values, W, sigma, A, b, obs_scale, tau):
-    """Exact Gaussian ``p(z_n | x_n, targets_n, values_n, params)``: mean (N, d), covariance (N, d, d).
+def _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale):
+    """Per-unit factors and residuals shared by the per-unit likelihood and the latent posterior."""
+    gamma, gz = unit_factors(W, sigma, tau, value_scale, units.targets, units.known)
+    Ut, G = _decoded(gamma, gz, A)
+    U, k, D = units.x.shape
+    V = units.values.reshape(U, -1)
+    e = units.x.reshape(U, k * D) - jnp.tile(b, k) - jnp.einsum("nq,nqD->nD", V, G)
+    K = obs_scale**2 * jnp.eye(Ut.shape[1]) + Ut @ jnp.swapaxes(Ut, -1, -2)
+    return gamma, gz, Ut, e, K, V
 
-    Prior precision ``(I - B) S^{-1} (I - B)^T`` (no inverse of the SCM needed); posterior precision
-    adds ``A A^T / s^2``.
+
+def unit_log_likelihood(units, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
+    """Per-unit ``log p(X_u | ...)`` (U,): the density of :func:`collapsed_log_likelihood`, unit by unit."""
+    _, _, Ut, e, K, _ = _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale)
+    s2 = obs_scale**2
+    Ue = jnp.einsum("nrD,nD->nr", Ut, e)
+    quad = (jnp.sum(e * e, -1) - jnp.einsum("nr,nr->n", Ue, jnp.linalg.solve(K, Ue[..., None])[..., 0])) / s2
+    r, kD = Ut.shape[1], Ut.shape[2]
+    return -0.5 * (kD * LOG_2PI + (kD - r) * jnp.log(s2) + jnp.linalg.slogdet(K)[1] + quad)
+
+
+def unit_latent_posterior(units, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
+    """Exact Gaussian ``p(Z_u | X_u, ...)`` of each unit's latents: mean (U, k, d), covariance (U, k, d, k, d).
+
+    Through the noise coordinates: ``xi | X ~ N(e U K^{-1}, s^2 K^{-1})``, then ``Z = xi Gamma + V Gz``.
     """
-    d = W.shape[-1]
-    m = jnp.asarray(targets, W.dtype)
-    v = jnp.where(m > 0, values, 0.0)
-    IB = jnp.eye(d) - W[None] * (1 - m)[:, None, :]  # (N, d, d)
-    S = jnp.where(m > 0, tau**2, sigma**2)
-    prior_prec = (IB / S[:, None, :]) @ jnp.swapaxes(IB, -1, -2)
-    prec = prior_prec + (A @ A.T)[None] / obs_scale**2
-    cov = jnp.linalg.inv(prec)
-    # prior mean mu solves mu (I - B) = m v  ->  prior_prec-weighted: mu Sigma^{-1} = (m v) S^{-1} (I-B)^T
-    eta = jnp.einsum("nk,nlk->nl", v / S, IB) + (x - b) @ A.T / obs_scale**2
-    return jnp.einsum("nk,nkl->nl", eta, cov), cov
+    gamma, gz, Ut, e, K, V = _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale)
+    U, k, d = units.targets.shape
+    gam = gamma.reshape(U, -1, k * d)
+    Kinv = jnp.linalg.inv(K)
+    xi = jnp.einsum("nD,nrD,nrs->ns", e, Ut, Kinv)
+    mean = jnp.einsum("nr,nrq->nq", xi, gam) + jnp.einsum("nq,nqp->np", V, gz.reshape(U, -1, k * d))
+    cov = obs_scale**2 * jnp.einsum("nrq,nrs,nsp->nqp", gam, Kinv, gam)
+    return mean.reshape(U, k, d), cov.reshape(U, k, d, k, d)
 
 
-def collapsed_model(stats, *, priors, tau=0.1, order=None):
+def _singles(x, targets, values):
+    """Rows as single-row units (jax-friendly: no numpy conversion)."""
+    m = jnp.asarray(targets)
+    known = (m > 0) & jnp.isfinite(values)
+    v = jnp.where(known, values, 0.0)
+    return Units(x[:, None], m[:, None], v[:, None], known.astype(m.dtype)[:, None], None)
+
+
+def sufficient_stats(x, targets, values, pair=None, dtype=np.float64):
+    """Sufficient statistics of a data set: one SufficientStats of single rows, or, with ``pair``,
+    a tuple (singles, pairs) of those present."""
+    stats = tuple(unit_stats(u, dtype) for u in make_units(x, targets, values, pair))
+    return stats[0] if pair is None else stats
+
+
+def row_log_likelihood(x, targets, values, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
+    """Per-row ``log p(x_n | ...)`` (N,) of rows taken as independent (held-out data, minibatches)."""
+    return unit_log_likelihood(_singles(x, targets, values), W, sigma, A, b, obs_scale, tau, value_scale)
+
+
+def latent_posterior(x, targets, values, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
+    """Exact Gaussian ``p(z_n | x_n, ...)`` of rows taken as independent: mean (N, d), cov (N, d, d)."""
+    mean, cov = unit_latent_posterior(_singles(x, targets, values), W, sigma, A, b, obs_scale, tau, value_scale)
+    return mean[:, 0], cov[:, 0, :, 0, :]
+
+
+def collapsed_model(stats, *, priors, tau=0.1, value_scale=1.0, order=None):
     """NumPyro model of the collapsed latent SCM (see the module docstring for site names).
 
-    stats: SufficientStats of the data; priors: PriorSpec; tau: intervention noise scale;
-    order: optional known node order (d,), which replaces the ``P`` site by a constant.
+    stats: a SufficientStats or a tuple of them (single rows, pairs); priors: PriorSpec; tau:
+    intervention noise scale; value_scale: prior scale of unknown intervention values; order:
+    optional known node order (d,), which replaces the ``P`` site by a constant.
     """
-    d, D = stats.d, stats.D
+    stats = stats if isinstance(stats, tuple) and not isinstance(stats, SufficientStats) else (stats,)
+    d, D = stats[0].d, stats[0].D
     l_vec = priors["edge_weight"].sample("edge_weight", (tril_size(d),))
     sigma = priors["noise_scale"].sample("noise_scale", (d,))
     if order is None:
@@ -148,25 +259,5 @@ def collapsed_model(stats, *, priors, tau=0.1, order=None):
     A = priors["decoder_weight"].sample("decoder_weight", (d, D))
     b = priors["decoder_bias"].sample("decoder_bias", (D,))
     s = priors["obs_scale"].sample("obs_scale", ())
-    numpyro.factor("x", collapsed_log_likelihood(stats, W, sigma, A, b, s, tau))
+    numpyro.factor("x", sum(collapsed_log_likelihood(st, W, sigma, A, b, s, tau, value_scale) for st in stats))
 
-
-def row_log_likelihood(x, targets, values, W, sigma, A, b, obs_scale, tau):
-    """Per-row ``log p(x_n | targets_n, values_n, params)`` (N,), z integrated out (Woodbury per row).
-
-    The same density as :func:`collapsed_log_likelihood`, row by row: for held-out data and minibatches.
-    """
-    d, D = A.shape
-    m = jnp.asarray(targets, A.dtype)
-    v = jnp.where(m > 0, values, 0.0)
-    C = jnp.linalg.inv(jnp.eye(d) - W[None] * (1 - m)[:, None, :])
-    S = jnp.where(m > 0, tau**2, sigma**2)
-    CA = C @ A  # (N, d, D)
-    Ut = jnp.sqrt(S)[..., None] * CA
-    e = x - b - jnp.einsum("nk,nkD->nD", m * v, CA)
-    s2 = obs_scale**2
-    K = s2 * jnp.eye(d) + Ut @ jnp.swapaxes(Ut, -1, -2)
-    Ue = jnp.einsum("nkD,nD->nk", Ut, e)
-    quad = (jnp.sum(e * e, -1) - jnp.einsum("nk,nk->n", Ue, jnp.linalg.solve(K, Ue[..., None])[..., 0])) / s2
-    logdet = (D - d) * jnp.log(s2) + jnp.linalg.slogdet(K)[1]
-    return -0.5 * (D * LOG_2PI + logdet + quad)

@@ -151,7 +151,8 @@ class GumbelSinkhornPermutation(dist.Distribution):
         return hard + soft - jax.lax.stop_gradient(soft)
 
     def sample(self, key, sample_shape=()):
-        return jax.lax.stop_gradient(self.rsample(key, sample_shape))
+        # NumPyro's sample sites call ``sample``: it must stay reparameterised (differentiable).
+        return self.rsample(key, sample_shape)
 
     def log_prob(self, value):
         return jnp.sum(self.logits * value, axis=(-2, -1)) - log_bethe_permanent(self.logits)

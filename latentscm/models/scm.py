@@ -93,7 +93,8 @@ class InterventionalLinearGaussian(dist.Distribution):
         return solve_scm(self.weights, m, u, self.order)
 
     def sample(self, key, sample_shape=()):
-        return jax.lax.stop_gradient(self.rsample(key, sample_shape))
+        # NumPyro's sample sites call ``sample``: it must stay reparameterised (differentiable).
+        return self.rsample(key, sample_shape)
 
     def log_prob(self, value):
         mean = _conditional_means(value, self.weights, self.targets, self.values)
