@@ -301,6 +301,33 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from latentscm.compare import compare
+    from latentscm.inference import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if not methods or unknown:
+        raise UsageError(f"--methods: unknown or missing method(s) {unknown or methods}; available methods: "
+                         f"{', '.join(sorted(METHODS))}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers such as 0,1,2; got {args.seeds!r}") from None
+    for path, flag in ((args.data, "--data"), (args.test, "--test")):
+        if path is not None:
+            _load(path, flag)  # validate before any fit starts
+    out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
+    try:
+        table = compare(args.data, methods, seeds=seeds, test=args.test, out_dir=out)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from None
+    summary = table.drop(columns="seed").groupby("method", sort=False).mean(numeric_only=True)
+    print(summary.round(4).to_string())
+    print(f"comparison: {out / 'comparison.md'} (and .csv, .png)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------------
@@ -333,7 +360,7 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentscm", description="Bayesian inference of latent linear-Gaussian structural causal models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,simulate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,compare,simulate}")
 
     p = sub.add_parser("run", help="simulate the default problem, fit it, write a run folder",
                        description="Simulate the embedded default problem (paired design, d=5, D=100, ER-1 graph, "
@@ -354,6 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_options(p)
     p.add_argument("--json", metavar="FILE", help="also write the metrics as one flat JSON object here")
     p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("compare", help="fit several methods on the same data; write a comparison table and plot",
+                       description="Fit each method with each seed on the same dataset (one process per fit) and "
+                                   "write comparison.csv, comparison.md and comparison.png.")
+    p.add_argument("--data", required=True, metavar="FILE.npz", help="the dataset to fit")
+    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. collapsed,mcmc")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--test", metavar="FILE.npz", help="held-out dataset; adds heldout_nll")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-compare)")
+    p.set_defaults(handler=_cmd_compare)
 
     p = sub.add_parser("simulate", help="write a simulated dataset in the external .npz format")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="training set destination")

@@ -332,3 +332,19 @@ def save_figure(fig: Figure, path, **savefig_kwargs) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
     plt.close(fig)
     return path
+
+
+def plot_comparison(table, *, metrics=("e_shd", "auroc", "mcc", "heldout_nll", "wall_s", "peak_rss_mb")) -> Figure:
+    """One panel per metric: each method's fits (dots) and mean (bar). ``table``: one row per fit."""
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.2), squeeze=False)
+    methods = list(dict.fromkeys(table["method"]))
+    for ax, metric in zip(axes[0], metrics):
+        for i, method in enumerate(methods):
+            values = table.loc[table["method"] == method, metric].to_numpy(dtype=float)
+            ax.bar(i, np.nanmean(values) if np.isfinite(values).any() else 0.0, color="C0", alpha=0.35)
+            ax.plot(np.full(len(values), i), values, "o", color="C0")
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_title(metric)
+    fig.tight_layout()
+    return fig

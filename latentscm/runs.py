@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,7 +74,8 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
         ``method``, ``seed`` (when given), ``n`` (rows), ``d``, ``D``, ``seconds``; with true weights
         ``e_shd``, ``e_shd_double``, ``auroc``, ``auprc``, ``edge_rmse`` (see
         :func:`latentscm.metrics.structure_metrics`); with true latents ``mcc`` (of
-        ``posterior.latent_mean``); with ``test`` ``heldout_nll``.
+        ``posterior.latent_mean``); with ``test`` ``heldout_nll`` (NaN when the method has no
+        predictive density); ``peak_rss_mb``, the process's peak resident memory.
     """
     from .metrics import mcc, structure_metrics
 
@@ -87,7 +89,12 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
     elif dataset.z is not None:
         out["mcc"] = mcc(posterior.latent_mean, dataset.z)
     if test is not None:
-        out["heldout_nll"] = float(posterior.heldout_nll(test))
+        try:
+            out["heldout_nll"] = float(posterior.heldout_nll(test))
+        except (ValueError, NotImplementedError):  # e.g. no predictive density for this decoder
+            out["heldout_nll"] = float("nan")
+    # peak resident memory of this process so far (the fit's peak when one process runs one fit)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 

@@ -344,3 +344,26 @@ def test_fit_end_to_end(tiny, tmp_path, capsys):
     assert metrics["n"] == 400 and metrics["d"] == 3 and metrics["D"] == 10
     assert all(np.isfinite(metrics[k]) for k in TRUTH_KEYS | {"heldout_nll"})
     assert {p.name for p in (tmp_path / "run").iterdir()} == RUN_FILES
+
+
+def test_compare_rejects_bad_arguments(tiny_file, tmp_path, capsys, no_fit):
+    code, _, err = run_cli(["compare", "--data", tiny_file, "--methods", "collapsed,nope"], capsys)
+    assert code == 2 and "unknown or missing method(s) ['nope']" in err
+    code, _, err = run_cli(["compare", "--data", tiny_file, "--methods", "collapsed", "--seeds", "a"], capsys)
+    assert code == 2 and "--seeds must be comma-separated integers" in err
+    code, _, err = run_cli(["compare", "--data", tmp_path / "none.npz", "--methods", "collapsed"], capsys)
+    assert code == 2 and "no such file" in err
+
+
+@pytest.mark.slow
+def test_compare_end_to_end(tiny_file, tmp_path, capsys):
+    import pandas as pd
+
+    code, out, err = run_cli(["compare", "--data", tiny_file, "--methods", "collapsed,mcmc", "--out", tmp_path / "c"],
+                             capsys)
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "c" / "comparison.csv")
+    assert list(table["method"]) == ["collapsed", "mcmc"]
+    assert {"e_shd", "auroc", "mcc", "seconds", "wall_s", "peak_rss_mb"} <= set(table.columns)
+    assert (table["peak_rss_mb"] > 50).all()
+    assert (tmp_path / "c" / "comparison.png").stat().st_size > 0
