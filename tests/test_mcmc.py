@@ -148,6 +148,16 @@ def test_mcmc_order_frequencies_match_exact_posterior_d3():
     assert post.info["max_rhat_W"] < 1.05
 
 
+def test_sequential_chains_and_known_order():
+    data = chain_data(3, 24, 1)
+    config = {"decoder": "identity", "num_warmup": 30, "num_samples": 20, "num_chains": 2, "chunk": 50}
+    post = fit(data, "mcmc", config={**config, "chain_method": "sequential"}, seed=0, progress=False)
+    assert post.W.shape == (40, 3, 3) and post.noise_scales.shape == (40, 3) and np.all(post.noise_scales > 0)
+    known = fit(data, "mcmc", config={**config, "known_order": (2, 0, 1)}, seed=0, progress=False)
+    assert np.all(known.orders == [2, 0, 1]) and np.isnan(known.info["order_acceptance"])
+    assert np.all(known.W[:, 0, 2] == 0) and np.all(known.W[:, 1, 0] == 0)  # 2 -> 0 -> 1 only
+
+
 @pytest.mark.slow
 def test_mcmc_order_frequencies_match_exact_posterior_d4():
     _exact_check(4, 0, 2000, 4)
