@@ -11,6 +11,8 @@ so ``z = u (I - W diag(1 - m))^{-1}`` with ``u = (1 - m) eps + m (v + eta)``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
@@ -18,7 +20,7 @@ from jax.scipy.linalg import solve_triangular
 from numpyro.distributions import constraints
 from numpyro.distributions.util import promote_shapes
 
-LOG_2PI = jnp.log(2.0 * jnp.pi)
+LOG_2PI = math.log(2.0 * math.pi)  # a Python float: exact in float64 code
 
 
 def tril_size(d):
