@@ -9,8 +9,6 @@ including the non-interactive ``Agg``.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt

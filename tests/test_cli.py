@@ -281,7 +281,7 @@ def test_write_run_without_truth_or_elbo(tiny, tmp_path):
     post = dataclasses.replace(post, elbo=np.zeros(0))
     bare = Dataset.from_arrays(train.x, train.targets, train.values)
     metrics = run_metrics(post, bare)
-    assert set(metrics) == {"method", "n", "d", "D", "seconds"}
+    assert set(metrics) == {"method", "n", "d", "D", "seconds", "peak_rss_mb"}
     out = write_run(tmp_path / "run", post, metrics, bare, save_dataset=False)
     assert {p.name for p in out.iterdir()} == {"posterior.nc", "metrics.json", "edge_probabilities.png",
                                                 "order_probabilities.png"}

@@ -44,7 +44,7 @@ from ..models.scm import InterventionalLinearGaussian
 from .collapsed import _draw, _initial_params, _site_specs, make_guide
 from .initialize import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
-from .svi import checkpoint_for, make_step, run_svi
+from .svi import checkpoint_for, geometric_schedule, make_step, run_svi
 from .svi import init as svi_init
 
 _INIT_Z_SCALE = 0.05
@@ -299,11 +299,8 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     def loss_fn(params, key, temperature, data):
         return elbo.loss(key, params, model, guide, temperature, data)
 
-    t0, t1 = config.temperature
     steps = config.steps
-
-    def schedule(step):
-        return t0 * (t1 / t0) ** jnp.minimum(step / max(steps - 1, 1), 1.0)
+    schedule = geometric_schedule(*config.temperature, steps)
 
     params0 = _initial_params(specs, ini, d, config, rng)
     R = config.num_restarts

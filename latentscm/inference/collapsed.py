@@ -37,7 +37,7 @@ from ..models.scm import tril_size, tril_to_matrix, weights_from_order
 from .initialize import initialise
 from .posterior import Posterior
 from .svi import init as svi_init
-from .svi import checkpoint_for, make_step, run_svi
+from .svi import checkpoint_for, geometric_schedule, make_step, run_svi
 
 _INIT_SCALE = 0.01
 
@@ -196,11 +196,8 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         def loss_fn(params, key, temperature, stats):
             return elbo.loss(key, params, model, guide, temperature, stats)
 
-        t0, t1 = config.temperature
         steps = config.steps
-
-        def schedule(step):
-            return t0 * (t1 / t0) ** jnp.minimum(step / max(steps - 1, 1), 1.0)
+        schedule = geometric_schedule(*config.temperature, steps)
 
         optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction))
         state = svi_init(jax.random.PRNGKey(seed), _initial_params(specs, ini, d, config, rng), optimizer)

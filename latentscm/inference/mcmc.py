@@ -65,9 +65,8 @@ from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
 from ..models.collapsed import collapsed_model, sufficient_stats
-from ..models.permutation import UniformPermutation
 from ..models.priors import parse_priors
-from ..models.scm import tril_size, tril_to_matrix, weights_from_order
+from ..models.scm import sample_graph
 from .collapsed import latent_summaries
 from .initialize import _node_fit, initialise, propose_order
 from .posterior import Posterior
@@ -197,13 +196,7 @@ def identity_model(stats, *, priors, tau=0.1, order=None):
     without the decoder: ``edge_weight``, ``P`` (or a known ``order``), ``noise_scale``, deterministic
     ``W``, factor ``x``."""
     d = stats.gram.shape[-1]
-    l_vec = priors["edge_weight"].sample("edge_weight", (tril_size(d),))
-    sigma = priors["noise_scale"].sample("noise_scale", (d,))
-    if order is None:
-        P = numpyro.sample("P", UniformPermutation(d))
-    else:
-        P = jnp.eye(d)[jnp.asarray(order)]
-    W = numpyro.deterministic("W", weights_from_order(tril_to_matrix(l_vec, d), P))
+    W, sigma, _ = sample_graph(d, priors["edge_weight"], priors["noise_scale"], order)
     numpyro.factor("x", identity_log_likelihood(stats, W, sigma, tau))
 
 

@@ -69,6 +69,15 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedu
     return jax.jit(step, static_argnums=2)
 
 
+def geometric_schedule(start, end, steps):
+    """``schedule(step)``: from ``start`` at step 0 to ``end`` at the last step, geometrically."""
+
+    def schedule(step):
+        return start * (end / start) ** jnp.minimum(step / max(steps - 1, 1), 1.0)
+
+    return schedule
+
+
 def _check_finite(state, losses, start):
     bad = ~np.isfinite(losses)
     if bad.any():

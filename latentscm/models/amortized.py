@@ -40,8 +40,7 @@ import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions.kl import kl_divergence
 
-from .permutation import UniformPermutation
-from .scm import LOG_2PI, InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
+from .scm import LOG_2PI, InterventionalLinearGaussian, sample_graph
 
 
 def gaussian_scm_kl(loc, scale_tril, weights, noise_scales, targets, values, tau):
@@ -96,8 +95,6 @@ def amortized_model(x=None, *, targets, values, priors, decoder="linear", tau=0.
     D = jnp.shape(x)[-1] if x is not None else D
     if D is None:
         raise ValueError("amortized_model: give x, or D (the observation dimension) for the prior predictive")
-    l_vec = priors["edge_weight"].sample("edge_weight", (tril_size(d),))
-    sigma = priors["noise_scale"].sample("noise_scale", (d,))
     if isinstance(decoder, str):
         if decoder != "linear":
             raise ValueError(f"amortized_model: decoder must be 'linear' or an equinox module; got {decoder!r}")
@@ -112,8 +109,7 @@ def amortized_model(x=None, *, targets, values, priors, decoder="linear", tau=0.
         def g(z):
             return jax.vmap(net)(z)
     s = priors["obs_scale"].sample("obs_scale", ())
-    P = numpyro.sample("P", UniformPermutation(d)) if order is None else jnp.eye(d)[jnp.asarray(order)]
-    W = numpyro.deterministic("W", weights_from_order(tril_to_matrix(l_vec, d), P))
+    W, sigma, _ = sample_graph(d, priors["edge_weight"], priors["noise_scale"], order)
     with numpyro.plate("rows", N, subsample_size=batch_size) as idx:
         t, v = jnp.asarray(targets)[idx], jnp.asarray(values)[idx]
         z = numpyro.sample("z", InterventionalLinearGaussian(W, sigma, t, v, tau))

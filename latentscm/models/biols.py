@@ -37,8 +37,8 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from .permutation import GumbelSinkhornPermutation, UniformPermutation
-from .scm import InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
+from .permutation import GumbelSinkhornPermutation
+from .scm import InterventionalLinearGaussian, sample_graph
 
 _LOG_NORM = -0.5 * math.log(2.0 * math.pi**3)
 _EULER_GAMMA = 0.5772156649015329
@@ -167,15 +167,8 @@ def biols_model(targets, values, x=None, *, decoder_init, edge_prior, noise_prio
     minibatch (None: all rows).
     """
     N, d = targets.shape
-    l_vec = edge_prior.sample("edge_weight", (tril_size(d),))
-    sigma = noise_prior.sample("noise_scale", (d,))
-    if order is None:
-        P = numpyro.sample("P", UniformPermutation(d))
-        node_order = jnp.argmax(P, axis=-1)
-    else:
-        node_order = jnp.asarray(order)
-        P = jnp.eye(d)[node_order]
-    W = numpyro.deterministic("W", weights_from_order(tril_to_matrix(l_vec, d), P))
+    W, sigma, P = sample_graph(d, edge_prior, noise_prior, order)
+    node_order = jnp.argmax(P, axis=-1)
     dec = numpyro.param("decoder", decoder_init)
     with numpyro.plate("rows", N, subsample_size=subsample_size) as idx:
         t, v = targets[idx], values[idx]

@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from .permutation import UniformPermutation
-from .scm import LOG_2PI, tril_size, tril_to_matrix, weights_from_order
+from .scm import LOG_2PI, sample_graph
 
 
 class Units(NamedTuple):
@@ -249,13 +248,7 @@ def collapsed_model(stats, *, priors, tau=0.1, value_scale=1.0, order=None):
     """
     stats = stats if isinstance(stats, tuple) and not isinstance(stats, SufficientStats) else (stats,)
     d, D = stats[0].d, stats[0].D
-    l_vec = priors["edge_weight"].sample("edge_weight", (tril_size(d),))
-    sigma = priors["noise_scale"].sample("noise_scale", (d,))
-    if order is None:
-        P = numpyro.sample("P", UniformPermutation(d))
-    else:
-        P = jnp.eye(d)[jnp.asarray(order)]
-    W = numpyro.deterministic("W", weights_from_order(tril_to_matrix(l_vec, d), P))
+    W, sigma, _ = sample_graph(d, priors["edge_weight"], priors["noise_scale"], order)
     A = priors["decoder_weight"].sample("decoder_weight", (d, D))
     b = priors["decoder_bias"].sample("decoder_bias", (D,))
     s = priors["obs_scale"].sample("obs_scale", ())

@@ -15,10 +15,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpyro
 import numpyro.distributions as dist
 from jax.scipy.linalg import solve_triangular
 from numpyro.distributions import constraints
 from numpyro.distributions.util import promote_shapes
+
+from .permutation import UniformPermutation
 
 LOG_2PI = math.log(2.0 * math.pi)  # a Python float: exact in float64 code
 
@@ -33,6 +36,20 @@ def tril_to_matrix(l_vec, d):
     rows, cols = jnp.tril_indices(d, k=-1)
     out = jnp.zeros(l_vec.shape[:-1] + (d, d), l_vec.dtype)
     return out.at[..., rows, cols].set(l_vec)
+
+
+def sample_graph(d, edge_prior, noise_prior, order=None):
+    """The SCM sites every model shares: ``edge_weight`` (free entries of ``L``), ``noise_scale``,
+    ``P`` (uniform over orders, or a constant for a known ``order``) and deterministic ``W``.
+
+    edge_prior, noise_prior: objects with ``sample(site, shape)`` (e.g. a PriorSpec's entries).
+    Returns (W (d, d), sigma (d,), P (d, d)).
+    """
+    l_vec = edge_prior.sample("edge_weight", (tril_size(d),))
+    sigma = noise_prior.sample("noise_scale", (d,))
+    P = numpyro.sample("P", UniformPermutation(d)) if order is None else jnp.eye(d)[jnp.asarray(order)]
+    W = numpyro.deterministic("W", weights_from_order(tril_to_matrix(l_vec, d), P))
+    return W, sigma, P
 
 
 def weights_from_order(L, P):
