@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -367,3 +368,15 @@ def test_compare_end_to_end(tiny_file, tmp_path, capsys):
     assert {"e_shd", "auroc", "mcc", "seconds", "wall_s", "peak_rss_mb"} <= set(table.columns)
     assert (table["peak_rss_mb"] > 50).all()
     assert (tmp_path / "c" / "comparison.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_shipped_example_configs_are_valid(path):
+    from latentscm.cli import load_config
+    from latentscm.inference.api import make_config
+    from latentscm.models.priors import parse_priors
+
+    cfg = load_config(str(path))
+    make_config(cfg.method or "collapsed", cfg.fit)
+    parse_priors(cfg.priors)
