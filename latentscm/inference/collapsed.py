@@ -240,7 +240,7 @@ def _draw(guide, params, num, temperature, key, d, known):
     return out
 
 
-def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=50):
+def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=8):
     """Mixture mean and sd (N, d) of the exact ``p(z_n | x, ...)`` over the posterior draws.
 
     ``units`` (from :func:`make_units`) conditions each row on its whole unit (both halves of a

@@ -76,11 +76,15 @@ class Posterior:
             raise ValueError(f"heldout_nll needs a linear decoder; method {self.method!r} has {sorted(self.decoder)}")
         if dataset.d != self.d:
             raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
+        value_scale = float(self.info.get("config", {}).get("value_scale", 1.0))  # prior sd of unknown values
         with jax.enable_x64(True):
-            x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, np.nan_to_num(dataset.values)))
-            f = jax.jit(jax.vmap(partial(row_log_likelihood, tau=self.tau), in_axes=(None,) * 3 + (0,) * 5))
-            ll = f(x, t, v, jnp.asarray(self.W), jnp.asarray(self.noise_scales), jnp.asarray(self.decoder["A"]),
-                   jnp.asarray(self.decoder["b"]), jnp.asarray(self.decoder["obs_scale"]))
+            x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, dataset.values))
+            f = jax.jit(jax.vmap(partial(row_log_likelihood, tau=self.tau, value_scale=value_scale),
+                                 in_axes=(None,) * 3 + (0,) * 5))
+            draws = (self.W, self.noise_scales, self.decoder["A"], self.decoder["b"], self.decoder["obs_scale"])
+            chunk = 16  # draws per call: memory stays O(chunk * N * D * d)
+            ll = jnp.concatenate([f(x, t, v, *(jnp.asarray(a[i:i + chunk]) for a in draws))
+                                  for i in range(0, self.num_draws, chunk)])
             return float(-jnp.mean(logsumexp(ll, axis=0) - jnp.log(ll.shape[0])))
 
     def predict(self, targets, values=None, *, num_samples=None, seed=0):
