@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ def run_fit(name, data, test, config, seed):
         cfg = WORK / f"{name}.toml"
         cfg.write_text("[fit]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
         cmd += ["--config", str(cfg)]
+    shutil.rmtree(WORK / f"run-{name}", ignore_errors=True)  # a fresh run folder: no old checkpoint to resume
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
