@@ -44,6 +44,7 @@ from ..models.scm import InterventionalLinearGaussian
 from .collapsed import _draw, _initial_params, _site_specs, make_guide
 from .initialize import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
+from ._validate import check_settings
 from .svi import checkpoint_for, geometric_schedule, make_step, run_svi
 from .svi import init as svi_init
 
@@ -92,30 +93,16 @@ class AmortizedConfig:
     checkpoint_every: int = 200
 
     def __post_init__(self):
-        ints = {"steps": 1, "batch_size": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2,
-                "decoder_width": 1, "decoder_depth": 1, "encoder_width": 1, "encoder_depth": 1,
-                "pretrain_steps": 0, "mlp_hidden": 1, "heldout_draws": 1, "heldout_particles": 1, "chunk": 1,
-                "checkpoint_every": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"amortized: {name} must be an integer >= {low}; got {value!r}")
-        for name in ("learning_rate", "gumbel_scale", "logit_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"amortized: {name} must be > 0; got {getattr(self, name)!r}")
-        if not self.tau > 0:
-            raise ValueError(f"amortized: tau (intervention noise scale) must be > 0; got {self.tau!r}")
-        t = tuple(self.temperature)
-        if len(t) != 2 or not all(v > 0 for v in t):
-            raise ValueError(f"amortized: temperature must be (start, end) with both > 0; got {self.temperature!r}")
-        object.__setattr__(self, "temperature", (float(t[0]), float(t[1])))
-        choices = {"decoder": ("mlp", "linear"), "encoder_covariance": ("diag", "full"),
-                   "latent_init": ("supervised", "linear"), "order_init": ("proposal", "random")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"amortized: {name} must be one of {allowed}; got {getattr(self, name)!r}")
-        if self.known_order is not None:
-            object.__setattr__(self, "known_order", tuple(int(i) for i in self.known_order))
+        check_settings(
+            self, "amortized",
+            ints={"steps": 1, "batch_size": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2,
+                  "decoder_width": 1, "decoder_depth": 1, "encoder_width": 1, "encoder_depth": 1,
+                  "pretrain_steps": 0, "mlp_hidden": 1, "heldout_draws": 1, "heldout_particles": 1, "chunk": 1,
+                  "checkpoint_every": 1},
+            positive=("learning_rate", "gumbel_scale", "logit_scale", "tau"),
+            choices={"decoder": ("mlp", "linear"), "encoder_covariance": ("diag", "full"),
+                     "latent_init": ("supervised", "linear"), "order_init": ("proposal", "random")},
+            pair=("temperature",))
 
 
 class GaussianEncoder(eqx.Module):

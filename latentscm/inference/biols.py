@@ -24,7 +24,6 @@ differ from the reference code and why.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -46,6 +45,7 @@ from ..models.permutation import order_from_matrix
 from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
 from .posterior import Posterior
+from ._validate import check_settings
 from .svi import init as svi_init
 from .svi import make_step, run_svi
 
@@ -90,20 +90,15 @@ class BiolsConfig:
     latent_steps: int = 300
 
     def __post_init__(self):
-        ints = {"steps": 1, "num_particles": 1, "order_hidden": 1, "num_draws": 2, "chunk": 1,
-                "latent_draws": 1, "latent_steps": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"biols: {name} must be an integer >= {low}; got {value!r}")
+        check_settings(
+            self, "biols",
+            ints={"steps": 1, "num_particles": 1, "order_hidden": 1, "num_draws": 2, "chunk": 1,
+                  "latent_draws": 1, "latent_steps": 1},
+            positive=("learning_rate", "expected_degree", "obs_scale", "temperature", "logit_constraint",
+                      "log_std_max", "tau"))
         b = self.batch_size
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise ValueError(f"biols: batch_size must be an integer >= 1, or None for all rows; got {b!r}")
-        for name in ("learning_rate", "expected_degree", "obs_scale", "temperature", "logit_constraint",
-                     "log_std_max", "tau"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"biols: {name} must be a finite number > 0; got {value!r}")
         s = self.noise_prior_scale
         if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0):
             raise ValueError(f"biols: noise_prior_scale must be > 0, or None for the priors spec's "
@@ -117,11 +112,6 @@ class BiolsConfig:
         object.__setattr__(self, "decoder_hidden", hidden)
         if not isinstance(self.horseshoe, bool):
             raise ValueError(f"biols: horseshoe must be True or False; got {self.horseshoe!r}")
-        if self.known_order is not None:
-            order = tuple(self.known_order)
-            if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in order):
-                raise ValueError(f"biols: known_order must be a tuple of node indices; got {self.known_order!r}")
-            object.__setattr__(self, "known_order", tuple(int(i) for i in order))
 
 
 def _order_logits(mlp, l_vec, log_sigma, c):

@@ -34,6 +34,7 @@ from ..models.collapsed import Units, collapsed_model, make_units, unit_latent_p
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..models.priors import parse_priors
 from ..models.scm import tril_size, tril_to_matrix, weights_from_order
+from ._validate import check_settings
 from .initialize import initialise
 from .posterior import Posterior
 from .svi import init as svi_init
@@ -67,33 +68,16 @@ class CollapsedConfig:
     checkpoint_every: int = 200
 
     def __post_init__(self):
-        ints = {"steps": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2, "mlp_hidden": 1, "chunk": 1,
-                "checkpoint_every": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"collapsed: {name} must be an integer >= {low}; got {value!r}")
+        check_settings(
+            self, "collapsed",
+            ints={"steps": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2, "mlp_hidden": 1, "chunk": 1,
+                  "checkpoint_every": 1},
+            positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
+            choices={"order_init": ("proposal", "random"), "unknown_values": ("error", "latent"),
+                     "use_pairs": (True, False)},
+            pair=("temperature",))
         if not 0 < self.lr_final_fraction <= 1:
             raise ValueError(f"collapsed: lr_final_fraction must be in (0, 1]; got {self.lr_final_fraction!r}")
-        for name in ("learning_rate", "gumbel_scale", "logit_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"collapsed: {name} must be > 0; got {getattr(self, name)!r}")
-        if self.unknown_values not in ("error", "latent"):
-            raise ValueError(f"collapsed: unknown_values must be 'error' or 'latent'; got {self.unknown_values!r}")
-        if not self.value_scale > 0:
-            raise ValueError(f"collapsed: value_scale must be > 0; got {self.value_scale!r}")
-        if not isinstance(self.use_pairs, bool):
-            raise ValueError(f"collapsed: use_pairs must be true or false; got {self.use_pairs!r}")
-        if not self.tau > 0:
-            raise ValueError(f"collapsed: tau (intervention noise scale) must be > 0; got {self.tau!r}")
-        t = tuple(self.temperature)
-        if len(t) != 2 or not all(v > 0 for v in t):
-            raise ValueError(f"collapsed: temperature must be (start, end) with both > 0; got {self.temperature!r}")
-        object.__setattr__(self, "temperature", (float(t[0]), float(t[1])))
-        if self.order_init not in ("proposal", "random"):
-            raise ValueError(f"collapsed: order_init must be 'proposal' or 'random'; got {self.order_init!r}")
-        if self.known_order is not None:
-            object.__setattr__(self, "known_order", tuple(int(i) for i in self.known_order))
 
 
 def _mlp_logits(mlp, l_vec, sigma):
