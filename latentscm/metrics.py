@@ -44,6 +44,11 @@ def _as_square(a, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} must be a square matrix of shape (d, d); got shape {arr.shape}."
         )
+    return _finite_float(arr, name)
+
+
+def _finite_float(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` as float, else ValueError when it is not numeric or holds NaN/inf."""
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         raise ValueError(f"{name} must be numeric; got dtype {arr.dtype}.")
     arr = arr.astype(float)
@@ -63,12 +68,7 @@ def _as_draws(a, name: str) -> np.ndarray:
         )
     if arr.shape[0] == 0:
         raise ValueError(f"{name} holds no draws (S == 0); pass at least one draw.")
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
-        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype}.")
-    arr = arr.astype(float)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values; pass finite numbers only.")
-    return arr
+    return _finite_float(arr, name)
 
 
 def _as_binary_adjacency(a, name: str) -> np.ndarray:

@@ -56,6 +56,9 @@ def check_fit_inputs(dataset, method, config=None):
         raise DataError(f"fit expects a latentscm.data.Dataset; got {type(dataset).__name__}. "
                         "Use Dataset.load(path) or Dataset.from_arrays(x, targets, values).")
     cfg = make_config(method, config)
+    order = getattr(cfg, "known_order", None)
+    if order is not None and sorted(order) != list(range(dataset.d)):
+        raise ValueError(f"{method}: known_order must be a permutation of 0..{dataset.d - 1}; got {order}")
     if dataset.num_unknown_values and getattr(cfg, "unknown_values", "error") != "latent":
         first = int(np.argwhere(np.isnan(dataset.values))[0, 0])
         supported = sorted(m for m, spec in METHODS.items()

@@ -228,8 +228,6 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
     start = time.perf_counter()
     spec = parse_priors(priors)
     N, d, D = dataset.N, dataset.d, dataset.D
-    if config.known_order is not None and sorted(config.known_order) != list(range(d)):
-        raise ValueError(f"biols: known_order must be a permutation of 0..{d - 1}; got {config.known_order}")
     if d < 2:
         raise ValueError(f"biols: needs at least 2 latent nodes; the dataset has d={d}")
     batch = None if config.batch_size is None or config.batch_size >= N else config.batch_size

@@ -476,8 +476,6 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
     if config.decoder == "identity" and D != d:
         raise ValueError(f"mcmc: decoder='identity' needs x to be the latents themselves (D == d); the dataset "
                          f"has D={D}, d={d}. Use decoder='linear'.")
-    if config.known_order is not None and sorted(config.known_order) != list(range(d)):
-        raise ValueError(f"mcmc: known_order must be a permutation of 0..{d - 1}; got {config.known_order}")
     if config.fixed_noise_scales is not None and len(config.fixed_noise_scales) != d:
         raise ValueError(f"mcmc: fixed_noise_scales needs {d} values (one per latent); got "
                          f"{len(config.fixed_noise_scales)}")

@@ -68,14 +68,12 @@ class Posterior:
 
         ``-mean_n log mean_s p(x_n | targets_n, values_n, theta_s)``, z integrated out exactly.
         """
+        if dataset.d != self.d:
+            raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
         if "A" not in self.decoder and self.log_predictive is not None:
-            if dataset.d != self.d:
-                raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
             return float(-np.mean(self.log_predictive(dataset)))
         if "A" not in self.decoder:
             raise ValueError(f"heldout_nll needs a linear decoder; method {self.method!r} has {sorted(self.decoder)}")
-        if dataset.d != self.d:
-            raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
         value_scale = float(self.info.get("config", {}).get("value_scale", 1.0))  # prior sd of unknown values
         with jax.enable_x64(True):
             x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, dataset.values))
