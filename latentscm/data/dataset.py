@@ -146,9 +146,15 @@ class Dataset:
                 raise DataError(f"weights must describe a DAG but contain the cycle {cycle}; "
                                 "weights[i, j] != 0 means an edge i -> j")
         if self.image_shape is not None:
-            shape = tuple(int(s) for s in np.asarray(self.image_shape).ravel())
+            raw = np.asarray(self.image_shape)
+            if (raw.ndim > 1 or raw.size not in (2, 3) or not np.issubdtype(raw.dtype, np.number)
+                    or not np.all(raw == np.round(raw)) or not np.all(raw >= 1)):
+                raise DataError(f"image_shape must hold 2 or 3 positive integers, (height, width) or (height, "
+                                f"width, channels), got {raw.tolist()}")
+            shape = tuple(int(s) for s in raw.ravel())
             if int(np.prod(shape)) != big_d:
-                raise DataError(f"image_shape {shape} has {int(np.prod(shape))} pixels but x has D = {big_d} columns")
+                raise DataError(f"image_shape {shape} has {int(np.prod(shape))} pixels but x has D = {big_d} columns; "
+                                "x must hold each image flattened row-major (numpy reshape(N, -1))")
             put("image_shape", shape)
         try:
             put("meta", json.loads(json.dumps(dict(self.meta))))

@@ -10,10 +10,11 @@ import numpy as np
 
 from .dags import Seed, as_rng, random_dag, random_noise_scales, random_weights
 from .dataset import Dataset
+from .images import IMAGE_LAYOUTS, IMAGE_SHAPE, check_fits, chemistry_projection, render
 from .projections import linear_projection, mlp_projection, project, so_projection
 from .scm import sample_latents
 
-__all__ = ["SimulationConfig", "simulate"]
+__all__ = ["SimulationConfig", "image_config", "simulate"]
 
 _MAX_RESAMPLES = 1000
 
@@ -45,9 +46,11 @@ class SimulationConfig:
     value_scale : float
     tau : float
         Intervention noise standard deviation.
-    projection : {"linear", "mlp", "so"}
+    projection : {"linear", "mlp", "so", "chemistry", "chemistry_shift"}
+        The last two render 50 x 50 grey images (``D = 2500``, ``image_shape = (50, 50)``, pixels on
+        the [0, 1] scale; see :mod:`latentscm.data.images`); :func:`image_config` sets them up.
     obs_noise : float
-        Observation noise standard deviation.
+        Observation noise standard deviation (pixel noise for images).
     n_test_regimes : int
         Regimes of the test set (``rows_per_regime`` iid rows each), new target masks where possible.
     """
@@ -73,7 +76,8 @@ class SimulationConfig:
 
     def __post_init__(self):
         choices = {"graph": ("er", "sf"), "design": ("paired", "iid"), "targets": ("multi", "single"),
-                   "values": ("gaussian", "uniform", "zero"), "projection": ("linear", "mlp", "so")}
+                   "values": ("gaussian", "uniform", "zero"),
+                   "projection": ("linear", "mlp", "so") + IMAGE_LAYOUTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SimulationConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -104,9 +108,23 @@ class SimulationConfig:
         if self.n_regimes < needed:
             raise ValueError(f"targets={self.targets!r} needs n_regimes >= {needed} so that every node is "
                              f"intervened on in some regime, got n_regimes={self.n_regimes}")
+        if self.projection in IMAGE_LAYOUTS:
+            check_fits(self.d, self.projection)
+            if self.D != IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
+                raise ValueError(f"projection={self.projection!r} renders {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} images: "
+                                 f"set D={IMAGE_SHAPE[0] * IMAGE_SHAPE[1]} (got D={self.D}), or use image_config()")
         if self.projection == "so" and self.D != self.d:
             raise ValueError(f"projection='so' is a rotation of the latents and needs D == d, got D={self.D}, "
                              f"d={self.d}")
+
+
+def image_config(layout: str = "chemistry", **kwargs) -> SimulationConfig:
+    """SimulationConfig for images: ``projection=layout``, ``D = 2500``, pixel noise 0.05 (the seed
+    paper's); other fields from ``kwargs`` (e.g. ``d``, ``design``, ``value_scale``)."""
+    if layout not in IMAGE_LAYOUTS:
+        raise ValueError(f"image_config: layout must be one of {IMAGE_LAYOUTS}, got {layout!r}")
+    return SimulationConfig(**({"D": IMAGE_SHAPE[0] * IMAGE_SHAPE[1], "obs_noise": 0.05} | kwargs
+                               | {"projection": layout}))
 
 
 def _draw_mask(config: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
@@ -184,6 +202,8 @@ def simulate(config: SimulationConfig, seed: Seed) -> tuple[Dataset, Dataset]:
         params = linear_projection(c.d, c.D, seed=rng)
     elif c.projection == "so":
         params = so_projection(c.d, seed=rng)
+    elif c.projection in IMAGE_LAYOUTS:
+        params = chemistry_projection(c.d)[0] if c.projection == "chemistry" else None
     else:
         params = mlp_projection(c.d, c.D, seed=rng)
 
@@ -212,11 +232,15 @@ def simulate(config: SimulationConfig, seed: Seed) -> tuple[Dataset, Dataset]:
     test_values = _draw_values(c, test_targets, rng)
     test_z = sample_latents(rng, weights, sigma, test_targets, test_values, tau=c.tau)
 
-    truth = dict(weights=weights, noise_scales=sigma, projection=None if c.projection == "mlp" else params)
+    image = c.projection in IMAGE_LAYOUTS
+    # chemistry: the linear part of the renderer (exact for |z| <= 8, plus a constant 0.5 in the blocks)
+    truth = dict(weights=weights, noise_scales=sigma, projection=None if c.projection == "mlp" else params,
+                 image_shape=IMAGE_SHAPE if image else None)
     meta = {"config": dataclasses.asdict(c), "seed": int(seed) if isinstance(seed, (int, np.integer)) else None}
     out = []
     for split, t, v, zz, r, p in (("train", targets, values, z, regime, pair),
                                   ("test", test_targets, test_values, test_z, test_regime, None)):
-        x = project(zz, c.projection, params) + c.obs_noise * rng.normal(size=(len(zz), c.D))
+        clean = render(zz, c.projection) if image else project(zz, c.projection, params)
+        x = clean + c.obs_noise * rng.normal(size=(len(zz), c.D))
         out.append(Dataset.from_arrays(x, t, v, regime=r, pair=p, z=zz, meta=meta | {"split": split}, **truth))
     return out[0], out[1]
