@@ -5,7 +5,11 @@ Per row, ``x_n = z_n A + b + s * noise`` with ``z_n ~ N(mu_n, C^T S C)`` (see ``
 low rank plus diagonal, handled by Woodbury and the determinant lemma. Rows sharing a target mask
 share ``C`` and ``S``; the regime's summed log-density depends on the data only through sufficient
 statistics (counts, first and second moments of ``x`` and ``v`` and their cross moments), computed
-once: one evaluation costs ``O(R (D^2 d + D d^2))`` for R distinct masks, independent of N.
+once. The second moments of ``x`` are kept as a factor ``F`` with ``F^T F = sum_n x_n x_n^T`` per
+regime (the rows themselves while a regime has at most D of them, else the triangular factor of a QR
+decomposition), so ``D x D`` matrices are never formed and one evaluation costs
+``O(M D d + R D d^2)`` with ``M = sum_r min(n_r, D)`` factor rows: ``O(R D^2 d)`` at most, ``O(N D d)``
+when regimes have fewer rows than pixels (images: D = 2500).
 
 Model sample sites (public API): ``edge_weight`` (d(d-1)/2,) free entries of the position-space
 lower-triangular ``L``; ``P`` (d, d) permutation (``P[p, i] = 1``: node i at position p);
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -62,15 +67,18 @@ def make_units(x, targets, values, pair=None):
 class SufficientStats(NamedTuple):
     """Sufficient statistics of units grouped by pattern; R patterns of k rows.
 
-    masks, known (R, k, d); n (R,); sx (R, kD); sxx (R, kD, kD); sv (R, kd); svv (R, kd, kd);
-    sxv (R, kD, kd); tr_sxx (R,) (kept separately for accuracy). Unit rows are concatenated.
+    masks, known (R, k, d); n (R,); sx (R, kD); fx (M, kD) and fg (M,): a factor of the second
+    moments, ``sum_n x_n x_n^T`` of pattern r equals ``sum_{m: fg_m = r} fx_m fx_m^T``; sv (R, kd);
+    svv (R, kd, kd); sxv (R, kD, kd); tr_sxx (R,) (kept separately for accuracy). Unit rows are
+    concatenated.
     """
 
     masks: np.ndarray
     known: np.ndarray
     n: np.ndarray
     sx: np.ndarray
-    sxx: np.ndarray
+    fx: np.ndarray
+    fg: np.ndarray
     sv: np.ndarray
     svv: np.ndarray
     sxv: np.ndarray
@@ -105,14 +113,19 @@ def unit_stats(units: Units, dtype=np.float64):
     X, V = units.x.reshape(U, k * D), units.values.reshape(U, k * d)
     onehot = np.zeros((R, U))
     onehot[g, np.arange(U)] = 1.0
-    sxx = np.stack([X[g == r].T @ X[g == r] for r in range(R)])
-    stats = SufficientStats(
-        patterns[:, : k * d].reshape(R, k, d), patterns[:, k * d:].reshape(R, k, d),
-        onehot.sum(1), onehot @ X, sxx, onehot @ V,
-        np.einsum("rn,ni,nj->rij", onehot, V, V), np.einsum("rn,ni,nj->rij", onehot, X, V),
-        np.einsum("rii->r", sxx),
+    factors = []
+    for r in range(R):  # F_r^T F_r = X_r^T X_r with at most kD rows
+        rows = X[g == r]
+        factors.append(rows if len(rows) <= k * D else np.linalg.qr(rows, mode="r"))
+    fx = np.concatenate(factors)
+    fg = np.repeat(np.arange(R), [len(f) for f in factors])
+    return SufficientStats(
+        *(np.asarray(a, dtype) for a in (patterns[:, : k * d].reshape(R, k, d), patterns[:, k * d:].reshape(R, k, d),
+                                         onehot.sum(1), onehot @ X, fx)),
+        fg.astype(np.int64),
+        *(np.asarray(a, dtype) for a in (onehot @ V, np.einsum("rn,ni,nj->rij", onehot, V, V),
+                                         np.einsum("rn,ni,nj->rij", onehot, X, V), onehot @ (X * X).sum(1))),
     )
-    return SufficientStats(*(np.asarray(a, dtype) for a in stats))
 
 
 def _block_rows(X):
@@ -165,7 +178,10 @@ def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=
     trE = tr_xx - 2 * jnp.einsum("rDk,rkD->r", sxv_b, G) + jnp.einsum("rkD,rkl,rlD->r", G, stats.svv, G)
     Ub = Ut @ b
     Usx = jnp.einsum("rkD,rD->rk", Ut, stats.sx)
-    UxxU = (jnp.einsum("rkD,rDE,rlE->rkl", Ut, stats.sxx, Ut)
+    # U^T (sum x x^T) U from the factor rows: (U^T f)_p = sum_{k,d} Gamma[p, k, d] (A f_k)_d
+    Af = jnp.einsum("mkD,dD->mkd", stats.fx.reshape(-1, stats.k, A.shape[-1]), A)
+    Uf = jnp.einsum("mpkd,mkd->mp", gamma[stats.fg], Af)
+    UxxU = (jax.ops.segment_sum(Uf[:, :, None] * Uf[:, None, :], stats.fg, num_segments=Ut.shape[0])
             - Usx[:, :, None] * Ub[:, None, :] - Ub[:, :, None] * Usx[:, None, :]
             + n[:, None, None] * Ub[:, :, None] * Ub[:, None, :])
     GU = G @ jnp.swapaxes(Ut, -1, -2)  # (R, kd, r)
@@ -178,23 +194,26 @@ def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=
 
 
 def _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale):
-    """Per-unit factors and residuals shared by the per-unit likelihood and the latent posterior."""
+    """Per-unit factors and residuals shared by the per-unit likelihood and the latent posterior.
+
+    Returns gamma, gz, ``U^T e`` (U, r), ``e^T e`` (U,), K (U, r, r), V (U, kd) for the residual
+    ``e = X - b - V G``; per-unit ``U^T`` (U, r, kD) is never formed (memory O(U kD), not O(U r kD)).
+    """
     gamma, gz = unit_factors(W, sigma, tau, value_scale, units.targets, units.known)
-    Ut, G = _decoded(gamma, gz, A)
     U, k, D = units.x.shape
     V = units.values.reshape(U, -1)
-    e = units.x.reshape(U, k * D) - jnp.tile(b, k) - jnp.einsum("nq,nqD->nD", V, G)
-    K = obs_scale**2 * jnp.eye(Ut.shape[1]) + Ut @ jnp.swapaxes(Ut, -1, -2)
-    return gamma, gz, Ut, e, K, V
+    e = units.x - b - jnp.einsum("nq,nqkd,dD->nkD", V, gz, A)
+    Ue = jnp.einsum("nrkd,dD,nkD->nr", gamma, A, e)
+    K = obs_scale**2 * jnp.eye(gamma.shape[1]) + jnp.einsum("nrkd,de,nske->nrs", gamma, A @ A.T, gamma)
+    return gamma, gz, Ue, jnp.sum(e * e, (-2, -1)), K, V
 
 
 def unit_log_likelihood(units, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
     """Per-unit ``log p(X_u | ...)`` (U,): the density of :func:`collapsed_log_likelihood`, unit by unit."""
-    _, _, Ut, e, K, _ = _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale)
+    gamma, _, Ue, ee, K, _ = _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale)
     s2 = obs_scale**2
-    Ue = jnp.einsum("nrD,nD->nr", Ut, e)
-    quad = (jnp.sum(e * e, -1) - jnp.einsum("nr,nr->n", Ue, jnp.linalg.solve(K, Ue[..., None])[..., 0])) / s2
-    r, kD = Ut.shape[1], Ut.shape[2]
+    quad = (ee - jnp.einsum("nr,nr->n", Ue, jnp.linalg.solve(K, Ue[..., None])[..., 0])) / s2
+    r, kD = gamma.shape[1], units.x.shape[1] * units.x.shape[2]
     return -0.5 * (kD * LOG_2PI + (kD - r) * jnp.log(s2) + jnp.linalg.slogdet(K)[1] + quad)
 
 
@@ -203,11 +222,11 @@ def unit_latent_posterior(units, W, sigma, A, b, obs_scale, tau, value_scale=1.0
 
     Through the noise coordinates: ``xi | X ~ N(e U K^{-1}, s^2 K^{-1})``, then ``Z = xi Gamma + V Gz``.
     """
-    gamma, gz, Ut, e, K, V = _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale)
+    gamma, gz, Ue, _, K, V = _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale)
     U, k, d = units.targets.shape
     gam = gamma.reshape(U, -1, k * d)
     Kinv = jnp.linalg.inv(K)
-    xi = jnp.einsum("nD,nrD,nrs->ns", e, Ut, Kinv)
+    xi = jnp.einsum("nr,nrs->ns", Ue, Kinv)
     mean = jnp.einsum("nr,nrq->nq", xi, gam) + jnp.einsum("nq,nqp->np", V, gz.reshape(U, -1, k * d))
     cov = obs_scale**2 * jnp.einsum("nrq,nrs,nsp->nqp", gam, Kinv, gam)
     return mean.reshape(U, k, d), cov.reshape(U, k, d, k, d)
