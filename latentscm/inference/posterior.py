@@ -90,8 +90,9 @@ class Posterior:
 
         targets: (M, d) or (d,) 0/1 target masks; values: same shape, the intervention values (None:
         zeros). num_samples: K samples, each from a posterior draw picked at random (None: one per
-        draw, in order). Returns ``{"z": (K, M, d), "x": (K, M, D), "draw": (K,)}``: z from the SCM of
-        the draw (``InterventionalLinearGaussian``), x = decoder(z) + obs_scale * noise.
+        draw, in order). Returns ``{"z": (K, M, d), "x": (K, M, D), "x_mean": (K, M, D), "draw": (K,)}``:
+        z from the SCM of the draw (``InterventionalLinearGaussian``), x_mean = decoder(z), x = x_mean +
+        obs_scale * noise.
         """
         t = np.atleast_2d(np.asarray(targets))
         v = np.zeros(t.shape) if values is None else np.atleast_2d(np.asarray(values, np.float64))
@@ -122,7 +123,7 @@ class Posterior:
             mean = z
         scale = np.asarray(self.decoder.get("obs_scale", np.zeros(S)))[draws]
         x = mean + scale[:, None, None] * np.asarray(jax.random.normal(k_x, mean.shape))
-        return {"z": z, "x": x, "draw": draws}
+        return {"z": z, "x": x, "x_mean": mean, "draw": draws}
 
     def to_arviz(self):
         """ArviZ DataTree: group ``posterior`` (one chain unless the method ran several) with dims
