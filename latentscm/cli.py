@@ -37,6 +37,10 @@ from pathlib import Path
 __all__ = ["main", "load_config", "UsageError"]
 
 DEFAULT_METHOD = "collapsed"
+# Data with an image_shape (e.g. `latentscm fit --data images.npz`) default to this method: `collapsed`
+# handles D = 2500 pixels exactly (its linear decoder is exact for the chemistry layout).
+IMAGE_METHOD = "collapsed"
+EXAMPLES = ("default", "images")
 QUICK_FIT = {"steps": 300}
 _TOP_LEVEL = ("method", "d", "fit", "priors")
 
@@ -100,10 +104,10 @@ class _Settings:
     described: dict  # resolved settings and priors, for run.json
 
 
-def _settings(args, quick: bool = False) -> _Settings:
+def _settings(args, quick: bool = False, default_method: str = DEFAULT_METHOD) -> _Settings:
     """Merge the settings file with the flags and validate method, settings and priors (no data yet)."""
     cfg = load_config(args.config)
-    method = args.method or cfg.method or DEFAULT_METHOD
+    method = args.method or cfg.method or default_method
     fit_cfg = dict(cfg.fit)
     if quick:
         fit_cfg |= QUICK_FIT
@@ -189,6 +193,7 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
 
     _print_metrics(metrics)
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
+    args.out = str(out)
     write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
@@ -203,12 +208,13 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
 
 
 def _cmd_run(args) -> int:
-    from latentscm.data import SimulationConfig, simulate
+    from latentscm.data import SimulationConfig, image_config, simulate
     from latentscm.runs import run_metrics
 
-    settings = _settings(args, quick=args.quick)
+    images = args.example == "images"
+    settings = _settings(args, quick=args.quick, default_method=IMAGE_METHOD if images else DEFAULT_METHOD)
     _check_outputs(args)
-    sim = SimulationConfig()
+    sim = image_config("chemistry", d=5) if images else SimulationConfig()
     if settings.d is not None and settings.d != sim.d:
         raise UsageError(f"the config file says d = {settings.d} but the embedded default problem has "
                          f"d = {sim.d} latents; fix or remove 'd' in the config file")
@@ -217,9 +223,22 @@ def _cmd_run(args) -> int:
           f"d = {train.d}, D = {train.D}, seed {args.seed}", flush=True)
     posterior = _fit(train, settings, args.seed)
     metrics = run_metrics(posterior, train, test, seed=args.seed)
-    info = {"command": "run", "argv": args.argv, "seed": args.seed, "simulation": dataclasses.asdict(sim),
-            **settings.described}
+    figure = None
+    if images:  # generation under unseen interventions do(z_j = -7): error and figure grid
+        from latentscm.generation import generation_error, plot_generation_grid
+
+        gen = generation_error(posterior, train, value=-7.0, seed=args.seed)
+        metrics |= {"gen_error": gen["error"], "gen_error_baseline": gen["baseline_error"]}
+        figure = plot_generation_grid(gen["truth"], gen["generated"], train.image_shape, baseline=gen["baseline"],
+                                      labels=[f"do(z{j} = -7)" for j in range(train.d)])
+    info = {"command": "run", "argv": args.argv, "seed": args.seed, "example": args.example,
+            "simulation": dataclasses.asdict(sim), **settings.described}
     _finish(args, posterior, metrics, train, save_dataset=True, info=info)
+    if figure is not None:
+        from latentscm.plots import save_figure
+
+        path = save_figure(figure, Path(args.out) / "generation.png", dpi=80)
+        print(f"generation figure: {path}")
     return 0
 
 
@@ -249,9 +268,11 @@ def _cmd_fit(args) -> int:
         raise UsageError("give either --data (a new fit) or --resume DIR (continue an interrupted one), not both")
     if not args.resume and not args.data:
         raise UsageError("--data FILE.npz is required (or --resume DIR to continue an interrupted fit)")
-    settings = _resume_args(args) if args.resume else _settings(args)
+    settings = _resume_args(args) if args.resume else None
     _check_outputs(args)
     dataset = _load(args.data, "--data")
+    if settings is None:
+        settings = _settings(args, default_method=IMAGE_METHOD if dataset.image_shape else DEFAULT_METHOD)
     _check_d(settings, dataset, str(args.data))
     test = None
     if args.test:
@@ -278,9 +299,14 @@ def _cmd_fit(args) -> int:
 def _cmd_simulate(args) -> int:
     from latentscm.data import SimulationConfig, simulate
 
+    from latentscm.data import IMAGE_LAYOUTS
+
     fields = {"d": args.d, "graph": args.graph, "edges_per_node": args.edges_per_node, "design": args.design,
               "targets": args.targets, "values": args.values, "projection": args.projection}
-    fields["D"] = args.D if args.D is not None else (args.d if args.projection == "so" else 100)
+    image = args.projection in IMAGE_LAYOUTS
+    fields["D"] = args.D if args.D is not None else (args.d if args.projection == "so" else 2500 if image else 100)
+    if image:
+        fields["obs_noise"] = 0.05  # pixel noise on the [0, 1] scale, as in the seed paper
     for name in ("n_regimes", "rows_per_regime", "n_rows", "n_test_regimes"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
@@ -369,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_options(p)
     p.add_argument("--quick", action="store_true",
                    help=f"few optimisation steps ({QUICK_FIT}), for smoke tests; overrides the config file")
+    p.add_argument("--example", choices=EXAMPLES, default="default",
+                   help="'default': the problem above; 'images': the same SCM design rendered as 50x50 "
+                        "'chemistry' images (d=5, D=2500), fitted with "
+                        f"{IMAGE_METHOD!r} by default, plus generation under do(z_j = -7) (generation.png)")
     p.set_defaults(handler=_cmd_run)
 
     p = sub.add_parser("fit", help="fit a dataset in the external .npz format",
@@ -399,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=_pos_int, default=5, help="number of latents (default 5)")
     p.add_argument("--D", type=_pos_int, help="observation dimension (default 100; d for --projection so)")
     p.add_argument("--design", choices=("paired", "iid"), default="paired")
-    p.add_argument("--projection", choices=("linear", "mlp", "so"), default="linear")
+    p.add_argument("--projection", choices=("linear", "mlp", "so", "chemistry", "chemistry_shift"), default="linear",
+                   help="chemistry / chemistry_shift: 50x50 images (D = 2500, pixel noise 0.05)")
     p.add_argument("--graph", choices=("er", "sf"), default="er")
     p.add_argument("--edges-per-node", type=float, default=1.0, metavar="K")
     p.add_argument("--targets", choices=("multi", "single"), default="multi")
