@@ -29,6 +29,8 @@ import numpyro
 
 from .scm import LOG_2PI, sample_graph
 
+_BLOCK_ROWS = 128  # rows per block of the second-moment factor
+
 
 class Units(NamedTuple):
     """Rows arranged in units of k rows that share their exogenous noise (k = 1: single rows,
@@ -67,8 +69,9 @@ def make_units(x, targets, values, pair=None):
 class SufficientStats(NamedTuple):
     """Sufficient statistics of units grouped by pattern; R patterns of k rows.
 
-    masks, known (R, k, d); n (R,); sx (R, kD); fx (M, kD) and fg (M,): a factor of the second
-    moments, ``sum_n x_n x_n^T`` of pattern r equals ``sum_{m: fg_m = r} fx_m fx_m^T``; sv (R, kd);
+    masks, known (R, k, d); n (R,); sx (R, kD); fx (M, B, kD) and fg (M,): a factor of the second
+    moments in M blocks of B rows (zero rows pad each pattern's last block), ``sum_n x_n x_n^T`` of
+    pattern r equals ``sum_{m: fg_m = r} fx_m^T fx_m``; sv (R, kd);
     svv (R, kd, kd); sxv (R, kD, kd); tr_sxx (R,) (kept separately for accuracy). Unit rows are
     concatenated.
     """
@@ -111,20 +114,29 @@ def unit_stats(units: Units, dtype=np.float64):
     patterns, g = group_rows(pattern)
     R = len(patterns)
     X, V = units.x.reshape(U, k * D), units.values.reshape(U, k * d)
-    onehot = np.zeros((R, U))
-    onehot[g, np.arange(U)] = 1.0
+    rows_of = [np.flatnonzero(g == r) for r in range(R)]
     factors = []
-    for r in range(R):  # F_r^T F_r = X_r^T X_r with at most kD rows
-        rows = X[g == r]
-        factors.append(rows if len(rows) <= k * D else np.linalg.qr(rows, mode="r"))
-    fx = np.concatenate(factors)
-    fg = np.repeat(np.arange(R), [len(f) for f in factors])
+    for rows in rows_of:  # F_r^T F_r = X_r^T X_r with at most kD rows
+        factors.append(X[rows] if len(rows) <= k * D else np.linalg.qr(X[rows], mode="r"))
+    # blocks of B rows, one pattern per block: the likelihood forms one (kd, kd) product per block,
+    # never an (M, r, kd) array
+    B = max(1, min(max(len(f) for f in factors), _BLOCK_ROWS))
+    blocks, fg = [], []
+    for r, f in enumerate(factors):
+        nb = max(1, -(-len(f) // B))
+        padded = np.zeros((nb * B, k * D))
+        padded[: len(f)] = f
+        blocks.append(padded.reshape(nb, B, k * D))
+        fg += [r] * nb
+    sv = np.stack([V[rows].sum(0) for rows in rows_of])
+    svv = np.stack([V[rows].T @ V[rows] for rows in rows_of])
+    sxv = np.stack([X[rows].T @ V[rows] for rows in rows_of])
     return SufficientStats(
         *(np.asarray(a, dtype) for a in (patterns[:, : k * d].reshape(R, k, d), patterns[:, k * d:].reshape(R, k, d),
-                                         onehot.sum(1), onehot @ X, fx)),
-        fg.astype(np.int64),
-        *(np.asarray(a, dtype) for a in (onehot @ V, np.einsum("rn,ni,nj->rij", onehot, V, V),
-                                         np.einsum("rn,ni,nj->rij", onehot, X, V), onehot @ (X * X).sum(1))),
+                                         np.array([len(rows) for rows in rows_of]),
+                                         np.stack([X[rows].sum(0) for rows in rows_of]), np.concatenate(blocks))),
+        np.asarray(fg, np.int64),
+        *(np.asarray(a, dtype) for a in (sv, svv, sxv, np.array([(X[rows] ** 2).sum() for rows in rows_of]))),
     )
 
 
@@ -178,10 +190,13 @@ def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=
     trE = tr_xx - 2 * jnp.einsum("rDk,rkD->r", sxv_b, G) + jnp.einsum("rkD,rkl,rlD->r", G, stats.svv, G)
     Ub = Ut @ b
     Usx = jnp.einsum("rkD,rD->rk", Ut, stats.sx)
-    # U^T (sum x x^T) U from the factor rows: (U^T f)_p = sum_{k,d} Gamma[p, k, d] (A f_k)_d
-    Af = jnp.einsum("mkD,dD->mkd", stats.fx.reshape(-1, stats.k, A.shape[-1]), A)
-    Uf = jnp.einsum("mpkd,mkd->mp", gamma[stats.fg], Af)
-    UxxU = (jax.ops.segment_sum(Uf[:, :, None] * Uf[:, None, :], stats.fg, num_segments=Ut.shape[0])
+    # U^T (sum x x^T) U = Gamma (A-projected second moments) Gamma^T, from the factor blocks:
+    # Q_r = sum over r's blocks of (F A^T)^T (F A^T), (R, kd, kd); cost O(M B (kD d + (kd)^2))
+    M, B = stats.fx.shape[:2]
+    Af = jnp.einsum("mbkD,dD->mbkd", stats.fx.reshape(M, B, stats.k, A.shape[-1]), A).reshape(M, B, -1)
+    Q = jax.ops.segment_sum(jnp.einsum("mbp,mbq->mpq", Af, Af), stats.fg, num_segments=Ut.shape[0])
+    gam = gamma.reshape(gamma.shape[0], r, -1)
+    UxxU = (gam @ Q @ jnp.swapaxes(gam, -1, -2)
             - Usx[:, :, None] * Ub[:, None, :] - Ub[:, :, None] * Usx[:, None, :]
             + n[:, None, None] * Ub[:, :, None] * Ub[:, None, :])
     GU = G @ jnp.swapaxes(Ut, -1, -2)  # (R, kd, r)
