@@ -57,14 +57,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import jax.scipy.linalg
 import numpyro
+import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
-from ..models.collapsed import collapsed_model, sufficient_stats
+from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficient_stats
 from ..models.priors import parse_priors
 from ..models.scm import sample_graph
 from .collapsed import latent_summaries
@@ -97,6 +99,7 @@ class MCMCConfig:
     num_chains: int = 4
     chain_method: str = "vectorized"
     decoder: str = "linear"
+    decoder_update: str = "gibbs"
     order_moves: int | None = None
     swap_prob: float = 0.5
     target_accept_prob: float = 0.8
@@ -125,6 +128,8 @@ class MCMCConfig:
                 f"mcmc: decoder {self.decoder!r} is not supported; mcmc integrates z out exactly and needs a "
                 f"linear decoder: choose one of {DECODERS} ('identity' when x is z itself). For a nonlinear "
                 "(e.g. 'mlp') decoder use a variational method.")
+        if self.decoder_update not in ("gibbs", "nuts"):
+            raise ValueError(f"mcmc: decoder_update must be 'gibbs' or 'nuts'; got {self.decoder_update!r}")
         if self.chain_method not in ("vectorized", "sequential"):
             raise ValueError(f"mcmc: chain_method must be 'vectorized' or 'sequential'; got {self.chain_method!r}")
         if self.order_init not in ("proposal", "random"):
@@ -160,20 +165,21 @@ class IdentityStats(NamedTuple):
     intervened; n_int (d,): rows where it is; sse_int (d,): ``sum_{n: m_nj = 1} (z_nj - v_nj)^2``.
     """
 
-    gram: np.ndarray
-    n_free: np.ndarray
-    n_int: np.ndarray
-    sse_int: np.ndarray
+    gram: jax.Array
+    n_free: jax.Array
+    n_int: jax.Array
+    sse_int: jax.Array
 
 
 def identity_stats(z, targets, values):
-    """:class:`IdentityStats` of z (N, d) under the target mask (N, d) and values (N, d), float64."""
-    z = np.asarray(z, np.float64)
-    m = np.asarray(targets) > 0
-    v = np.where(m, np.nan_to_num(np.asarray(values, np.float64)), 0.0)
-    free = (~m).astype(np.float64)
-    gram = np.einsum("nj,na,nb->jab", free, z, z)
-    return IdentityStats(gram, free.sum(0), m.sum(0).astype(np.float64), np.sum(m * (z - v) ** 2, 0))
+    """:class:`IdentityStats` of z (N, d) under the target mask (N, d) and values (N, d) (jax arrays;
+    float64 under x64)."""
+    z = jnp.asarray(z)
+    m = jnp.asarray(targets) > 0
+    v = jnp.where(m, jnp.nan_to_num(jnp.asarray(values, z.dtype)), 0.0)
+    free = (~m).astype(z.dtype)
+    gram = jnp.einsum("nj,na,nb->jab", free, z, z)
+    return IdentityStats(gram, free.sum(0), m.sum(0).astype(z.dtype), jnp.sum(m * (z - v) ** 2, 0))
 
 
 def identity_log_likelihood(stats, W, sigma, tau):
@@ -266,10 +272,12 @@ def order_total_variation(order_draws, orders, probs):
 
 
 class ChainState(NamedTuple):
-    """State of one chain: the NUTS state (unconstrained continuous sites), the order (d,), a key."""
+    """State of one chain: the NUTS state (unconstrained continuous sites), the order (d,), the
+    augmentation (:func:`aux_from`; ``{}`` unless ``decoder_update="gibbs"``) and a key."""
 
     hmc_state: object
     order: jax.Array
+    aux: dict
     rng_key: jax.Array
 
 
@@ -278,6 +286,7 @@ class StepInfo(NamedTuple):
 
     z: dict  # unconstrained continuous sites after the step
     order: jax.Array  # (d,)
+    dec: dict  # Gibbs-updated decoder sites, or {}
     diverging: jax.Array
     accept_prob: jax.Array  # NUTS mean acceptance probability of the step
     num_steps: jax.Array  # leapfrog steps
@@ -303,6 +312,100 @@ def reversal_index(d):
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# data augmentation: exact Gibbs draws of z and of the linear decoder
+# ---------------------------------------------------------------------------------------------------
+
+GIBBS_SITES = ("decoder_weight", "decoder_bias")
+
+
+def normal_prior_params(prior):
+    """``(loc, scale)`` of a Normal prior; a clear error for any other family (the conjugate decoder
+    update needs Normal decoder priors)."""
+    if prior.distribution is None and prior.family == "normal":
+        return float(prior.params["loc"]), float(prior.params["scale"])
+    if isinstance(prior.distribution, dist.Normal):
+        return float(prior.distribution.loc), float(prior.distribution.scale)
+    raise ValueError(
+        f"mcmc: decoder_update='gibbs' needs a normal prior on {prior.name!r} (conjugate given z); got "
+        f"{prior.family}. Use a normal prior or set decoder_update='nuts'.")
+
+
+def sample_latents(key, x, targets, values, W, sigma, A, b, obs_scale, tau):
+    """One exact draw of the latents z (N, d) from ``p(z | x, targets, values, W, sigma, A, b, s)``,
+    rows independent: through the noise coordinates ``xi | x ~ N(K^{-1} U e, s^2 K^{-1})``, then
+    ``z = xi Gamma + v Gz`` (as :func:`~latentscm.models.collapsed.unit_latent_posterior`)."""
+    gamma, gz, Ue, _, K, V = _unit_terms(_singles(x, targets, values), W, sigma, A, b, obs_scale, tau, 1.0)
+    n, r = Ue.shape
+    d = W.shape[-1]
+    chol = jnp.linalg.cholesky(K)  # K = C C^T
+    mean = jax.scipy.linalg.cho_solve((chol, True), Ue[..., None])
+    noise = jax.random.normal(key, (n, r, 1), K.dtype)
+    xi = (mean + obs_scale * jax.scipy.linalg.solve_triangular(chol, noise, lower=True, trans="T"))[..., 0]
+    return jnp.einsum("nr,nrq->nq", xi, gamma.reshape(n, r, d)) + jnp.einsum("nq,nqp->np", V, gz.reshape(n, d, d))
+
+
+def sample_decoder(key, z, x, obs_scale, weight_prior, bias_prior):
+    """One exact draw of the linear decoder ``A (d, D), b (D,)`` from ``p(A, b | z, x, s)``: for each
+    output dimension a Bayesian linear regression of ``x[:, j]`` on ``[z, 1]`` with independent normal
+    priors ``(loc, scale)`` (``weight_prior`` on A, ``bias_prior`` on b); all columns share one
+    precision matrix, so one Cholesky factor serves the whole decoder."""
+    n, d = z.shape
+    F = jnp.concatenate([z, jnp.ones((n, 1), z.dtype)], axis=1)
+    prec0 = jnp.concatenate([jnp.full(d, weight_prior[1] ** -2.0), jnp.full(1, bias_prior[1] ** -2.0)])
+    loc0 = jnp.concatenate([jnp.full(d, weight_prior[0]), jnp.full(1, bias_prior[0])])
+    s2 = obs_scale**2
+    chol = jnp.linalg.cholesky(F.T @ F / s2 + jnp.diag(prec0))
+    mean = jax.scipy.linalg.cho_solve((chol, True), F.T @ x / s2 + (prec0 * loc0)[:, None])
+    noise = jax.random.normal(key, mean.shape, mean.dtype)
+    draw = mean + jax.scipy.linalg.solve_triangular(chol, noise, lower=True, trans="T")
+    return draw[:d], draw[d]
+
+
+def aux_from(z, A, b, raw):
+    """The augmentation for latents z (N, d) and decoder ``(A, b)`` on ``raw = (x, targets, values)``:
+    the decoder, z's :class:`IdentityStats`, the residual sum of squares and its count ``N D``."""
+    x, targets, values = raw
+    return {"decoder_weight": A, "decoder_bias": b, "zstats": identity_stats(z, targets, values),
+            "rss": jnp.sum((x - z @ A - b) ** 2), "n_obs": jnp.asarray(x.size, x.dtype)}
+
+
+def augmented_model(data, order, aux, *, priors, tau):
+    """Target of the NUTS and order updates under ``decoder_update="gibbs"``: the SCM's sites and
+    ``obs_scale`` given the augmentation ``aux`` (:func:`aux_from`): ``p(z | W, sigma)`` through z's
+    statistics and ``p(x | z, A, b, s)`` through the residual sum of squares."""
+    W, sigma, _ = sample_graph(aux["zstats"].gram.shape[-1], priors["edge_weight"], priors["noise_scale"], order)
+    s = priors["obs_scale"].sample("obs_scale", ())
+    numpyro.factor("z", identity_log_likelihood(aux["zstats"], W, sigma, tau))
+    numpyro.factor("x", -0.5 * (aux["n_obs"] * (LOG_2PI + 2 * jnp.log(s)) + aux["rss"] / s**2))
+
+
+def make_augmentation(priors, tau, fixed_noise):
+    """``augment(key, params, raw) -> aux``: draw z from ``p(z | x, W, sigma, A, b, s)`` (z integrated
+    out of nothing: the collapsed model's exact conditional), then ``(A, b)`` from
+    ``p(A, b | z, x, s)``. With the NUTS and order updates of :func:`augmented_model` this is a Gibbs
+    sampler on ``(z, A, b, rest)`` whose marginal over everything but z is the collapsed model's
+    posterior; NUTS then moves only the SCM's sites and ``obs_scale`` (no 500-dimensional decoder)."""
+    wp = normal_prior_params(priors["decoder_weight"])
+    bp = normal_prior_params(priors["decoder_bias"])
+
+    def augment(key, params, raw):
+        sigma = params["noise_scale"] if fixed_noise is None else fixed_noise
+        k_z, k_dec = jax.random.split(key)
+        x, targets, values = raw
+        z = sample_latents(k_z, x, targets, values, params["W"], sigma, params["decoder_weight"],
+                           params["decoder_bias"], params["obs_scale"], tau)
+        A, b = sample_decoder(k_dec, z, x, params["obs_scale"], wp, bp)
+        return aux_from(z, A, b, raw)
+
+    return augment
+
+
+# ---------------------------------------------------------------------------------------------------
+# the sampler
+# ---------------------------------------------------------------------------------------------------
+
+
 def _site_specs(model, *args):
     """Shapes and supports of the model's unobserved sample sites, traced abstractly (no computation)."""
     specs = {}
@@ -318,16 +421,25 @@ def _site_specs(model, *args):
     return specs
 
 
-def make_sampler(model, data, init_values, order0, config, num_warmup):
-    """Build ``init`` and ``step`` for the HMC-within-Gibbs chain on ``model(data, order)``.
+def make_sampler(model, data, init_values, order0, config, num_warmup, augment=None):
+    """Build the HMC-within-Gibbs chain on ``model(data, order, aux)``.
 
-    init_values: constrained starting values of the continuous sites, one dict per chain;
-    order0: (C, d) starting orders. Returns ``(init_state (batched ChainState), step, postprocess)``:
-    ``step(state, data) -> (state, StepInfo)`` for one chain (vmap it), ``postprocess(z, order, data)``
-    the constrained values and ``W``.
+    init_values: constrained starting values of the continuous sites, one dict per chain; order0:
+    (C, d) starting orders; augment: optional ``augment(key, params, raw) -> aux``
+    (:func:`make_augmentation`), run first in every iteration. Returns ``(init_one, z0, aux0, step,
+    postprocess)``: ``init_one(z, order, aux, key, data) -> (hmc_state, aux)``, ``step(state, data)
+    -> (state, StepInfo)`` for one chain (vmap them), ``postprocess(z, order, data)`` the constrained
+    values and ``W``.
     """
     d = order0.shape[1]
-    specs = _site_specs(model, data, jnp.asarray(order0[0]))
+    if augment is None:
+        aux0 = [{} for _ in init_values]
+    else:  # a placeholder (z = 0) carrying the start decoder; init_one draws the first real augmentation
+        zero = jnp.zeros((data["raw"][0].shape[0], d), jnp.float64)
+        aux0 = [aux_from(zero, *(jnp.asarray(vals[k], jnp.float64) for k in GIBBS_SITES), data["raw"])
+                for vals in init_values]
+    template = aux0[0]
+    specs = _site_specs(model, data, jnp.asarray(order0[0]), template)
     z0 = []
     for vals in init_values:
         zc = {}
@@ -339,9 +451,17 @@ def make_sampler(model, data, init_values, order0, config, num_warmup):
             zc[name] = jnp.asarray(value, jnp.float64).reshape(shape)
         z0.append(zc)
     z0 = jax.tree.map(lambda *xs: jnp.stack(xs), *z0)
+    aux0 = jax.tree.map(lambda *xs: jnp.stack(xs), *aux0)
 
-    def pe_gen(data, order):
-        return partial(potential_energy, model, (data, order), {})
+    def pe_gen(data, order, aux):
+        return partial(potential_energy, model, (data, order, aux), {})
+
+    def constrained(z, order, aux, data):
+        return constrain_fn(model, (data, order, aux), {}, z, return_deterministic=True)
+
+    def augmented(key, z, order, aux, data):
+        params = {**constrained(z, order, aux, data), **{k: aux[k] for k in GIBBS_SITES}}
+        return augment(key, params, data["raw"])
 
     init_kernel, sample_kernel = hmc(potential_fn_gen=pe_gen, algo="NUTS")
     n_moves = d if config.order_moves is None else config.order_moves
@@ -350,12 +470,16 @@ def make_sampler(model, data, init_values, order0, config, num_warmup):
     rev = jnp.asarray(reversal_index(d))
     permuted = [k for k in _PERMUTED_SITES if k in specs]
 
-    def init_one(z, order, key, data):
-        return init_kernel(z, num_warmup, adapt_step_size=True, adapt_mass_matrix=True,
-                           dense_mass=config.dense_mass, target_accept_prob=config.target_accept_prob,
-                           max_tree_depth=config.max_tree_depth, model_args=(data, order), rng_key=key)
+    def init_one(z, order, aux, key, data):
+        if augment is not None:
+            key, k_aux = jax.random.split(key)
+            aux = augmented(k_aux, z, order, aux, data)
+        state = init_kernel(z, num_warmup, adapt_step_size=True, adapt_mass_matrix=True,
+                            dense_mass=config.dense_mass, target_accept_prob=config.target_accept_prob,
+                            max_tree_depth=config.max_tree_depth, model_args=(data, order, aux), rng_key=key)
+        return state, aux
 
-    def order_moves(key, z, order, U, data):
+    def order_moves(key, z, order, aux, U, data):
         def body(_, carry):
             z, order, U, key, counts = carry
             key, k_type, k_pair, k_adj, k_acc = jax.random.split(key, 5)
@@ -368,7 +492,7 @@ def make_sampler(model, data, init_values, order0, config, num_warmup):
             new_z = dict(z)
             for name in permuted:
                 new_z[name] = jnp.where(is_swap, z[name], z[name][rev[k]])
-            new_U = pe_gen(data, new_order)(new_z)
+            new_U = pe_gen(data, new_order, aux)(new_z)
             log_alpha = U - new_U
             accept = jnp.log(jax.random.uniform(k_acc)) < jnp.where(jnp.isfinite(log_alpha), log_alpha, -jnp.inf)
             z = jax.tree.map(lambda n, o: jnp.where(accept, n, o), new_z, z)
@@ -381,20 +505,25 @@ def make_sampler(model, data, init_values, order0, config, num_warmup):
         return z, order, counts
 
     def step(state, data):
-        key, k_moves = jax.random.split(state.rng_key)
-        hs = state.hmc_state
-        z, order, counts = order_moves(k_moves, hs.z, state.order, hs.potential_energy, data)
-        if n_moves:
-            U, grad = jax.value_and_grad(pe_gen(data, order))(z)
+        key, k_moves, k_aux = jax.random.split(state.rng_key, 3)
+        hs, order, aux = state.hmc_state, state.order, state.aux
+        z, U = hs.z, hs.potential_energy
+        if augment is not None:
+            aux = augmented(k_aux, z, order, aux, data)
+            U = pe_gen(data, order, aux)(z)
+        z, order, counts = order_moves(k_moves, z, order, aux, U, data)
+        if n_moves or augment is not None:
+            U, grad = jax.value_and_grad(pe_gen(data, order, aux))(z)
             hs = hs._replace(z=z, potential_energy=U, z_grad=grad)
-        hs = sample_kernel(hs, model_args=(data, order))
-        out = StepInfo(hs.z, order, hs.diverging, hs.accept_prob, hs.num_steps, *counts)
-        return ChainState(hs, order, key), out
+        hs = sample_kernel(hs, model_args=(data, order, aux))
+        dec = {k: aux[k] for k in GIBBS_SITES if k in aux}
+        out = StepInfo(hs.z, order, dec, hs.diverging, hs.accept_prob, hs.num_steps, *counts)
+        return ChainState(hs, order, aux, key), out
 
-    def postprocess(z, order, data):
-        return constrain_fn(model, (data, order), {}, z, return_deterministic=True)
+    def postprocess(z, order, data):  # the factors' values do not matter here, only W and the sites
+        return constrained(z, order, template, data)
 
-    return init_one, z0, step, postprocess
+    return init_one, z0, aux0, step, postprocess
 
 
 def _chain_starts(dataset, config, rng, d):
@@ -440,11 +569,11 @@ def _chain_starts(dataset, config, rng, d):
     return starts, np.stack(orders).astype(np.int32), np.asarray(proposal), svi
 
 
-def _run_chains(run, init_fn, z0, orders, keys, data, num_warmup, total, config, progress):
+def _run_chains(run, init_fn, z0, aux0, orders, keys, data, num_warmup, total, config, progress):
     """Run a chain batch; returns stacked StepInfo with leading (chain, iteration) of the kept draws."""
-    state = jax.jit(jax.vmap(init_fn, in_axes=(0, 0, 0, None)))(z0, jnp.asarray(orders), keys, data)
+    state, aux = jax.jit(jax.vmap(init_fn, in_axes=(0, 0, 0, 0, None)))(z0, jnp.asarray(orders), aux0, keys, data)
     hkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    state = ChainState(state, jnp.asarray(orders), hkeys)
+    state = ChainState(state, jnp.asarray(orders), aux, hkeys)
     n_chunks = -(-total // config.chunk)
     size = -(-total // n_chunks)
     outs = []
@@ -479,26 +608,37 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
     if config.fixed_noise_scales is not None and len(config.fixed_noise_scales) != d:
         raise ValueError(f"mcmc: fixed_noise_scales needs {d} values (one per latent); got "
                          f"{len(config.fixed_noise_scales)}")
+    gibbs = config.decoder == "linear" and config.decoder_update == "gibbs"
+    if gibbs:  # the conjugate decoder update needs normal decoder priors: checked before any work
+        normal_prior_params(priors["decoder_weight"]), normal_prior_params(priors["decoder_bias"])
     rng = np.random.default_rng(seed)
     C, tau = config.num_chains, config.tau
     with jax.enable_x64(True):
         starts, orders0, proposal, svi = _chain_starts(dataset, config, rng, d)
+        raw = None
         if config.decoder == "identity":
-            data = jax.tree.map(jnp.asarray, identity_stats(dataset.x, dataset.targets, dataset.values))
+            stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
             base_model = identity_model
+        elif gibbs:
+            stats = None
+            raw = (jnp.asarray(dataset.x, jnp.float64), jnp.asarray(dataset.targets),
+                   jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float64))
         else:
-            data = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
+            stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
             base_model = collapsed_model
+        data = {"stats": stats, "raw": raw}
         fixed = None if config.fixed_noise_scales is None else jnp.asarray(config.fixed_noise_scales)
 
-        def model(data, order):
-            if fixed is None:
-                base_model(data, priors=priors, tau=tau, order=order)
-            else:
-                with handlers.condition(data={"noise_scale": fixed}):
-                    base_model(data, priors=priors, tau=tau, order=order)
+        def model(data, order, aux):
+            with handlers.condition(data={} if fixed is None else {"noise_scale": fixed}):
+                if gibbs:
+                    augmented_model(data, order, aux, priors=priors, tau=tau)
+                else:
+                    base_model(data["stats"], priors=priors, tau=tau, order=order)
 
-        init_fn, z0, step, postprocess = make_sampler(model, data, starts, orders0, config, config.num_warmup)
+        augment = make_augmentation(priors, tau, fixed) if gibbs else None
+        init_fn, z0, aux0, step, postprocess = make_sampler(model, data, starts, orders0, config,
+                                                            config.num_warmup, augment)
 
         def run(state, data, n):
             state, out = jax.lax.scan(lambda s, _: jax.vmap(step, in_axes=(0, None))(s, data), state, None, length=n)
@@ -508,12 +648,14 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
         keys = jax.random.split(jax.random.PRNGKey(seed), C)
         total = config.num_warmup + config.num_samples
         if config.chain_method == "vectorized":
-            out = _run_chains(run, init_fn, z0, orders0, keys, data, config.num_warmup, total, config, progress)
+            out = _run_chains(run, init_fn, z0, aux0, orders0, keys, data, config.num_warmup, total, config, progress)
         else:
-            parts = [_run_chains(run, init_fn, jax.tree.map(lambda a: a[c:c + 1], z0), orders0[c:c + 1],
-                                 keys[c:c + 1], data, config.num_warmup, total, config, progress) for c in range(C)]
+            one = lambda tree, c: jax.tree.map(lambda a: a[c:c + 1], tree)  # noqa: E731
+            parts = [_run_chains(run, init_fn, one(z0, c), one(aux0, c), orders0[c:c + 1], keys[c:c + 1], data,
+                                 config.num_warmup, total, config, progress) for c in range(C)]
             out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
         draws = _constrain(postprocess, out, data)
+        draws.update({k: v.reshape((-1,) + v.shape[2:]) for k, v in out.dec.items()})
         S = C * config.num_samples
         noise = draws["noise_scale"] if fixed is None else np.broadcast_to(np.asarray(fixed), (S, d)).copy()
         if config.decoder == "linear":
