@@ -13,6 +13,9 @@ Variational parameters start from the data-driven initialisation of
 :mod:`latentscm.inference.initialize` (order proposal included: the MLP's output bias starts at
 ``logit_scale`` times the proposed permutation); ``num_restarts`` optimisations run vectorised, the
 others from random orders, and the best final ELBO wins.
+
+With ``decoder="identity"`` (x is z itself, ``D == d``: causal discovery on observed variables) the
+model is :func:`~latentscm.models.observed.identity_model` and the guide has no decoder sites.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
 from ..models.collapsed import Units, collapsed_model, make_units, unit_latent_posterior, unit_stats
+from ..models.observed import identity_model, identity_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..models.priors import parse_priors
 from ..models.scm import tril_size, tril_to_matrix, weights_from_order
 from ._validate import check_settings
 from .initialize import initialise
 from .posterior import Posterior
+from .sharding import check_devices, resolve_devices, shard_stats, shard_units
 from .svi import init as svi_init
 from .svi import checkpoint_for, geometric_schedule, make_step, run_svi
 
@@ -66,6 +71,8 @@ class CollapsedConfig:
     chunk: int = 100
     checkpoint_dir: str | None = None
     checkpoint_every: int = 200
+    devices: int | str = 1
+    decoder: str = "linear"
 
     def __post_init__(self):
         check_settings(
@@ -74,10 +81,14 @@ class CollapsedConfig:
                   "checkpoint_every": 1},
             positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
             choices={"order_init": ("proposal", "random"), "unknown_values": ("error", "latent"),
-                     "use_pairs": (True, False)},
+                     "use_pairs": (True, False), "decoder": ("linear", "identity")},
             pair=("temperature",))
         if not 0 < self.lr_final_fraction <= 1:
             raise ValueError(f"collapsed: lr_final_fraction must be in (0, 1]; got {self.lr_final_fraction!r}")
+        check_devices(self.devices, "collapsed")
+        if self.decoder == "identity" and (self.use_pairs or self.unknown_values != "error"):
+            raise ValueError("collapsed: decoder='identity' (x is z) supports neither use_pairs nor "
+                             "unknown_values='latent'; use decoder='linear' for those")
 
 
 def _mlp_logits(mlp, l_vec, sigma):
@@ -162,14 +173,22 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     d = dataset.d
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
-        ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order)
+        identity = config.decoder == "identity"
+        ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity)
         units = make_units(dataset.x, dataset.targets, dataset.values,
                            dataset.pair if config.use_pairs else None)
-        stats = tuple(jax.tree.map(jnp.asarray, unit_stats(u)) for u in units)
+        devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
+        if identity:  # x is z: the SCM density of the observed latents, O(d^3) statistics
+            stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
+        else:
+            stats = tuple(shard_stats(jax.tree.map(jnp.asarray, unit_stats(u)), devices) for u in units)
         known = None if config.known_order is None else jnp.asarray(config.known_order)
 
         def model(temperature, stats):
-            collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known)
+            if identity:
+                identity_model(stats, priors=priors, tau=config.tau, order=known)
+            else:
+                collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known)
 
         specs = _site_specs(model, stats)
         guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
@@ -191,11 +210,15 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         best = int(np.argmin(losses[-tail:].mean(0)))
         params = jax.tree.map(lambda a: a[best], state.params)
         draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known)
-        latent_mean, latent_sd = latent_summaries(dataset, draws, config.tau, units=units,
-                                                  value_scale=config.value_scale)
+        if identity:
+            latent_mean, latent_sd, decoder = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d)), {}
+        else:
+            latent_mean, latent_sd = latent_summaries(dataset, draws, config.tau, units=units,
+                                                      value_scale=config.value_scale, devices=devices)
+            decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
     return Posterior(
         method="collapsed", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
-        decoder={"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]},
+        decoder=decoder,
         latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
         seconds=time.perf_counter() - start, tau=config.tau,
         info={"restart_elbo": (-losses[-tail:].mean(0)).tolist(), "best_restart": best,
@@ -222,11 +245,12 @@ def _draw(guide, params, num, temperature, key, d, known):
     return out
 
 
-def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=8):
+def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=8, devices=None):
     """Mixture mean and sd (N, d) of the exact ``p(z_n | x, ...)`` over the posterior draws.
 
     ``units`` (from :func:`make_units`) conditions each row on its whole unit (both halves of a
-    pair); by default rows are independent.
+    pair); by default rows are independent. ``devices`` (a list of JAX devices): the units are split
+    over them (see :mod:`latentscm.inference.sharding`).
     """
     if units is None:
         units = make_units(dataset.x, dataset.targets, dataset.values)
@@ -242,10 +266,10 @@ def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=
     m1, m2 = np.zeros(dataset.targets.shape), np.zeros(dataset.targets.shape)
     for u in units:
         rows = u.rows.reshape(-1)
-        arrays = Units(*(jnp.asarray(a, jnp.float64) for a in u[:4]), None)
+        arrays = Units(*shard_units(tuple(np.asarray(a, np.float64) for a in u[:4]), devices or jax.devices()[:1]), None)
         for i in range(0, S, chunk):
             a, b_ = f(*(jnp.asarray(draws[k][i:i + chunk]) for k in keys), arrays)
-            m1[rows] += np.asarray(a.sum(0)).reshape(len(rows), -1)
-            m2[rows] += np.asarray(b_.sum(0)).reshape(len(rows), -1)
+            m1[rows] += np.asarray(a.sum(0))[: len(u.x)].reshape(len(rows), -1)
+            m2[rows] += np.asarray(b_.sum(0))[: len(u.x)].reshape(len(rows), -1)
     mean = m1 / S
     return mean, np.sqrt(np.maximum(m2 / S - mean**2, 0.0))
