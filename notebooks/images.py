@@ -48,7 +48,8 @@ for ax, n in zip(axes, [0, 1, train.N // 2, train.N - 1]):
 # `N * D * d`, not `D^2` (see `docs/images.md`).
 
 # %%
-posterior = fit(train, "collapsed", config={"steps": 150 if QUICK else 1000}, seed=0)
+quick = {"steps": 100, "num_restarts": 1, "num_particles": 2, "num_draws": 50}
+posterior = fit(train, "collapsed", config=quick if QUICK else {}, seed=0)
 metrics = structure_metrics(posterior.W, train.weights, z_pred=posterior.latent_mean, z_true=train.z)
 metrics
 
@@ -62,7 +63,7 @@ plt.show()
 # baseline: without the graph, an intervention cannot move its descendants' blocks.
 
 # %%
-gen = generation_error(posterior, train, value=-7.0, num_samples=500 if QUICK else 2000,
+gen = generation_error(posterior, train, value=-7.0, num_samples=200 if QUICK else 2000,
                        num_true=2000 if QUICK else 20000)
 print(f"mean per-pixel error: {gen['error']:.4f} (graph-blind baseline {gen['baseline_error']:.4f})")
 plot_generation_grid(gen["truth"], gen["generated"], train.image_shape, baseline=gen["baseline"],
