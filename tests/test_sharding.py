@@ -26,6 +26,16 @@ CHILD = textwrap.dedent(r"""
     from latentscm.models.collapsed import collapsed_log_likelihood, make_units, unit_stats
 
     out = {"n_devices": len(jax.devices())}
+    if "--mcmc" in sys.argv:
+        train, _ = simulate(SimulationConfig(d=3, D=6, n_pairs=80, n_regimes=4, rows_per_regime=20), seed=2)
+        cfg = {"num_warmup": 15, "num_samples": 10, "num_chains": 4, "chunk": 25, "max_tree_depth": 4}
+        runs = {m: fit(train, "mcmc", config={**cfg, "chain_method": m}, seed=0, progress=False)
+                for m in ("vectorized", "parallel")}
+        v, p = runs["vectorized"], runs["parallel"]
+        out["W_diff"] = float(np.abs(v.W - p.W).max())
+        out["W_scale"] = float(np.abs(v.W).max())
+        out["orders_equal"] = bool((v.orders == p.orders).all())
+        print(json.dumps(out)); sys.exit(0)
     train, _ = simulate(SimulationConfig(d=3, D=8, n_pairs=120, n_regimes=4, rows_per_regime=30), seed=1)
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
@@ -69,6 +79,12 @@ def forced():
 
 
 @pytest.fixture(scope="module")
+def forced_mcmc():
+    """mcmc with chain_method 'vectorized' and 'parallel' (4 chains on 4 devices)."""
+    return _run_forced("--mcmc")
+
+
+@pytest.fixture(scope="module")
 def forced_fit():
     """Two short fits, one device and 4 devices (several minutes on a loaded 2-core machine)."""
     return _run_forced("--fit")
@@ -95,6 +111,22 @@ def test_sharded_fit_equals_one_device(forced_fit):
     assert f["orders_equal"]
     assert f["W_diff"] < 1e-6
     assert f["latent_diff"] < 1e-6 * max(1.0, f["latent_scale"])
+
+
+@pytest.mark.slow
+def test_parallel_chains_equal_vectorized(forced_mcmc):
+    f = forced_mcmc
+    assert f["n_devices"] == 4
+    assert f["orders_equal"]
+    assert f["W_diff"] <= 1e-6 * max(1.0, f["W_scale"])
+
+
+def test_parallel_chain_method_is_accepted():
+    from latentscm.inference.mcmc import MCMCConfig
+
+    assert MCMCConfig(chain_method="parallel").chain_method == "parallel"
+    with pytest.raises(ValueError, match="'parallel'"):
+        MCMCConfig(chain_method="pmap")
 
 
 def test_devices_setting_is_validated():

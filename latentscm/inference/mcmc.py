@@ -28,8 +28,10 @@ out, linear decoder) or, with ``decoder="identity"``, of the SCM with z observed
    adapted during warmup (the adaptation sees the order changing, which is fine: the adapted
    kernel is fixed after warmup and each step leaves the conditional invariant).
 
-Chains run vectorised (``jax.vmap`` over one jitted step; ``chain_method="vectorized"``) or one
-after another (``"sequential"``, same code with a chain batch of one). numpyro's ``HMCGibbs`` is not
+Chains run vectorised (``jax.vmap`` over one jitted step; ``chain_method="vectorized"``), one
+after another (``"sequential"``, same code with a chain batch of one), or vectorised with the chain
+axis split over JAX devices (``"parallel"``: the chains' states sharded with a ``NamedSharding``,
+as many devices as divide ``num_chains``; same draws as ``"vectorized"`` up to float error). numpyro's ``HMCGibbs`` is not
 used because its Gibbs function may only return the Gibbs sites, while the adjacent reversal also
 moves ``L``; the loop here is numpyro's functional ``hmc(..., algo="NUTS")`` kernel plus a
 ``lax.fori_loop`` of order moves, run in jitted chunks of ``chunk`` iterations under a progress bar.
@@ -70,6 +72,7 @@ from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficien
 from ..models.priors import parse_priors
 from ..models.scm import sample_graph
 from .collapsed import latent_summaries
+from .sharding import shard_leading
 from .initialize import _node_fit, initialise, propose_order
 from .posterior import Posterior
 
@@ -83,7 +86,7 @@ class MCMCConfig:
     """Settings of the ``mcmc`` method (validated in ``__post_init__``, before any work).
 
     num_warmup, num_samples: iterations per chain (draws kept: ``num_chains * num_samples``);
-    num_chains; chain_method: ``"vectorized"`` or ``"sequential"``; decoder: ``"linear"`` (collapsed
+    num_chains; chain_method: ``"vectorized"``, ``"sequential"`` or ``"parallel"`` (over devices); decoder: ``"linear"`` (collapsed
     model) or ``"identity"`` (``x`` is ``z``, needs ``D == d``); order_moves: Metropolis order
     proposals per iteration (None: d); swap_prob: probability that a proposal is a random swap (else
     an adjacent reversal); target_accept_prob, max_tree_depth, dense_mass: NUTS; tau: intervention
@@ -130,8 +133,9 @@ class MCMCConfig:
                 "(e.g. 'mlp') decoder use a variational method.")
         if self.decoder_update not in ("gibbs", "nuts"):
             raise ValueError(f"mcmc: decoder_update must be 'gibbs' or 'nuts'; got {self.decoder_update!r}")
-        if self.chain_method not in ("vectorized", "sequential"):
-            raise ValueError(f"mcmc: chain_method must be 'vectorized' or 'sequential'; got {self.chain_method!r}")
+        if self.chain_method not in ("vectorized", "sequential", "parallel"):
+            raise ValueError(f"mcmc: chain_method must be 'vectorized', 'sequential' or 'parallel'; "
+                             f"got {self.chain_method!r}")
         if self.order_init not in ("proposal", "random"):
             raise ValueError(f"mcmc: order_init must be 'proposal' or 'random'; got {self.order_init!r}")
         if not 0.0 <= self.swap_prob <= 1.0:
@@ -647,7 +651,10 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
         run = jax.jit(run, static_argnums=2)
         keys = jax.random.split(jax.random.PRNGKey(seed), C)
         total = config.num_warmup + config.num_samples
-        if config.chain_method == "vectorized":
+        if config.chain_method in ("vectorized", "parallel"):
+            if config.chain_method == "parallel":  # the chain axis split over the devices (jit follows)
+                devs = jax.devices()[:max(k for k in range(1, len(jax.devices()) + 1) if C % k == 0)]
+                z0, aux0, keys = shard_leading((z0, aux0, keys), devs)
             out = _run_chains(run, init_fn, z0, aux0, orders0, keys, data, config.num_warmup, total, config, progress)
         else:
             one = lambda tree, c: jax.tree.map(lambda a: a[c:c + 1], tree)  # noqa: E731
