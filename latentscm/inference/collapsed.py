@@ -33,7 +33,8 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
-from ..models.collapsed import Units, collapsed_model, make_units, unit_latent_posterior, unit_stats
+from ..models.collapsed import (Units, _decoded, collapsed_model, group_rows, make_units, unit_factors,
+                                unit_latent_posterior, unit_stats)
 from ..models.observed import identity_model, identity_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..models.priors import parse_priors
@@ -166,6 +167,22 @@ def _initial_params(specs, ini, d, config, rng):
     return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *out.values())
 
 
+def scaled_settings(d: int) -> dict:
+    """Settings of ``collapsed`` for ``d`` latents, by a fixed rule (no per-run tuning).
+
+    Up to d = 10: the defaults. Beyond, one step costs O(R (d D^2 + d^3)) per particle and restart,
+    while the data-driven start already holds the order and the weights (see ``docs/collapsed.md``,
+    scaling), so the budget goes to refining them: one restart (the second one only checks a random
+    start), fewer particles, 500 steps, and the order logits start at ``log(20 d)`` times the
+    proposed permutation (at least 4): with Gumbel noise of scale 1, a draw then moves a node off
+    the proposal with probability about ``d e^-logit_scale = 1/20``. Returns a dict for ``fit(config=...)``.
+    """
+    if d <= 10:
+        return {}
+    return {"num_restarts": 1, "num_particles": 2 if d <= 30 else 1, "steps": 500, "num_draws": 100,
+            "logit_scale": round(max(4.0, float(np.log(20 * d))), 2)}
+
+
 def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
     """Fit the collapsed model to ``dataset``; returns a :class:`Posterior`."""
     start = time.perf_counter()
@@ -254,6 +271,8 @@ def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=
     """
     if units is None:
         units = make_units(dataset.x, dataset.targets, dataset.values)
+    if devices is None or len(devices) == 1:
+        return _pattern_summaries(dataset, draws, tau, units, value_scale, chunk)
 
     def moments(W, sigma, A, b, s, u):
         mean, cov = unit_latent_posterior(u, W, sigma, A, b, s, tau, value_scale)
@@ -271,5 +290,57 @@ def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=
             a, b_ = f(*(jnp.asarray(draws[k][i:i + chunk]) for k in keys), arrays)
             m1[rows] += np.asarray(a.sum(0))[: len(u.x)].reshape(len(rows), -1)
             m2[rows] += np.asarray(b_.sum(0))[: len(u.x)].reshape(len(rows), -1)
+    mean = m1 / S
+    return mean, np.sqrt(np.maximum(m2 / S - mean**2, 0.0))
+
+
+def _pattern_moments(W, sigma, A, b, s, masks, known, X, V, tau, value_scale):
+    """First and second moments of ``p(Z | X, ...)`` for units that share one pattern.
+
+    W ... s: one posterior draw; masks, known (1, k, d); X (n, k, D); V (n, k, d). The latent
+    covariance and the Woodbury matrices depend only on the pattern, so they are formed once and
+    each unit costs O(k D d): mean (n, k d) and mean^2 + var (n, k d). Same formulas as
+    :func:`~latentscm.models.collapsed.unit_latent_posterior`.
+    """
+    gamma, gz = unit_factors(W, sigma, tau, value_scale, masks, known)
+    Ut, G = _decoded(gamma, gz, A)
+    Ut, G = Ut[0], G[0]  # (r, kD), (kd, kD)
+    n, k, _ = X.shape
+    r = Ut.shape[0]
+    V = V.reshape(n, -1)
+    e = X.reshape(n, -1) - jnp.tile(b, k) - V @ G
+    Kinv = jnp.linalg.inv(s**2 * jnp.eye(r) + Ut @ Ut.T)
+    gam = gamma[0].reshape(r, -1)
+    mean = (e @ Ut.T) @ (Kinv @ gam) + V @ gz[0].reshape(gz.shape[1], -1)
+    var = s**2 * jnp.einsum("rq,rs,sq->q", gam, Kinv, gam)
+    return mean, mean**2 + var
+
+
+def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
+    """:func:`latent_summaries` on one device, units grouped by pattern (rows padded to powers of two,
+    so that few shapes compile). Cost O(S (R d^3 + N D d)) instead of O(S N d^3)."""
+    keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
+    f = jax.jit(jax.vmap(_pattern_moments, in_axes=(0,) * 5 + (None,) * 4 + (None, None)),
+                static_argnums=(9, 10))
+    S = len(draws["W"])
+    m1, m2 = np.zeros(dataset.targets.shape), np.zeros(dataset.targets.shape)
+    for u in units:
+        U, k, d = u.targets.shape
+        patterns, g = group_rows(np.concatenate([u.targets.reshape(U, -1), u.known.reshape(U, -1)], axis=1))
+        for r, pattern in enumerate(patterns):
+            idx = np.flatnonzero(g == r)
+            size = 1 << max(3, int(np.ceil(np.log2(len(idx)))))
+            X = np.zeros((size,) + u.x.shape[1:])
+            V = np.zeros((size,) + u.values.shape[1:])
+            X[: len(idx)], V[: len(idx)] = u.x[idx], u.values[idx]
+            masks = jnp.asarray(pattern[: k * d].reshape(1, k, d), jnp.float64)
+            known = jnp.asarray(pattern[k * d:].reshape(1, k, d), jnp.float64)
+            rows = u.rows[idx].reshape(-1)
+            step = max(1, min(chunk, int(2e7 // (size * k * d))))  # bound the (draws, rows, kd) arrays
+            for i in range(0, S, step):
+                a, b_ = f(*(jnp.asarray(draws[key][i:i + step]) for key in keys), masks, known,
+                          jnp.asarray(X), jnp.asarray(V), float(tau), float(value_scale))
+                m1[rows] += np.asarray(a.sum(0))[: len(idx)].reshape(len(rows), -1)
+                m2[rows] += np.asarray(b_.sum(0))[: len(idx)].reshape(len(rows), -1)
     mean = m1 / S
     return mean, np.sqrt(np.maximum(m2 / S - mean**2, 0.0))
