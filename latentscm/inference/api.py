@@ -22,7 +22,7 @@ class Method(NamedTuple):
 
 
 METHODS = {
-    "collapsed": Method(CollapsedConfig, fit_collapsed, ("linear",)),
+    "collapsed": Method(CollapsedConfig, fit_collapsed, ("linear", "identity")),
     "mcmc": Method(MCMCConfig, fit_mcmc, ("linear", "identity")),
     "biols": Method(BiolsConfig, fit_biols, ("linear", "mlp")),
     "amortized": Method(AmortizedConfig, fit_amortized, ("linear", "mlp")),
@@ -59,6 +59,9 @@ def check_fit_inputs(dataset, method, config=None):
     order = getattr(cfg, "known_order", None)
     if order is not None and sorted(order) != list(range(dataset.d)):
         raise ValueError(f"{method}: known_order must be a permutation of 0..{dataset.d - 1}; got {order}")
+    if getattr(cfg, "decoder", None) == "identity" and dataset.D != dataset.d:
+        raise ValueError(f"{method}: decoder='identity' needs x to be the latents themselves (D == d); the "
+                         f"dataset has D={dataset.D}, d={dataset.d}. Use decoder='linear'.")
     if dataset.num_unknown_values and getattr(cfg, "unknown_values", "error") != "latent":
         first = int(np.argwhere(np.isnan(dataset.values))[0, 0])
         supported = sorted(m for m, spec in METHODS.items()

@@ -69,6 +69,7 @@ from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
 from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficient_stats
+from ..models.observed import IdentityStats, identity_log_likelihood, identity_model, identity_stats  # noqa: F401
 from ..models.priors import parse_priors
 from ..models.scm import sample_graph
 from .collapsed import latent_summaries
@@ -155,59 +156,6 @@ class MCMCConfig:
             object.__setattr__(self, "known_order", tuple(int(i) for i in self.known_order))
         if self.svi_init_steps and self.decoder != "linear":
             raise ValueError("mcmc: svi_init_steps needs decoder='linear' (the collapsed SVI fit)")
-
-
-# ---------------------------------------------------------------------------------------------------
-# identity decoder: z observed
-# ---------------------------------------------------------------------------------------------------
-
-
-class IdentityStats(NamedTuple):
-    """Sufficient statistics of observed latents ``z`` (N, d) for the SCM log-density.
-
-    gram (d, d, d): ``gram[j] = sum_{n: m_nj = 0} z_n^T z_n``; n_free (d,): rows where j is not
-    intervened; n_int (d,): rows where it is; sse_int (d,): ``sum_{n: m_nj = 1} (z_nj - v_nj)^2``.
-    """
-
-    gram: jax.Array
-    n_free: jax.Array
-    n_int: jax.Array
-    sse_int: jax.Array
-
-
-def identity_stats(z, targets, values):
-    """:class:`IdentityStats` of z (N, d) under the target mask (N, d) and values (N, d) (jax arrays;
-    float64 under x64)."""
-    z = jnp.asarray(z)
-    m = jnp.asarray(targets) > 0
-    v = jnp.where(m, jnp.nan_to_num(jnp.asarray(values, z.dtype)), 0.0)
-    free = (~m).astype(z.dtype)
-    gram = jnp.einsum("nj,na,nb->jab", free, z, z)
-    return IdentityStats(gram, free.sum(0), m.sum(0).astype(z.dtype), jnp.sum(m * (z - v) ** 2, 0))
-
-
-def identity_log_likelihood(stats, W, sigma, tau):
-    """``sum_n log p(z_n | targets_n, values_n, W, sigma)`` from :class:`IdentityStats` (scalar).
-
-    Equals the summed ``InterventionalLinearGaussian(W, sigma, targets, values, tau).log_prob(z)``.
-    """
-    d = W.shape[-1]
-    w = W.T  # w[j] = W[:, j], the parent weights of node j
-    e = jnp.eye(d)
-    r = e - w  # residual of node j: z (e_j - W[:, j])
-    sse = jnp.einsum("ja,jab,jb->j", r, stats.gram, r)
-    free = -0.5 * (stats.n_free * (LOG_2PI + 2 * jnp.log(sigma)) + sse / sigma**2)
-    inter = -0.5 * (stats.n_int * (LOG_2PI + 2 * jnp.log(tau)) + stats.sse_int / tau**2)
-    return jnp.sum(free) + jnp.sum(inter)
-
-
-def identity_model(stats, *, priors, tau=0.1, order=None):
-    """NumPyro model of the SCM with z observed (decoder = identity). Sites as in the collapsed model,
-    without the decoder: ``edge_weight``, ``P`` (or a known ``order``), ``noise_scale``, deterministic
-    ``W``, factor ``x``."""
-    d = stats.gram.shape[-1]
-    W, sigma, _ = sample_graph(d, priors["edge_weight"], priors["noise_scale"], order)
-    numpyro.factor("x", identity_log_likelihood(stats, W, sigma, tau))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -606,9 +554,6 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
     start = time.perf_counter()
     priors = parse_priors(priors)
     d, D = dataset.d, dataset.D
-    if config.decoder == "identity" and D != d:
-        raise ValueError(f"mcmc: decoder='identity' needs x to be the latents themselves (D == d); the dataset "
-                         f"has D={D}, d={d}. Use decoder='linear'.")
     if config.fixed_noise_scales is not None and len(config.fixed_noise_scales) != d:
         raise ValueError(f"mcmc: fixed_noise_scales needs {d} values (one per latent); got "
                          f"{len(config.fixed_noise_scales)}")

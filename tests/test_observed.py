@@ -1,0 +1,53 @@
+"""Observed causal variables (decoder = identity): the shared checks and the collapsed SVI path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from latentscm.data import Dataset, SimulationConfig, simulate
+from latentscm.inference import METHODS, fit
+from latentscm.metrics import expected_shd
+from latentscm.models.observed import identity_log_likelihood, identity_stats
+from latentscm.models.scm import InterventionalLinearGaussian
+
+
+def observed(d, n, seed):
+    cfg = SimulationConfig(d=d, D=d, design="iid", n_rows=n, n_regimes=10, rows_per_regime=n // 10)
+    train, _ = simulate(cfg, seed)
+    return Dataset.from_arrays(train.z, train.targets, train.values, z=train.z, weights=train.weights)
+
+
+@pytest.mark.parametrize("method", ["collapsed", "mcmc"])
+def test_identity_decoder_needs_d_equal_D_before_work(method):
+    train, _ = simulate(SimulationConfig(d=3, D=10, n_pairs=40, n_regimes=4, rows_per_regime=10), 0)
+    with pytest.raises(ValueError, match="decoder='identity' needs x to be the latents themselves"):
+        fit(train, method, config={"decoder": "identity"}, progress=False)
+
+
+def test_identity_with_pairs_or_latent_values_is_refused():
+    with pytest.raises(ValueError, match="supports neither use_pairs"):
+        METHODS["collapsed"].config(decoder="identity", use_pairs=True)
+
+
+def test_identity_statistics_handle_missing_targets_values():
+    """NaN values where nothing is targeted are ignored; the density matches the SCM's log_prob."""
+    data = observed(3, 40, 2)
+    W, sigma = np.asarray(data.weights), np.array([1.0, 1.5, 0.8])
+    with jax.enable_x64(True):
+        got = identity_log_likelihood(identity_stats(jnp.asarray(data.x, jnp.float64), data.targets, data.values),
+                                      jnp.asarray(W), jnp.asarray(sigma), 0.1)
+        ref = InterventionalLinearGaussian(jnp.asarray(W), jnp.asarray(sigma), jnp.asarray(data.targets, jnp.float64),
+                                           jnp.asarray(data.values, jnp.float64), 0.1).log_prob(
+            jnp.asarray(data.x, jnp.float64)).sum()
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_collapsed_identity_recovers_observed_scm():
+    data = observed(4, 400, 0)
+    post = fit(data, "collapsed", config={"decoder": "identity", "steps": 300, "num_restarts": 1}, progress=False)
+    assert post.decoder == {}
+    np.testing.assert_allclose(post.latent_mean, data.x)
+    assert np.all(post.latent_scale == 0)
+    assert expected_shd(post.W, data.weights) <= 0.5
+    np.testing.assert_allclose(post.W.mean(0), data.weights, atol=0.35)  # 400 rows (73 free for node 1), 300 steps
