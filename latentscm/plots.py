@@ -25,6 +25,8 @@ __all__ = [
     "plot_elbo",
     "plot_order_probabilities",
     "save_figure",
+    "plot_comparison",
+    "plot_scaling",
 ]
 
 _ANNOTATE_MAX_D = 10
@@ -344,5 +346,43 @@ def plot_comparison(table, *, metrics=("e_shd", "auroc", "mcc", "heldout_nll", "
             ax.plot(np.full(len(values), i), values, "o", color="C0")
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         ax.set_title(metric)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(table, *, x="d", group=("method",), metrics=("e_shd", "auroc", "mcc"),
+                 costs=("wall_s", "peak_rss_mb")) -> Figure:
+    """Metrics and costs against problem size: one panel per column, one line per group.
+
+    ``table``: one row per fit (e.g. a grid benchmark's CSV) with a numeric column ``x`` and the
+    columns in ``group`` (e.g. method, graph, targets), whose distinct combinations become lines of
+    the mean over fits (dots: single fits). ``metrics`` panels have linear axes; ``costs`` panels
+    (seconds, memory) are log-log.
+    """
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    costs = [m for m in costs if m in table and table[m].notna().any()]
+    panels = [(m, False) for m in metrics] + [(m, True) for m in costs]
+    if not panels:
+        raise ValueError("plot_scaling: the table has none of the metric or cost columns to plot")
+    group = [g for g in group if g in table]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
+    keys = table[group].astype(str).agg(" ".join, axis=1) if group else None
+    labels = list(dict.fromkeys(keys)) if group else [""]
+    for ax, (column, loglog) in zip(axes[0], panels):
+        for i, label in enumerate(labels):
+            part = table if keys is None else table[keys == label]
+            part = part[np.isfinite(part[column].to_numpy(dtype=float))]
+            if part.empty:
+                continue
+            mean = part.groupby(x)[column].mean()
+            ax.plot(mean.index, mean.to_numpy(), "-", color=f"C{i % 10}", label=label or None)
+            ax.plot(part[x], part[column], "o", ms=3, alpha=0.5, color=f"C{i % 10}")
+        if loglog:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_title(column)
+    if group and len(labels) > 1:
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,0 +1,276 @@
+"""Grid benchmark: simulated problems x methods x seeds, one process per fit, resumable.
+
+One command runs a grid of cells. A cell is one simulated problem (``d``, graph ER-k, linear or MLP
+projection, single- or multi-target interventions, Gaussian or zero values, ``n_regimes`` regimes of
+``rows_per_regime`` paired rows, ``D``), one method with its settings and one seed. Each fit is a fresh
+``latentscm fit`` process (:func:`latentscm.compare.run_fit_process`), so ``wall_s`` includes start-up
+and compilation and ``peak_rss_mb`` is that fit's own peak memory.
+
+Resumable: every finished cell leaves ``<work>/<cell>.json`` (its metrics); a second run skips those
+cells and only fits the missing ones (``--fresh`` clears them). A cell's run folder is cleared before
+its fit (an old checkpoint would be resumed or refused). After every cell the table is rewritten, so an
+interrupted grid still has its results: ``<out>.csv`` (one row per fit), ``<out>.md`` (means over seeds
+per configuration and the per-fit table) and ``<out>.png`` (metrics against d; seconds and peak memory
+against d on log-log axes, via :func:`latentscm.plots.plot_scaling`). A failed fit is recorded with
+its error and the grid goes on.
+
+Usage::
+
+    python benchmarks/grid.py                        # the full grid (hours)
+    python benchmarks/grid.py --quick                # a tiny slice (seconds), as in the tests
+    python benchmarks/grid.py --d 5,10,20 --graphs 1 --projections linear --targets multi \\
+        --values gaussian --seeds 0,1 --methods collapsed --name grid-linear
+
+``collapsed`` settings follow its size rule (:func:`latentscm.inference.collapsed.scaled_settings`)
+unless ``--config`` overrides them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from latentscm._io import atomic_write
+from latentscm.compare import run_fit_process
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "_work" / "grid"
+RESULTS = ROOT / "benchmarks" / "results"
+
+KEYS = ["d", "graph", "projection", "targets", "values", "method"]
+COLUMNS = KEYS + ["seed", "n", "D", "n_regimes", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
+                  "heldout_nll", "seconds", "wall_s", "peak_rss_mb", "error"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fit of the grid: a simulated problem, a method and its settings, a seed."""
+
+    d: int
+    graph: str = "ER-1"  # "ER-k": Erdos-Renyi with k expected edges per node
+    projection: str = "linear"
+    targets: str = "multi"
+    values: str = "gaussian"
+    method: str = "collapsed"
+    seed: int = 0
+    D: int = 100
+    n_regimes: int = 100
+    rows_per_regime: int = 100
+    config: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def name(self):
+        return (f"d{self.d}-{self.graph.lower()}-{self.projection}-{self.targets}-{self.values}-D{self.D}"
+                f"-r{self.n_regimes}x{self.rows_per_regime}-{self.method}-seed{self.seed}")
+
+    @property
+    def data_name(self):
+        return self.name.rsplit(f"-{self.method}-", 1)[0]
+
+    def simulation(self):
+        from latentscm.data import SimulationConfig
+
+        return SimulationConfig(
+            d=self.d, D=self.D, graph="er", edges_per_node=float(self.graph.split("-")[1]),
+            projection=self.projection, targets=self.targets, values=self.values,
+            n_regimes=self.n_regimes, rows_per_regime=self.rows_per_regime,
+            n_pairs=self.n_regimes * self.rows_per_regime)
+
+
+def default_config(cell):
+    """Method settings of a cell: ``collapsed`` by its size rule, other methods their defaults."""
+    from latentscm.inference.collapsed import scaled_settings
+
+    return scaled_settings(cell.d) if cell.method == "collapsed" else {}
+
+
+def _read_records(work):
+    records = []
+    for path in sorted(work.glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:  # a half-written file cannot happen (atomic), but be safe
+            continue
+    return records
+
+
+def run_cell(cell, work, *, progress=True):
+    """Fit one cell (simulating its data once per problem); returns its record (metrics + cell keys)."""
+    from latentscm.data import simulate
+
+    data, test = work / "data" / f"{cell.data_name}.npz", work / "data" / f"{cell.data_name}-test.npz"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        train, held_out = simulate(cell.simulation(), cell.seed)
+        held_out.save(test)
+        train.save(data)
+    fits = work / "fits"
+    shutil.rmtree(fits / f"run-{cell.name}", ignore_errors=True)  # fresh run folder: no old checkpoint
+    record = {k: getattr(cell, k) for k in KEYS + ["seed", "n_regimes", "rows_per_regime"]}
+    record["config"] = json.dumps(cell.config, sort_keys=True)
+    start = time.perf_counter()
+    try:
+        metrics = run_fit_process(data, fits, method=cell.method, seed=cell.seed, test=test, config=cell.config,
+                                  name=cell.name)
+        record |= {k: v for k, v in metrics.items() if k not in record or k in ("D",)}
+        record["error"] = ""
+    except Exception as e:  # noqa: BLE001 - recorded, the grid goes on
+        record |= {"D": cell.D, "wall_s": time.perf_counter() - start, "error": str(e).splitlines()[-1][:300]}
+        if progress:
+            traceback.print_exc()
+    return record
+
+
+def write_tables(records, out, *, title, note=""):
+    """``out``.csv, .md, .png from the per-fit records (atomic writes)."""
+    from latentscm.plots import plot_scaling, save_figure
+
+    table = pd.DataFrame(records)
+    cols = [c for c in COLUMNS if c in table] + [c for c in ("config",) if c in table]
+    table = table[cols].sort_values(["method", "graph", "projection", "targets", "values", "d", "seed"])
+    atomic_write(out.with_suffix(".csv"), lambda tmp: table.to_csv(tmp, index=False))
+    ok = table[table["error"].fillna("") == ""] if "error" in table else table
+    metric_cols = [c for c in ("e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse", "heldout_nll", "seconds",
+                               "wall_s", "peak_rss_mb") if c in ok]
+    summary = ok.groupby(KEYS, sort=False)[metric_cols].mean() if len(ok) else pd.DataFrame()
+    if len(ok):
+        summary.insert(0, "fits", ok.groupby(KEYS, sort=False).size())
+        summary["max_wall_s"] = ok.groupby(KEYS, sort=False)["wall_s"].max()
+    failed = table[table["error"].fillna("") != ""] if "error" in table else table.iloc[:0]
+    text = (f"# {title}\n\n{note}Means over seeds per configuration; one `latentscm fit` process per fit "
+            "(`wall_s` includes start-up and compilation, `seconds` is the fit itself, `peak_rss_mb` the "
+            "process's peak resident memory).\n\n"
+            + (summary.round(3).to_markdown() if len(summary) else "(no finished fits)") + "\n\n"
+            + (f"## Failed fits\n\n{failed[KEYS + ['seed', 'error']].to_markdown(index=False)}\n\n" if len(failed) else "")
+            + "## Per fit\n\n" + table.drop(columns=["config"], errors="ignore").round(3).to_markdown(index=False)
+            + "\n")
+    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
+    if len(ok):
+        save_figure(plot_scaling(ok, x="d", group=("method", "graph", "projection", "targets", "values")),
+                    out.with_suffix(".png"), dpi=110)
+    return table
+
+
+def run_grid(cells, *, work=WORK, out=RESULTS / "grid", title="Grid benchmark", note="", fresh=False,
+             progress=True):
+    """Run every cell not finished yet (``<work>/<cell>.json``), then write the tables; returns the table.
+
+    Cells finished by an earlier run are read back, not refitted, unless ``fresh``.
+    """
+    work, out = Path(work), Path(out)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    (work / "done").mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wanted = {c.name for c in cells}
+    for i, cell in enumerate(cells):
+        done = work / "done" / f"{cell.name}.json"
+        if done.exists():
+            if progress:
+                print(f"[{i + 1}/{len(cells)}] {cell.name}: done earlier, skipped", file=sys.stderr, flush=True)
+            continue
+        if progress:
+            print(f"[{i + 1}/{len(cells)}] {cell.name}: fitting", file=sys.stderr, flush=True)
+        record = run_cell(cell, work, progress=progress)
+        if not record.get("error"):
+            atomic_write(done, lambda tmp, r=record: Path(tmp).write_text(json.dumps(r, default=float)))
+        else:
+            failed = work / "failed"
+            failed.mkdir(exist_ok=True)
+            atomic_write(failed / f"{cell.name}.json", lambda tmp, r=record: Path(tmp).write_text(json.dumps(r, default=float)))
+        if progress:
+            shown = {k: record.get(k) for k in ("e_shd", "auroc", "seconds", "wall_s", "peak_rss_mb", "error")}
+            print(f"    {shown}", file=sys.stderr, flush=True)
+        records = [r for r in _read_records(work / "done") if _name(r) in wanted]
+        records += [r for r in _read_records(work / "failed") if _name(r) in wanted
+                    and not (work / "done" / f"{_name(r)}.json").exists()]
+        write_tables(records, out, title=title, note=note)
+    records = [r for r in _read_records(work / "done") if _name(r) in wanted]
+    records += [r for r in _read_records(work / "failed") if _name(r) in wanted
+                and not (work / "done" / f"{_name(r)}.json").exists()]
+    return write_tables(records, out, title=title, note=note) if records else pd.DataFrame()
+
+
+def _name(record):
+    return Cell(**{k: record[k] for k in ("d", "graph", "projection", "targets", "values", "method", "seed", "D",
+                                          "n_regimes", "rows_per_regime")}).name
+
+
+def grid_cells(ds, graphs, projections, targets, values, methods, seeds, *, D=100, n_regimes=100,
+               rows_per_regime=100, config=None):
+    """The cells of a full factorial grid (single-target cells get at least d regimes)."""
+    cells = []
+    for d in ds:
+        for g in graphs:
+            for p in projections:
+                for t in targets:
+                    for v in values:
+                        for m in methods:
+                            for s in seeds:
+                                cell = Cell(d=d, graph=f"ER-{g}", projection=p, targets=t, values=v, method=m, seed=s,
+                                            D=D, n_regimes=max(n_regimes, d) if t == "single" else n_regimes,
+                                            rows_per_regime=rows_per_regime)
+                                cfg = default_config(cell) | (config or {})
+                                cells.append(dataclasses.replace(cell, config=cfg))
+    return cells
+
+
+def _ints(text):
+    return [int(t) for t in text.split(",") if t]
+
+
+def _words(text):
+    return [t for t in text.split(",") if t]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny slice (d = 3, 4; ER-1; linear; multi-target; Gaussian values; collapsed, "
+                             "30 steps) for CI; writes <name>-quick.*")
+    parser.add_argument("--d", default="5,10,20,30,50")
+    parser.add_argument("--graphs", default="1,2", help="expected edges per node of the ER graphs")
+    parser.add_argument("--projections", default="linear,mlp")
+    parser.add_argument("--targets", default="multi,single")
+    parser.add_argument("--values", default="gaussian,zero")
+    parser.add_argument("--methods", default="collapsed,amortized")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--D", type=int, default=100)
+    parser.add_argument("--n-regimes", type=int, default=100)
+    parser.add_argument("--rows-per-regime", type=int, default=100)
+    parser.add_argument("--config", default="{}", help="JSON object of method settings overriding the size rule")
+    parser.add_argument("--name", default="grid", help="results stem: benchmarks/results/NAME.{csv,md,png}")
+    parser.add_argument("--work", default=None, help="scratch folder (default benchmarks/_work/NAME)")
+    parser.add_argument("--out", default=None, help="results stem path (default benchmarks/results/NAME)")
+    parser.add_argument("--fresh", action="store_true", help="forget finished cells and refit everything")
+    args = parser.parse_args(argv)
+    config = json.loads(args.config)
+    if args.quick:
+        name = f"{args.name}-quick"
+        cells = grid_cells([3, 4], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed"], [0], D=10, n_regimes=6,
+                           rows_per_regime=30, config={"steps": 30, "num_draws": 10, "num_restarts": 1} | config)
+    else:
+        name = args.name
+        cells = grid_cells(_ints(args.d), _ints(args.graphs), _words(args.projections), _words(args.targets),
+                           _words(args.values), _words(args.methods), _ints(args.seeds), D=args.D,
+                           n_regimes=args.n_regimes, rows_per_regime=args.rows_per_regime, config=config)
+    work = Path(args.work) if args.work else ROOT / "benchmarks" / "_work" / name
+    out = Path(args.out) if args.out else RESULTS / name
+    note = ("Timings: one pinned CPU core of a shared 2-core machine when run with `taskset -c 1` (conservative for "
+            "the 2-core targets).\n\n")
+    table = run_grid(cells, work=work, out=out, title=f"Grid benchmark ({name})", note=note, fresh=args.fresh)
+    print(table.drop(columns=["config"], errors="ignore").to_string(index=False))
+    return table
+
+
+if __name__ == "__main__":
+    main()
