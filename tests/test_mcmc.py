@@ -48,7 +48,7 @@ def chain_data(d, n, seed, weight=0.5):
         ({"decoder": "mlp"}, "decoder 'mlp' is not supported"),
         ({"num_chains": 0}, "num_chains must be an integer >= 1"),
         ({"swap_prob": 1.5}, "swap_prob"),
-        ({"chain_method": "parallel"}, "chain_method"),
+        ({"chain_method": "threads"}, "chain_method"),
         ({"fixed_noise_scales": (1.0, -1.0, 1.0)}, "fixed_noise_scales must be positive"),
         ({"num_sample": 10}, "unknown setting(s) ['num_sample']"),
         ({"decoder_update": "slice"}, "decoder_update must be 'gibbs' or 'nuts'"),
