@@ -72,14 +72,25 @@ class Posterior:
             raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
         if "A" not in self.decoder and self.log_predictive is not None:
             return float(-np.mean(self.log_predictive(dataset)))
-        if "A" not in self.decoder:
+        observed = not self.decoder and self.decode is None  # identity decoder: x is z
+        if observed and dataset.D != self.d:
+            raise ValueError(f"heldout_nll: the posterior has an identity decoder (x is z, D = {self.d}); the "
+                             f"dataset has D={dataset.D}")
+        if "A" not in self.decoder and not observed:
             raise ValueError(f"heldout_nll needs a linear decoder; method {self.method!r} has {sorted(self.decoder)}")
         value_scale = float(self.info.get("config", {}).get("value_scale", 1.0))  # prior sd of unknown values
         with jax.enable_x64(True):
             x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, dataset.values))
-            f = jax.jit(jax.vmap(partial(row_log_likelihood, tau=self.tau, value_scale=value_scale),
-                                 in_axes=(None,) * 3 + (0,) * 5))
-            draws = (self.W, self.noise_scales, self.decoder["A"], self.decoder["b"], self.decoder["obs_scale"])
+            if observed:
+                def scm_rows(x, t, v, W, sigma):
+                    return InterventionalLinearGaussian(W, sigma, t, jnp.nan_to_num(v), self.tau).log_prob(x)
+
+                f = jax.jit(jax.vmap(scm_rows, in_axes=(None,) * 3 + (0,) * 2))
+                draws = (self.W, self.noise_scales)
+            else:
+                f = jax.jit(jax.vmap(partial(row_log_likelihood, tau=self.tau, value_scale=value_scale),
+                                     in_axes=(None,) * 3 + (0,) * 5))
+                draws = (self.W, self.noise_scales, self.decoder["A"], self.decoder["b"], self.decoder["obs_scale"])
             chunk = 16  # draws per call: memory stays O(chunk * N * D * d)
             ll = jnp.concatenate([f(x, t, v, *(jnp.asarray(a[i:i + chunk]) for a in draws))
                                   for i in range(0, self.num_draws, chunk)])
