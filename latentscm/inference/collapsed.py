@@ -317,8 +317,9 @@ def _pattern_moments(W, sigma, A, b, s, masks, known, X, V, tau, value_scale):
 
 
 def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
-    """:func:`latent_summaries` on one device, units grouped by pattern (rows padded to powers of two,
-    so that few shapes compile). Cost O(S (R d^3 + N D d)) instead of O(S N d^3)."""
+    """:func:`latent_summaries` on one device, units grouped by pattern (rows padded so that few shapes
+    compile; as many draws per call as keep the arrays small). Cost O(S (R d^3 + N D d)) instead of
+    O(S N d^3)."""
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
     f = jax.jit(jax.vmap(_pattern_moments, in_axes=(0,) * 5 + (None,) * 4 + (None, None)),
                 static_argnums=(9, 10))
@@ -329,14 +330,15 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
         patterns, g = group_rows(np.concatenate([u.targets.reshape(U, -1), u.known.reshape(U, -1)], axis=1))
         for r, pattern in enumerate(patterns):
             idx = np.flatnonzero(g == r)
-            size = 1 << max(3, int(np.ceil(np.log2(len(idx)))))
+            n = len(idx)  # padded to a power of two, or a multiple of 1024: few shapes to compile
+            size = 1 << max(3, int(np.ceil(np.log2(n)))) if n <= 1024 else -(-n // 1024) * 1024
             X = np.zeros((size,) + u.x.shape[1:])
             V = np.zeros((size,) + u.values.shape[1:])
             X[: len(idx)], V[: len(idx)] = u.x[idx], u.values[idx]
             masks = jnp.asarray(pattern[: k * d].reshape(1, k, d), jnp.float64)
             known = jnp.asarray(pattern[k * d:].reshape(1, k, d), jnp.float64)
             rows = u.rows[idx].reshape(-1)
-            step = max(1, min(chunk, int(2e7 // (size * k * d))))  # bound the (draws, rows, kd) arrays
+            step = max(1, min(S, int(5e6 // (size * k * d))))  # (draws, rows, kd) arrays of <= 5e6 numbers
             for i in range(0, S, step):
                 a, b_ = f(*(jnp.asarray(draws[key][i:i + step]) for key in keys), masks, known,
                           jnp.asarray(X), jnp.asarray(V), float(tau), float(value_scale))
