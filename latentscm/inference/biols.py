@@ -47,7 +47,7 @@ from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix
 from .posterior import Posterior
 from ._validate import check_settings
 from .svi import init as svi_init
-from .svi import make_step, run_svi
+from .svi import checkpoint_for, make_step, run_svi
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ class BiolsConfig:
     obs_scale: observation noise sd (fixed, as the reference's ``pred_sigma``); temperature:
     Gumbel-Sinkhorn temperature (fixed); logit_constraint, log_std_max: the reference's squashing
     constants; tau: intervention noise scale; num_draws: posterior draws kept; chunk: steps per
-    jitted call; latent_draws, latent_steps: MAP latent estimates for the MLP decoder.
+    jitted call; latent_draws, latent_steps: MAP latent estimates for the MLP decoder;
+    checkpoint_dir, checkpoint_every: save the SVI state there every so many steps and resume from it
+    (:func:`~latentscm.inference.svi.checkpoint_for`; ``latentscm fit`` sets the run folder).
     """
 
     steps: int = 2000
@@ -88,12 +90,14 @@ class BiolsConfig:
     chunk: int = 100
     latent_draws: int = 4
     latent_steps: int = 300
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 200
 
     def __post_init__(self):
         check_settings(
             self, "biols",
             ints={"steps": 1, "num_particles": 1, "order_hidden": 1, "num_draws": 2, "chunk": 1,
-                  "latent_draws": 1, "latent_steps": 1},
+                  "latent_draws": 1, "latent_steps": 1, "checkpoint_every": 1},
             positive=("learning_rate", "expected_degree", "obs_scale", "temperature", "logit_constraint",
                       "log_std_max", "tau"))
         b = self.batch_size
@@ -253,7 +257,8 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
     optimizer = optax.adabelief(config.learning_rate, eps=1e-8)
     state = svi_init(jax.random.PRNGKey(seed), _initial_params(d, D, config, rng, extra), optimizer)
     step_fn = make_step(loss_fn, optimizer, lambda step: config.temperature)
-    state, losses = run_svi(step_fn, state, data, config.steps, chunk=config.chunk, progress=progress, desc="biols")
+    state, losses = run_svi(step_fn, state, data, config.steps, chunk=config.chunk, progress=progress, desc="biols",
+                            checkpoint=checkpoint_for("biols", config, priors, seed, dataset))
     params = jax.tree.map(lambda a: a[0], state.params)
     draws = _draw(guide, params, config.num_draws, config.temperature, jax.random.PRNGKey(seed + 1))
     S = config.num_draws
