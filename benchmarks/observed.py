@@ -156,6 +156,9 @@ def main(argv=None):
     if "dibs" in args.parts:
         rows += dibs_rows(args.dims, args.seeds, args.dibs_particles, args.dibs_steps)
     df = pd.DataFrame(rows)
+    if (RESULTS / "observed.csv").exists():  # keep the parts not rerun now
+        old = pd.read_csv(RESULTS / "observed.csv")
+        df = pd.concat([old[~old["part"].isin(args.parts)], df], ignore_index=True)
     from latentscm._io import atomic_write
 
     atomic_write(RESULTS / "observed.csv", lambda tmp: df.to_csv(tmp, index=False))
