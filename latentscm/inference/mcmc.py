@@ -4,6 +4,12 @@ Target: the joint posterior of the collapsed model (:mod:`latentscm.models.colla
 out, linear decoder) or, with ``decoder="identity"``, of the SCM with z observed (``x = z``,
 :func:`identity_model`). One MCMC iteration, per chain:
 
+0. With the linear decoder and ``decoder_update="gibbs"`` (the default): draw the latents
+   ``z ~ p(z | x, rest)`` exactly, then the decoder ``A, b ~ p(A, b | z, x, s)`` (conjugate), and
+   let steps 1-2 target :func:`augmented_model` (the SCM's sites and ``obs_scale`` given z, A, b).
+   A Gibbs sampler on ``(z, A, b, rest)`` whose marginal is the collapsed posterior; NUTS then never
+   sees the 600-dimensional, tightly determined decoder (see ``docs/mcmc.md``).
+   ``decoder_update="nuts"`` keeps the decoder in the NUTS step on the collapsed model instead.
 1. ``order_moves`` Metropolis-Hastings updates of the node order ``P`` (and, for one move type,
    a coordinate permutation of ``L``) targeting ``p(P, L | rest)``; the continuous sites other
    than ``L`` stay fixed. Two symmetric proposals, chosen with probability ``swap_prob`` and
@@ -23,8 +29,8 @@ out, linear decoder) or, with ``decoder="identity"``, of the SCM with z observed
      acceptance ratio is again the joint-density ratio (the i.i.d. edge prior cancels).
 
    The uniform order prior cancels in both.
-2. One NUTS step on all continuous sites (``edge_weight``, ``noise_scale``, decoder, horseshoe
-   scales) of the model conditioned on the current order, with step size and diagonal mass matrix
+2. One NUTS step on all continuous sites (``edge_weight``, ``noise_scale``, ``obs_scale``, the
+   decoder unless step 0 draws it, horseshoe scales) of the model conditioned on the current order, with step size and diagonal mass matrix
    adapted during warmup (the adaptation sees the order changing, which is fine: the adapted
    kernel is fixed after warmup and each step leaves the conditional invariant).
 
@@ -74,7 +80,7 @@ from ..models.priors import parse_priors
 from ..models.scm import sample_graph
 from .collapsed import latent_summaries
 from .sharding import shard_leading
-from .initialize import _node_fit, initialise, propose_order
+from .initialize import _node_fit, initialise
 from .posterior import Posterior
 
 DECODERS = ("linear", "identity")
@@ -484,14 +490,10 @@ def _chain_starts(dataset, config, rng, d):
     x, t = dataset.x, dataset.targets
     v = np.where(t > 0, np.nan_to_num(np.asarray(dataset.values, np.float64)), 0.0)
     svi = None
-    if config.decoder == "identity":
-        z_hat = np.asarray(x, np.float64)
-        proposal = np.asarray(config.known_order) if config.known_order else propose_order(z_hat, t, v)[0]
-        dec = {}
-    else:
-        ini = initialise(x, t, v, order=config.known_order)
-        z_hat, proposal = ini.z, ini.order
-        dec = {"decoder_weight": ini.A, "decoder_bias": ini.b, "obs_scale": ini.obs_scale}
+    identity = config.decoder == "identity"
+    ini = initialise(x, t, v, order=config.known_order, observed=identity)
+    z_hat, proposal = ini.z, ini.order
+    dec = {} if identity else {"decoder_weight": ini.A, "decoder_bias": ini.b, "obs_scale": ini.obs_scale}
     if config.svi_init_steps:
         from .collapsed import CollapsedConfig, fit_collapsed
 
@@ -553,7 +555,7 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
     """
     start = time.perf_counter()
     priors = parse_priors(priors)
-    d, D = dataset.d, dataset.D
+    d = dataset.d
     if config.fixed_noise_scales is not None and len(config.fixed_noise_scales) != d:
         raise ValueError(f"mcmc: fixed_noise_scales needs {d} values (one per latent); got "
                          f"{len(config.fixed_noise_scales)}")
