@@ -161,10 +161,11 @@ def write_tables(records, out, *, title, note=""):
 
 
 def run_grid(cells, *, work=WORK, out=RESULTS / "grid", title="Grid benchmark", note="", fresh=False,
-             progress=True):
+             progress=True, fit=True):
     """Run every cell not finished yet (``<work>/<cell>.json``), then write the tables; returns the table.
 
-    Cells finished by an earlier run are read back, not refitted, unless ``fresh``.
+    Cells finished by an earlier run are read back, not refitted, unless ``fresh``. ``fit=False`` only
+    rewrites the tables from the finished cells.
     """
     work, out = Path(work), Path(out)
     if fresh:
@@ -172,7 +173,7 @@ def run_grid(cells, *, work=WORK, out=RESULTS / "grid", title="Grid benchmark", 
     (work / "done").mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     wanted = {c.name for c in cells}
-    for i, cell in enumerate(cells):
+    for i, cell in enumerate(cells if fit else []):
         done = work / "done" / f"{cell.name}.json"
         if done.exists():
             if progress:
@@ -252,6 +253,7 @@ def main(argv=None):
     parser.add_argument("--work", default=None, help="scratch folder (default benchmarks/_work/NAME)")
     parser.add_argument("--out", default=None, help="results stem path (default benchmarks/results/NAME)")
     parser.add_argument("--fresh", action="store_true", help="forget finished cells and refit everything")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from finished cells, fit nothing")
     args = parser.parse_args(argv)
     config = json.loads(args.config)
     if args.quick:
@@ -267,7 +269,8 @@ def main(argv=None):
     out = Path(args.out) if args.out else RESULTS / name
     note = ("Timings: one pinned CPU core of a shared 2-core machine when run with `taskset -c 1` (conservative for "
             "the 2-core targets).\n\n")
-    table = run_grid(cells, work=work, out=out, title=f"Grid benchmark ({name})", note=note, fresh=args.fresh)
+    table = run_grid(cells, work=work, out=out, title=f"Grid benchmark ({name})", note=note, fresh=args.fresh,
+                     fit=not args.tables_only)
     print(table.drop(columns=["config"], errors="ignore").to_string(index=False))
     return table
 

@@ -38,7 +38,7 @@ PRIORITY = [("multi20", 0), ("multi20", 1), ("multi20", 2), ("multi50", 0), ("si
 NOTE = ("Problem: linear projection, D = 100, ER-1, paired design, 100 intervention regimes x 100 rows (20000 "
         "rows), Gaussian values of scale 2; order learned; settings by the size rule `scaled_settings(d)`.\n\n"
         "**Timings were measured on one pinned core (`taskset -c 1`) of a 2-core machine shared with other "
-        "jobs** (load average 3-6 during the runs): conservative for the targets, which are stated for the whole "
+        "jobs** (load average 9-13 on the 2 cores during the runs): conservative for the targets, which are stated for the whole "
         "2-core machine.\n\n")
 
 
@@ -61,10 +61,12 @@ def main(argv=None):
     parser.add_argument("--only", default="", help="comma-separated groups: " + ",".join(GROUPS))
     parser.add_argument("--fresh", action="store_true", help="forget finished fits and refit everything")
     parser.add_argument("--name", default="scaling")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from finished fits, fit nothing")
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) - {""}
     table = run_grid(cells(only), work=ROOT / "benchmarks" / "_work" / args.name, out=RESULTS / args.name,
-                     title="Scaling of `collapsed` (issue 5 acceptance)", note=NOTE, fresh=args.fresh)
+                     title="Scaling of `collapsed` (issue 5 acceptance)", note=NOTE, fresh=args.fresh,
+                     fit=not args.tables_only)
     print(table.drop(columns=["config"], errors="ignore").to_string(index=False))
 
 
