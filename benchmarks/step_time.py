@@ -290,6 +290,7 @@ def write_results(timing, memory, info, out=RESULTS):
         "shared with other jobs, so absolute times are noisy; the variants were timed interleaved in one process, "
         f"{info['repeats']} repeats each, medians reported).",
         "",
+        *([info["note"], ""] if info.get("note") else []),
         "What is timed: one SVI step (ELBO gradient, Adam update) of the same NumPyro guide, optimiser and "
         "engine; only the model's likelihood differs (details in the script's docstring). *reference design*: "
         "z drawn from the SCM for every draw and every row by a Python loop over the nodes (unrolled in `jit`), "
@@ -331,8 +332,9 @@ def write_results(timing, memory, info, out=RESULTS):
                      f"{r.get('fit_s', float('nan')):.1f} |")
     slopes = {}
     for col in ("reference_step_temp_mb", "fit_rss_growth_mb"):
-        if col in m and m[col].notna().all() and (m[col] > 0).all():
-            slopes[col] = _loglog_fit(m["N"], m[col])
+        ok = m[col].notna() & (m[col] > 0) if col in m else None
+        if ok is not None and ok.sum() >= 2:
+            slopes[col] = _loglog_fit(m["N"][ok], m[col][ok])
     lines += ["", "Log-log slopes against N (1 = linear): " + ", ".join(f"{k} {v:.2f}" for k, v in slopes.items())
               + "; the collapsed step's own memory does not depend on N (the data enter as statistics of the "
               "distinct intervention patterns).", "", "Plot: `step_time.png` (log-log).", ""]
@@ -352,6 +354,7 @@ def main(argv=None):
     p.add_argument("--part", choices=("all", "timing", "step-memory", "fit-memory"), default="all",
                    help="run one part only and save it as JSON in --out (parts can run in parallel)")
     p.add_argument("--assemble", action="store_true", help="write the tables from the saved parts")
+    p.add_argument("--note", default="", help="a sentence added under the header (e.g. how the parts were run)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     if a.quick:
@@ -363,7 +366,7 @@ def main(argv=None):
     def save(name, obj):
         atomic_write(parts / f"{name}.json", lambda path: Path(path).write_text(json.dumps(obj, default=float)))
 
-    if a.part in ("all", "timing"):
+    if not a.assemble and a.part in ("all", "timing"):
         info = {"uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                 "repeats": a.repeats, "headline_n": a.n, "fit_steps": a.fit_steps}
         st = unit_stats(make_units(*(getattr(problem(a.n), k) for k in ("x", "targets", "values")))[0])
@@ -376,14 +379,14 @@ def main(argv=None):
         info.update(machine())
         info["uptime_end"] = info.pop("uptime")
         save("timing-" + "-".join(str(n) for n in sorted(set(a.time_n) | {a.n})), {"info": info, "timing": timing})
-    if a.part in ("all", "step-memory"):
+    if not a.assemble and a.part in ("all", "step-memory"):
         rows = []
         for n in a.memory_n:
             print(f"step memory, N = {n}", flush=True)
             rows.append({"N": n, **step_memory(n)})
             print("  " + json.dumps(rows[-1]), flush=True)
         save("step_memory", rows)
-    if a.part in ("all", "fit-memory"):
+    if not a.assemble and a.part in ("all", "fit-memory"):
         rows = []
         for n in a.memory_n:
             print(f"fit memory, N = {n}", flush=True)
@@ -397,10 +400,14 @@ def main(argv=None):
         t = {"info": next(x["info"] for x in saved if any(r["N"] == a.n for r in x["timing"])),
              "timing": sorted((r for x in saved for r in x["timing"]), key=lambda r: r["N"])}
         sm = {r["N"]: r for r in json.loads((parts / "step_memory.json").read_text())}
+        for r in t["timing"]:  # the timed steps' memory analyses fill in their N
+            if not r["variant"].startswith("collapsed (64"):
+                sm.setdefault(r["N"], {"N": r["N"]}).update(_memory_row(r))
         fm = {r["N"]: r for r in json.loads((parts / "fit_memory.json").read_text())}
         memory = [{**sm.get(n, {}), **fm.get(n, {}), "N": n} for n in sorted(set(sm) | set(fm))]
         info = t["info"]
         info["fit_steps"] = next(iter(fm.values()))["fit_steps"] if fm else a.fit_steps
+        info["note"] = a.note
         write_results(t["timing"], memory, info, a.out)
         print(f"wrote {a.out / 'step_time.md'}")
 
