@@ -79,6 +79,21 @@ def one(case: str, seed: int, steps: int | None) -> dict:
     return row
 
 
+NOTES = """
+## Notes
+
+* `chemistry-collapsed` seed 2 peaked at 17 GB: it ran after commit ac37ddf changed `collapsed`'s
+  latent summaries (draws per call bounded by rows x d, not rows x D: 200 draws x 2048 rows x 2500
+  pixels at once). Seeds 0-1 (1.9-2.5 GB) ran before it.
+* `shift-amortized`: only seed 0 finished before the deadline of this run (seeds 1-2 not run).
+* `chemistry-biols`: seed 0 was started with the default `BiolsConfig` (linear decoder, 2000 steps,
+  16 particles, batches of 500 rows) and had not finished after about 13 CPU minutes (70 min wall on
+  the shared core); stopped, no row.
+* Generation errors are dominated by the decoders' unbounded outputs where the renderer clips
+  (chemistry: z < -8 is black; see docs/images.md).
+"""
+
+
 def _markdown(df, seeds_note: str) -> str:
     summary = df.drop(columns=["seed"]).groupby("case", sort=False).mean(numeric_only=True)
     summary.insert(0, "fits", df.groupby("case", sort=False).size())
@@ -94,7 +109,7 @@ def _markdown(df, seeds_note: str) -> str:
             "the same posterior with W = 0 at prediction (graph-blind). Figures: `images/<case>-seed<N>.png` "
             f"(truth | generated mean | difference | baseline | its difference). {seeds_note}\n\n"
             "## Means over seeds\n\n" + summary.round(4).to_markdown() +
-            "\n\n## Per fit\n\n" + df.round(4).to_markdown(index=False) + "\n")
+            "\n\n## Per fit\n\n" + df.round(4).to_markdown(index=False) + "\n" + NOTES)
 
 
 def main(argv=None):
