@@ -32,8 +32,8 @@ GROUPS = {  # name: (d, targets, seeds)
     "single20": (20, "single", (0, 1, 2)),
     "multi100": (100, "multi", (0,)),
 }
-PRIORITY = [("multi20", 0), ("multi20", 1), ("multi20", 2), ("multi50", 0), ("single20", 0), ("multi50", 1),
-            ("multi50", 2), ("multi100", 0), ("single20", 1), ("single20", 2)]
+PRIORITY = [("multi20", 0), ("multi20", 1), ("multi20", 2), ("single20", 0), ("multi50", 0), ("multi50", 1), ("multi50", 2),
+            ("multi100", 0), ("single20", 1), ("single20", 2)]
 
 NOTE = ("Problem: linear projection, D = 100, ER-1, paired design, 100 intervention regimes x 100 rows (20000 "
         "rows), Gaussian values of scale 2; order learned; settings by the size rule `scaled_settings(d)`.\n\n"

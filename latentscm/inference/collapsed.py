@@ -68,6 +68,7 @@ class CollapsedConfig:
     unknown_values: str = "error"
     value_scale: float = 2.0
     order_init: str = "proposal"
+    init_scale: str = "fixed"
     known_order: tuple[int, ...] | None = None
     chunk: int = 100
     checkpoint_dir: str | None = None
@@ -82,6 +83,7 @@ class CollapsedConfig:
                   "checkpoint_every": 1},
             positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
             choices={"order_init": ("proposal", "random"), "unknown_values": ("error", "latent"),
+                     "init_scale": ("fixed", "data"),
                      "use_pairs": (True, False), "decoder": ("linear", "identity")},
             pair=("temperature",))
         if not 0 < self.lr_final_fraction <= 1:
@@ -156,7 +158,8 @@ def _initial_params(specs, ini, d, config, rng):
             if loc is None:  # hierarchical scales: start at the unconstrained value of 1 (or 0.1 for global)
                 loc = np.full(shape, np.log(0.1) if name.endswith("global_scale") else 0.0)
             params[f"{name}_loc"] = np.asarray(loc, np.float64).reshape(shape)
-            params[f"{name}_rawscale"] = np.full(shape, _softplus_inv(_INIT_SCALE))
+            scale = np.broadcast_to(_decoder_scales(ini, config).get(name, _INIT_SCALE), shape)
+            params[f"{name}_rawscale"] = _softplus_inv(np.asarray(scale, np.float64))
         if config.known_order is None:
             P0 = np.eye(d)[order]
             params["order_mlp"] = {
@@ -167,6 +170,37 @@ def _initial_params(specs, ini, d, config, rng):
     return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *out.values())
 
 
+def _decoder_scales(ini, config):
+    """With ``init_scale = "data"``: the decoder's sites start at about their posterior sd
+    (``obs_scale / sqrt(sum_n z_nj^2)`` for row j of A, ``obs_scale / sqrt(N)`` for b) instead of
+    0.01, and their Adam steps are scaled by the same ratio. With N rows and a sharp observation
+    model the decoder's posterior sd is ~1e-4: a guide sd of 0.01, or Adam's first steps of size
+    ``learning_rate`` on all d x D entries, wreck the likelihood and, at large d, the order."""
+    if config.init_scale != "data":
+        return {}
+    z2 = np.maximum((np.asarray(ini.z) ** 2).sum(0), 1e-12)
+    return {"decoder_weight": np.minimum(ini.obs_scale / np.sqrt(z2), _INIT_SCALE)[:, None],
+            "decoder_bias": min(ini.obs_scale / np.sqrt(len(ini.z)), _INIT_SCALE)}
+
+
+def _step_factors(params, ini, config):
+    """Per-leaf factors on Adam's updates (one restart's parameter tree): 1, or the decoder's
+    start-scale ratio with ``init_scale = "data"``."""
+    factors = jax.tree.map(lambda a: 1.0, jax.tree.map(lambda a: a[0], params))
+    for name, scale in _decoder_scales(ini, config).items():
+        if f"{name}_loc" in factors:
+            shape = np.shape(params[f"{name}_loc"])[1:]
+            factors[f"{name}_loc"] = jnp.asarray(np.broadcast_to(np.asarray(scale) / _INIT_SCALE, shape))
+    return factors
+
+
+def _scale_updates(factors):
+    """optax transformation multiplying each update leaf by a fixed factor."""
+    return optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(lambda u, f: u * f, updates, factors), state))
+
+
 def scaled_settings(d: int) -> dict:
     """Settings of ``collapsed`` for ``d`` latents, by a fixed rule (no per-run tuning).
 
@@ -175,12 +209,15 @@ def scaled_settings(d: int) -> dict:
     scaling), so the budget goes to refining them: one restart (the second one only checks a random
     start), fewer particles, 500 steps, and the order logits start at ``log(20 d)`` times the
     proposed permutation (at least 4): with Gumbel noise of scale 1, a draw then moves a node off
-    the proposal with probability about ``d e^-logit_scale = 1/20``. Returns a dict for ``fit(config=...)``.
+    the proposal with probability about ``d e^-logit_scale = 1/20``. Beyond d = 30 the decoder starts at
+    its data-driven scale (``init_scale = "data"``; at d = 50 the fixed 0.01 start lost the order).
+    Returns a dict for ``fit(config=...)``.
     """
     if d <= 10:
         return {}
-    return {"num_restarts": 1, "num_particles": 2 if d <= 30 else 1, "steps": 500, "num_draws": 100,
-            "logit_scale": round(max(4.0, float(np.log(20 * d))), 2)}
+    out = {"num_restarts": 1, "num_particles": 2 if d <= 30 else 1, "steps": 500, "num_draws": 100,
+           "logit_scale": round(max(4.0, float(np.log(20 * d))), 2)}
+    return out | ({"init_scale": "data"} if d > 30 else {})
 
 
 def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
@@ -217,8 +254,11 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         steps = config.steps
         schedule = geometric_schedule(*config.temperature, steps)
 
+        params0 = _initial_params(specs, ini, d, config, rng)
         optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction))
-        state = svi_init(jax.random.PRNGKey(seed), _initial_params(specs, ini, d, config, rng), optimizer)
+        if config.init_scale == "data":
+            optimizer = optax.chain(optimizer, _scale_updates(_step_factors(params0, ini, config)))
+        state = svi_init(jax.random.PRNGKey(seed), params0, optimizer)
         step_fn = make_step(loss_fn, optimizer, schedule)
         checkpoint = checkpoint_for("collapsed", config, priors, seed, dataset)
         state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress,
