@@ -228,12 +228,13 @@ def propose_order(z, targets, values, max_moves=None, grams=None):
     return order, order_score(z, targets, order, grams=(G, n))
 
 
-def initialise(x, targets, values, order=None):
-    """Full data-driven initialisation (see the module docstring). ``order`` skips the order search."""
+def initialise(x, targets, values, order=None, observed=False):
+    """Full data-driven initialisation (see the module docstring). ``order`` skips the order search;
+    ``observed``: x is the latents themselves (identity decoder), no latent estimate."""
     targets = np.asarray(targets)
     values = np.where(targets > 0, np.asarray(values, np.float64), 0.0)  # NaN: unknown value
     x = np.asarray(x, np.float64)
-    z = estimate_latents(x, targets, values)
+    z = x if observed else estimate_latents(x, targets, values)
     Z1 = np.c_[z, np.ones(len(z))]
     coef, *_ = np.linalg.lstsq(Z1, x, rcond=None)
     A, b = coef[:-1], coef[-1]
