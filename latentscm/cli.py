@@ -268,11 +268,11 @@ def _cmd_fit(args) -> int:
         raise UsageError("give either --data (a new fit) or --resume DIR (continue an interrupted one), not both")
     if not args.resume and not args.data:
         raise UsageError("--data FILE.npz is required (or --resume DIR to continue an interrupted fit)")
-    settings = _resume_args(args) if args.resume else None
+    settings = _resume_args(args) if args.resume else _settings(args)
     _check_outputs(args)
     dataset = _load(args.data, "--data")
-    if settings is None:
-        settings = _settings(args, default_method=IMAGE_METHOD if dataset.image_shape else DEFAULT_METHOD)
+    if not args.resume and dataset.image_shape:  # images: an image-capable method unless one is named
+        settings = _settings(args, default_method=IMAGE_METHOD)
     _check_d(settings, dataset, str(args.data))
     test = None
     if args.test:

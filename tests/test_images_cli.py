@@ -56,14 +56,22 @@ def test_run_example_images(tmp_path, capsys, fake_fit):
     assert Dataset.load(tmp_path / "run" / "dataset.npz").image_shape == (50, 50)
 
 
-def test_fit_picks_image_method_for_image_files(tmp_path, capsys, fake_fit):
+def test_fit_picks_image_method_for_image_files(tmp_path, capsys, fake_fit, monkeypatch):
+    import dataclasses
+
+    import latentscm.cli
+
+    assert IMAGE_METHOD == "collapsed"
+    monkeypatch.setattr(latentscm.cli, "IMAGE_METHOD", "amortized")  # a default distinct from DEFAULT_METHOD
     train, _ = simulate(image_config(d=3, n_pairs=40, n_regimes=4, rows_per_regime=10, n_test_regimes=1), 0)
     path = train.save(tmp_path / "img.npz")
+    flat = dataclasses.replace(train, image_shape=None).save(tmp_path / "flat.npz")
     assert main(["fit", "--data", str(path), "--out", str(tmp_path / "a")]) == 0
-    assert main(["fit", "--data", str(path), "--method", "amortized", "--out", str(tmp_path / "b")]) == 0
-    assert [c["method"] for c in fake_fit] == [IMAGE_METHOD, "amortized"]
+    assert main(["fit", "--data", str(path), "--method", "biols", "--out", str(tmp_path / "b")]) == 0
+    assert main(["fit", "--data", str(flat), "--out", str(tmp_path / "c")]) == 0
+    assert [c["method"] for c in fake_fit] == ["amortized", "biols", "collapsed"]
     info = json.loads((tmp_path / "a" / "run.json").read_text())
-    assert info["method"] == IMAGE_METHOD
+    assert info["method"] == "amortized" and info["config"]["decoder"] == "mlp"
 
 
 def test_simulate_images(tmp_path, capsys):
