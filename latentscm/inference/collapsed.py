@@ -184,13 +184,20 @@ def _decoder_scales(ini, config):
 
 
 def _step_factors(params, ini, config):
-    """Per-leaf factors on Adam's updates (one restart's parameter tree): 1, or the decoder's
-    start-scale ratio with ``init_scale = "data"``."""
+    """Per-leaf factors on Adam's updates (one restart's parameter tree): 1, or with
+    ``init_scale = "data"`` the decoder's start-scale ratio and, for the order network's first layer,
+    ``15 / fan-in`` (its fan-in is d(d-1)/2 + d)."""
     factors = jax.tree.map(lambda a: 1.0, jax.tree.map(lambda a: a[0], params))
     for name, scale in _decoder_scales(ini, config).items():
         if f"{name}_loc" in factors:
             shape = np.shape(params[f"{name}_loc"])[1:]
             factors[f"{name}_loc"] = jnp.asarray(np.broadcast_to(np.asarray(scale) / _INIT_SCALE, shape))
+    if config.init_scale == "data" and "order_mlp" in factors:
+        # an Adam step moves every first-layer weight by ~learning_rate, so the hidden layer's input
+        # moves by ~learning_rate x fan-in: keep that at its d = 5 size (fan-in 15), where the
+        # defaults were set
+        n_in = np.shape(params["order_mlp"]["w1"])[1]
+        factors["order_mlp"]["w1"] = min(1.0, (tril_size(5) + 5) / n_in)
     return factors
 
 
