@@ -87,8 +87,9 @@ NOTES = """
   pixels at once). Seeds 0-1 (1.9-2.5 GB) ran before it.
 * `shift-amortized`: only seed 0 finished before the deadline of this run (seeds 1-2 not run).
 * `chemistry-biols`: seed 0 was started with the default `BiolsConfig` (linear decoder, 2000 steps,
-  16 particles, batches of 500 rows) and had not finished after about 13 CPU minutes (70 min wall on
-  the shared core); stopped, no row.
+  16 particles, batches of 500 rows) and had not finished after 24 CPU minutes (71 min wall on the
+  shared core, 1.35 GB); stopped, no row. It runs on images (it got through compilation and into the
+  optimisation) but does not fit the 15-minute budget at its default settings.
 * Generation errors are dominated by the decoders' unbounded outputs where the renderer clips
   (chemistry: z < -8 is black; see docs/images.md).
 """
