@@ -385,7 +385,8 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
             masks = jnp.asarray(pattern[: k * d].reshape(1, k, d), jnp.float64)
             known = jnp.asarray(pattern[k * d:].reshape(1, k, d), jnp.float64)
             rows = u.rows[idx].reshape(-1)
-            step = max(1, min(S, int(5e6 // (size * k * d))))  # (draws, rows, kd) arrays of <= 5e6 numbers
+            # (draws, rows, k (D + d)) arrays (the residuals e are k D wide) of <= 5e6 numbers
+            step = max(1, min(S, int(5e6 // (size * k * (u.x.shape[2] + d)))))
             for i in range(0, S, step):
                 a, b_ = f(*(jnp.asarray(draws[key][i:i + step]) for key in keys), masks, known,
                           jnp.asarray(X), jnp.asarray(V), float(tau), float(value_scale))
