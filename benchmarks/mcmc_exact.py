@@ -4,7 +4,7 @@ Cases
 -----
 exact-d3, exact-d4  decoder = identity (z observed), Normal(0, 1) edge prior, noise scales fixed at 1,
                     tau = 0.1; a chain 0 -> 1 -> ... with weights 0.5, 24 rows, a third of them intervening
-                    on one random node (the same generator as ``tests/test_mcmc.py``). The exact posterior
+                    on one random node (``latentscm.data.simulate.observed_chain``, as in the tests). The exact posterior
                     over all d! orders comes from :func:`latentscm.inference.mcmc.exact_order_posterior`;
                     reported: total variation (TV) between it and the mcmc order frequencies.
 default             the embedded default simulation (paired, d=5, D=100, ER-1, linear projection, 2000
@@ -33,22 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def chain_data(d, n, seed, weight=0.5):
-    """Observed latents of a chain 0 -> 1 -> ... (unit noise); a third of the rows intervene on one node."""
-    from latentscm.data import Dataset
-
-    rng = np.random.default_rng(seed)
-    W = np.diag(np.full(d - 1, weight), 1)
-    T = np.zeros((n, d), np.int8)
-    for i in range(0, n, 3):
-        T[i, rng.integers(d)] = 1
-    V = 2.0 * rng.normal(size=(n, d)) * T
-    z = np.zeros((n, d))
-    for j in range(d):
-        z[:, j] = np.where(T[:, j] > 0, V[:, j] + 0.1 * rng.normal(size=n), z @ W[:, j] + rng.normal(size=n))
-    return Dataset.from_arrays(z.astype(np.float32), T, V.astype(np.float32), z=z, weights=W)
-
-
 def _diag(post):
     keys = ("divergences", "max_rhat_W", "min_ess_W", "order_acceptance", "swap_acceptance",
             "reversal_acceptance", "mean_leapfrog_steps")
@@ -56,10 +40,11 @@ def _diag(post):
 
 
 def exact_case(d, seed, num_samples, num_chains=4):
+    from latentscm.data.simulate import observed_chain
     from latentscm.inference import fit
     from latentscm.inference.mcmc import exact_order_posterior, order_total_variation
 
-    data = chain_data(d, 24, seed)
+    data = observed_chain(d, 24, seed)
     orders, probs = exact_order_posterior(data.x, data.targets, data.values, 1.0, np.ones(d), 0.1)
     post = fit(data, "mcmc", priors={"edge_weight": {"dist": "normal", "scale": 1.0}}, seed=0, progress=False,
                config={"decoder": "identity", "fixed_noise_scales": (1.0,) * d, "num_warmup": 300,

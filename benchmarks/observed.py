@@ -31,7 +31,6 @@ import argparse
 import os
 import platform
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -41,12 +40,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def exact_rows():
-    from mcmc_exact import chain_data
-
+    from latentscm.data.simulate import observed_chain as chain_data
     from latentscm.inference import fit
     from latentscm.inference.mcmc import exact_order_posterior, order_total_variation
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from latentscm.data import Dataset, SimulationConfig, simulate
+from latentscm.data import SimulationConfig, simulate
 from latentscm.data.scm import topological_order
+from latentscm.data.simulate import observed_chain as chain_data
 from latentscm.inference import METHODS, Posterior, fit
 from latentscm.inference.mcmc import (
     MCMCConfig,
@@ -26,20 +27,6 @@ from latentscm.models.collapsed import latent_posterior
 from latentscm.models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_from_order
 
 NORMAL_EDGES = {"edge_weight": {"dist": "normal", "scale": 1.0}}
-
-
-def chain_data(d, n, seed, weight=0.5):
-    """Observed latents of a chain 0 -> 1 -> ... (unit noise); a third of the rows intervene on one node."""
-    rng = np.random.default_rng(seed)
-    W = np.diag(np.full(d - 1, weight), 1)
-    T = np.zeros((n, d), np.int8)
-    for i in range(0, n, 3):
-        T[i, rng.integers(d)] = 1
-    V = 2.0 * rng.normal(size=(n, d)) * T
-    z = np.zeros((n, d))
-    for j in range(d):
-        z[:, j] = np.where(T[:, j] > 0, V[:, j] + 0.1 * rng.normal(size=n), z @ W[:, j] + rng.normal(size=n))
-    return Dataset.from_arrays(z.astype(np.float32), T, V.astype(np.float32), z=z, weights=W)
 
 
 @pytest.mark.parametrize(

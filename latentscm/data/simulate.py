@@ -14,7 +14,7 @@ from .images import IMAGE_LAYOUTS, IMAGE_SHAPE, check_fits, chemistry_projection
 from .projections import linear_projection, mlp_projection, project, so_projection
 from .scm import sample_latents
 
-__all__ = ["SimulationConfig", "image_config", "simulate"]
+__all__ = ["SimulationConfig", "image_config", "observed_chain", "simulate"]
 
 _MAX_RESAMPLES = 1000
 
@@ -244,3 +244,19 @@ def simulate(config: SimulationConfig, seed: Seed) -> tuple[Dataset, Dataset]:
         x = clean + c.obs_noise * rng.normal(size=(len(zz), c.D))
         out.append(Dataset.from_arrays(x, t, v, regime=r, pair=p, z=zz, meta=meta | {"split": split}, **truth))
     return out[0], out[1]
+
+
+def observed_chain(d: int, n: int, seed: Seed, weight: float = 0.5) -> Dataset:
+    """A small observed-variable dataset (x is z) for exactness checks: the chain 0 -> 1 -> ... -> d-1
+    with edge weights ``weight`` and unit noise; every third row intervenes on one random node
+    (values ``2 N(0, 1)``, intervention noise 0.1). Used by the tests and ``benchmarks/mcmc_exact.py``."""
+    rng = as_rng(seed)
+    W = np.diag(np.full(d - 1, weight), 1)
+    T = np.zeros((n, d), np.int8)
+    for i in range(0, n, 3):
+        T[i, rng.integers(d)] = 1
+    V = 2.0 * rng.normal(size=(n, d)) * T
+    z = np.zeros((n, d))
+    for j in range(d):
+        z[:, j] = np.where(T[:, j] > 0, V[:, j] + 0.1 * rng.normal(size=n), z @ W[:, j] + rng.normal(size=n))
+    return Dataset.from_arrays(z.astype(np.float32), T, V.astype(np.float32), z=z, weights=W)
