@@ -560,8 +560,9 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
         raise ValueError(f"mcmc: fixed_noise_scales needs {d} values (one per latent); got "
                          f"{len(config.fixed_noise_scales)}")
     gibbs = config.decoder == "linear" and config.decoder_update == "gibbs"
-    if gibbs:  # the conjugate decoder update needs normal decoder priors: checked before any work
-        normal_prior_params(priors["decoder_weight"]), normal_prior_params(priors["decoder_bias"])
+    fixed = None if config.fixed_noise_scales is None else np.asarray(config.fixed_noise_scales, np.float64)
+    # built before any work: it checks that the decoder priors are normal (conjugate given z)
+    augment = make_augmentation(priors, config.tau, fixed) if gibbs else None
     rng = np.random.default_rng(seed)
     C, tau = config.num_chains, config.tau
     with jax.enable_x64(True):
@@ -578,7 +579,6 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
             stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
             base_model = collapsed_model
         data = {"stats": stats, "raw": raw}
-        fixed = None if config.fixed_noise_scales is None else jnp.asarray(config.fixed_noise_scales)
 
         def model(data, order, aux):
             with handlers.condition(data={} if fixed is None else {"noise_scale": fixed}):
@@ -587,7 +587,6 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
                 else:
                     base_model(data["stats"], priors=priors, tau=tau, order=order)
 
-        augment = make_augmentation(priors, tau, fixed) if gibbs else None
         init_fn, z0, aux0, step, postprocess = make_sampler(model, data, starts, orders0, config,
                                                             config.num_warmup, augment)
 
