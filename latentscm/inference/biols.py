@@ -162,11 +162,11 @@ def make_guide(d, config, *, extra_specs=None):
             P = jnp.eye(d)[order]
         return weights_from_order(tril_to_matrix(l_vec, d), P), sigma, order
 
-    def guide(temperature, data, subsample_size=None):
+    def guide(temperature, data, row_scale=1.0):
         W, sigma, order = global_part(temperature)
         targets, values = data["targets"], data["values"]
-        with numpyro.plate("rows", targets.shape[0], subsample_size=subsample_size) as idx:
-            numpyro.sample("z", ReparamInterventionalLinearGaussian(W, sigma, targets[idx], values[idx], config.tau,
+        with numpyro.plate("rows", targets.shape[0]), handlers.scale(scale=row_scale):
+            numpyro.sample("z", ReparamInterventionalLinearGaussian(W, sigma, targets, values, config.tau,
                                                                     order=order))
 
     guide.global_part = global_part
@@ -242,17 +242,21 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
     order = None if config.known_order is None else np.asarray(config.known_order)
     decoder0 = init_decoder(rng, config.decoder, d, D, config.decoder_hidden)
 
-    def model(temperature, data, subsample_size=None):
+    def model(temperature, data, row_scale=1.0):
         biols_model(data["targets"], data["values"], data["x"], decoder_init=decoder0, edge_prior=edge_prior,
                     noise_prior=noise_prior, tau=config.tau, obs_scale=config.obs_scale, order=order,
-                    subsample_size=subsample_size)
+                    row_scale=row_scale)
 
     extra = _extra_sites(model, data)
     guide = make_guide(d, config, extra_specs=extra)
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True)
 
     def loss_fn(params, key, temperature, data):
-        return elbo.loss(key, params, model, guide, temperature, data, batch) / N
+        if batch is not None:  # one minibatch per step, shared by the particles (x A^T computed once)
+            key, k_rows = jax.random.split(key)
+            idx = jax.random.choice(k_rows, N, (batch,), replace=False)
+            data = jax.tree.map(lambda a: a[idx], data)
+        return elbo.loss(key, params, model, guide, temperature, data, N / (batch or N)) / N
 
     optimizer = optax.adabelief(config.learning_rate, eps=1e-8)
     state = svi_init(jax.random.PRNGKey(seed), _initial_params(d, D, config, rng, extra), optimizer)
