@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/grid.py                        # the full grid (hours)
     python benchmarks/grid.py --quick                # a tiny slice (seconds), as in the tests
+    python benchmarks/grid.py --plan slices --seeds 0   # the base problem at every d, one change at a time
     python benchmarks/grid.py --d 5,10,20 --graphs 1 --projections linear --targets multi \\
         --values gaussian --seeds 0,1 --methods collapsed --name grid-linear
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import shutil
 import sys
@@ -37,6 +39,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from latentscm._io import atomic_write
@@ -47,6 +50,7 @@ WORK = ROOT / "benchmarks" / "_work" / "grid"
 RESULTS = ROOT / "benchmarks" / "results"
 
 KEYS = ["d", "graph", "projection", "targets", "values", "method"]
+GROUP = KEYS + ["D", "n_regimes", "rows_per_regime"]  # one configuration of the tables
 COLUMNS = KEYS + ["seed", "n", "D", "n_regimes", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
                   "heldout_nll", "seconds", "wall_s", "peak_rss_mb", "error"]
 
@@ -141,10 +145,11 @@ def write_tables(records, out, *, title, note=""):
     ok = table[table["error"].fillna("") == ""] if "error" in table else table
     metric_cols = [c for c in ("e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse", "heldout_nll", "seconds",
                                "wall_s", "peak_rss_mb") if c in ok]
-    summary = ok.groupby(KEYS, sort=False)[metric_cols].mean() if len(ok) else pd.DataFrame()
+    group = [k for k in GROUP if k in ok]
+    summary = ok.groupby(group, sort=False)[metric_cols].mean() if len(ok) else pd.DataFrame()
     if len(ok):
-        summary.insert(0, "fits", ok.groupby(KEYS, sort=False).size())
-        summary["max_wall_s"] = ok.groupby(KEYS, sort=False)["wall_s"].max()
+        summary.insert(0, "fits", ok.groupby(group, sort=False).size())
+        summary["max_wall_s"] = ok.groupby(group, sort=False)["wall_s"].max()
     failed = table[table["error"].fillna("") != ""] if "error" in table else table.iloc[:0]
     text = (f"# {title}\n\n{note}Means over seeds per configuration; one `latentscm fit` process per fit "
             "(`wall_s` includes start-up and compilation, `seconds` is the fit itself, `peak_rss_mb` the "
@@ -154,9 +159,13 @@ def write_tables(records, out, *, title, note=""):
             + "## Per fit\n\n" + table.drop(columns=["config"], errors="ignore").round(3).to_markdown(index=False)
             + "\n")
     atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
-    if len(ok):
-        save_figure(plot_scaling(ok, x="d", group=("method", "graph", "projection", "targets", "values")),
-                    out.with_suffix(".png"), dpi=110)
+    # metrics and costs against d (out.png), N (out-n.png) and D (out-D.png): one line per configuration
+    # of the other keys, drawn only where that configuration has several values of the axis
+    for x, path in (("d", out), ("n", out.with_name(out.name + "-n")), ("D", out.with_name(out.name + "-D"))):
+        others = [k for k in ("method", "graph", "projection", "targets", "values", "d", "D", "n") if k != x and k in ok]
+        varying = ok.groupby(others, sort=False).filter(lambda g: g[x].nunique() > 1) if x in ok and len(ok) else ok[:0]
+        if len(varying):
+            save_figure(plot_scaling(varying, x=x, group=tuple(others)), path.with_suffix(".png"), dpi=110)
     return table
 
 
@@ -208,21 +217,34 @@ def _name(record):
 
 def grid_cells(ds, graphs, projections, targets, values, methods, seeds, *, D=100, n_regimes=100,
                rows_per_regime=100, config=None):
-    """The cells of a full factorial grid (single-target cells get at least d regimes)."""
+    """The cells of a full factorial grid (single-target cells get at least d regimes).
+
+    ``D`` and ``rows_per_regime`` may be lists too (sweeps over the observation dimension and N)."""
     cells = []
-    for d in ds:
-        for g in graphs:
-            for p in projections:
-                for t in targets:
-                    for v in values:
-                        for m in methods:
-                            for s in seeds:
-                                cell = Cell(d=d, graph=f"ER-{g}", projection=p, targets=t, values=v, method=m, seed=s,
-                                            D=D, n_regimes=max(n_regimes, d) if t == "single" else n_regimes,
-                                            rows_per_regime=rows_per_regime)
-                                cfg = default_config(cell) | (config or {})
-                                cells.append(dataclasses.replace(cell, config=cfg))
+    for d, g, p, t, v, m, s, dim, rows in itertools.product(ds, graphs, projections, targets, values, methods, seeds,
+                                                           np.atleast_1d(D).tolist(),
+                                                           np.atleast_1d(rows_per_regime).tolist()):
+        cell = Cell(d=d, graph=f"ER-{g}", projection=p, targets=t, values=v, method=m, seed=s, D=dim,
+                    n_regimes=max(n_regimes, d) if t == "single" else n_regimes, rows_per_regime=rows)
+        cells.append(dataclasses.replace(cell, config=default_config(cell) | (config or {})))
     return cells
+
+
+def slice_cells(seeds, config=None):
+    """The one-factor-at-a-time plan (``--plan slices``): the base problem (ER-1, linear projection,
+    multi-target, Gaussian values, ``collapsed``, D = 100, 100 regimes x 100 rows) at every d, and one
+    change at a time around it: ER-2, single-target and zero values at d <= 20; the MLP projection with
+    ``amortized`` at d <= 10; N (25 to 400 rows per regime) and D (25 to 800) at d = 10."""
+    def g(ds, **kw):
+        args = {"graphs": [1], "projections": ["linear"], "targets": ["multi"], "values": ["gaussian"],
+                "methods": ["collapsed"]} | kw
+        return grid_cells(ds, args.pop("graphs"), args.pop("projections"), args.pop("targets"), args.pop("values"),
+                          args.pop("methods"), seeds, config=config, **args)
+
+    cells = (g([5, 10, 20, 30, 50]) + g([5, 10, 20], graphs=[2]) + g([5, 10, 20], targets=["single"])
+             + g([5, 10, 20], values=["zero"]) + g([5, 10], projections=["mlp"], methods=["amortized"])
+             + g([10], rows_per_regime=[25, 50, 200, 400]) + g([10], D=[25, 50, 200, 400, 800]))
+    return list(dict.fromkeys(cells))
 
 
 def _ints(text):
@@ -245,9 +267,12 @@ def main(argv=None):
     parser.add_argument("--values", default="gaussian,zero")
     parser.add_argument("--methods", default="collapsed,amortized")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--D", type=int, default=100)
+    parser.add_argument("--D", default="100", help="observation dimensions (a comma list sweeps D)")
     parser.add_argument("--n-regimes", type=int, default=100)
-    parser.add_argument("--rows-per-regime", type=int, default=100)
+    parser.add_argument("--rows-per-regime", default="100", help="rows per regime (a comma list sweeps N)")
+    parser.add_argument("--plan", choices=("full", "slices"), default="full",
+                        help="full: the factorial grid of the options above; slices: the base problem at every d "
+                             "and one change at a time around it (see slice_cells; uses --seeds and --config only)")
     parser.add_argument("--config", default="{}", help="JSON object of method settings overriding the size rule")
     parser.add_argument("--name", default="grid", help="results stem: benchmarks/results/NAME.{csv,md,png}")
     parser.add_argument("--work", default=None, help="scratch folder (default benchmarks/_work/NAME)")
@@ -260,11 +285,14 @@ def main(argv=None):
         name = f"{args.name}-quick"
         cells = grid_cells([3, 4], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed"], [0], D=10, n_regimes=6,
                            rows_per_regime=30, config={"steps": 30, "num_draws": 10, "num_restarts": 1} | config)
+    elif args.plan == "slices":
+        name = args.name if args.name != "grid" else "grid-slices"
+        cells = slice_cells(_ints(args.seeds), config)
     else:
         name = args.name
         cells = grid_cells(_ints(args.d), _ints(args.graphs), _words(args.projections), _words(args.targets),
-                           _words(args.values), _words(args.methods), _ints(args.seeds), D=args.D,
-                           n_regimes=args.n_regimes, rows_per_regime=args.rows_per_regime, config=config)
+                           _words(args.values), _words(args.methods), _ints(args.seeds), D=_ints(args.D),
+                           n_regimes=args.n_regimes, rows_per_regime=_ints(args.rows_per_regime), config=config)
     work = Path(args.work) if args.work else ROOT / "benchmarks" / "_work" / name
     out = Path(args.out) if args.out else RESULTS / name
     note = ("Timings: one pinned CPU core of a shared 2-core machine when run with `taskset -c 1` (conservative for "

@@ -32,7 +32,8 @@ def test_grid_harness_tables_plot_resume_and_failures(tmp_path, monkeypatch):
         if "single" in name and first_run[0]:
             raise RuntimeError("latentscm fit failed for it (exit 1): boom")
         d = int(name.split("-")[0][1:])
-        return {"method": method, "seed": seed, "n": 40, "d": d, "D": 6, "seconds": 0.1 * d, "e_shd": 0.5 * d,
+        dim = int(name.split("-D")[1].split("-")[0])
+        return {"method": method, "seed": seed, "n": 40, "d": d, "D": dim, "seconds": 0.1 * d, "e_shd": 0.5 * d,
                 "e_shd_double": d, "auroc": 1.0, "auprc": 1.0, "mcc": 0.99, "edge_rmse": 0.1, "heldout_nll": 1.0,
                 "peak_rss_mb": 100.0 * d, "wall_s": 0.2 * d}
 
@@ -55,6 +56,18 @@ def test_grid_harness_tables_plot_resume_and_failures(tmp_path, monkeypatch):
     csv = pd.read_csv(out.with_suffix(".csv"))
     assert list(csv.sort_values(["targets", "d"])["e_shd"]) == [1.0, 1.5, 1.0, 1.5]
     assert json.loads(next((tmp_path / "work" / "done").glob("d2-*multi*.json")).read_text())["peak_rss_mb"] == 200
+    assert not out.with_name("grid-D.png").exists()  # D did not vary
+    # a D sweep: one more plot, against D; rows grouped per D in the summary
+    sweep = grid.grid_cells([2], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed"], [0], D=[6, 9],
+                            n_regimes=3, rows_per_regime=10)
+    assert [c.D for c in sweep] == [6, 9]
+    table = grid.run_grid(cells + sweep, work=tmp_path / "work", out=out, progress=False)
+    assert len(table) == 5 and sorted(table["D"]) == [6, 6, 6, 6, 9]
+    assert out.with_name("grid-D.png").read_bytes()[:4] == b"\x89PNG"
+    # the slices plan: the base problem at every d plus one change at a time, no duplicates
+    slices = grid.slice_cells([0])
+    assert len(slices) == len({c.name for c in slices}) == 5 + 3 * 3 + 2 + 4 + 5
+    assert {c.method for c in slices if c.projection == "mlp"} == {"amortized"}
     # the size rule applies beyond d = 10
     big = grid.grid_cells([20], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed"], [0])
     assert big[0].config["num_restarts"] == 1 and big[0].config["logit_scale"] > 4
