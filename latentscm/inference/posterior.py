@@ -119,13 +119,10 @@ class Posterior:
         draws = np.arange(S) if num_samples is None else np.random.default_rng(seed).integers(S, size=num_samples)
         k_z, k_x = jax.random.split(jax.random.PRNGKey(seed))
         t32, v32 = jnp.asarray(t, jnp.float32), jnp.asarray(np.where(t > 0, v, 0.0), jnp.float32)
-
-        def one(key, W, sigma):
-            return InterventionalLinearGaussian(W, sigma, t32, v32, self.tau).sample(key)
-
-        keys = jax.random.split(k_z, len(draws))
-        z = np.asarray(jax.jit(jax.vmap(one))(keys, jnp.asarray(self.W[draws], jnp.float32),
-                                              jnp.asarray(self.noise_scales[draws], jnp.float32)))
+        z = np.asarray(_sample_interventional(jax.random.split(k_z, len(draws)),
+                                              jnp.asarray(self.W[draws], jnp.float32),
+                                              jnp.asarray(self.noise_scales[draws], jnp.float32), t32, v32,
+                                              jnp.float32(self.tau)))
         if self.decode is not None:
             mean = np.asarray(self.decode(z, draws))
         elif "A" in self.decoder:
@@ -169,3 +166,9 @@ class Posterior:
         if len(self.elbo):
             tree["optimization"] = xr.DataTree(dataset=xr.Dataset({"elbo": (("step",), np.asarray(self.elbo))}))
         return tree
+
+
+@jax.jit
+def _sample_interventional(keys, W, sigma, targets, values, tau):
+    """One draw of z (M, d) per posterior draw (S,): (S, M, d); jitted once per shape, not per call."""
+    return jax.vmap(lambda k, W, s: InterventionalLinearGaussian(W, s, targets, values, tau).sample(k))(keys, W, sigma)
