@@ -33,7 +33,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
-from ..models.collapsed import (Units, _decoded, collapsed_model, group_rows, make_units, unit_factors,
+from ..models.collapsed import (Units, _decoded, centered_stats, collapsed_model, group_rows, make_units, unit_factors,
                                 unit_latent_posterior, unit_stats)
 from ..models.observed import identity_model, identity_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
@@ -75,6 +75,7 @@ class CollapsedConfig:
     checkpoint_every: int = 200
     devices: int | str = 1
     decoder: str = "linear"
+    precision: str = "float64"
 
     def __post_init__(self):
         check_settings(
@@ -84,7 +85,8 @@ class CollapsedConfig:
             positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
             choices={"order_init": ("proposal", "random"), "unknown_values": ("error", "latent"),
                      "init_scale": ("fixed", "data"),
-                     "use_pairs": (True, False), "decoder": ("linear", "identity")},
+                     "use_pairs": (True, False), "decoder": ("linear", "identity"),
+                     "precision": ("float32", "float64")},
             pair=("temperature",))
         if not 0 < self.lr_final_fraction <= 1:
             raise ValueError(f"collapsed: lr_final_fraction must be in (0, 1]; got {self.lr_final_fraction!r}")
@@ -233,16 +235,24 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     priors = parse_priors(priors)
     d = dataset.d
     rng = np.random.default_rng(seed)
+    identity = config.decoder == "identity"
+    # float64: everything under x64, as before. float32: the statistics (centred per pattern) and the
+    # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
+    x64 = config.precision == "float64" or identity
     with jax.enable_x64(True):
-        identity = config.decoder == "identity"
         ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity)
         units = make_units(dataset.x, dataset.targets, dataset.values,
                            dataset.pair if config.use_pairs else None)
         devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
         if identity:  # x is z: the SCM density of the observed latents, O(d^3) statistics
             stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
-        else:
+        elif x64:
             stats = tuple(shard_stats(jax.tree.map(jnp.asarray, unit_stats(u)), devices) for u in units)
+        else:
+            stats = tuple(centered_stats(u, np.float32) for u in units)
+    with jax.enable_x64(x64):
+        if not x64:
+            stats = tuple(shard_stats(jax.tree.map(jnp.asarray, st), devices) for st in stats)
         known = None if config.known_order is None else jnp.asarray(config.known_order)
 
         def model(temperature, stats):
@@ -274,6 +284,9 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         best = int(np.argmin(losses[-tail:].mean(0)))
         params = jax.tree.map(lambda a: a[best], state.params)
         draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known)
+    draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
+    losses = np.asarray(losses, np.float64)
+    with jax.enable_x64(True):
         if identity:
             latent_mean, latent_sd, decoder = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d)), {}
         else:

@@ -95,7 +95,7 @@ def shard_stats(stats, devices):
     """
     if len(devices) == 1:
         return stats
-    split = ("fx", "fg") if hasattr(stats, "fx") else stats._fields
+    split = tuple(n for n in ("fx", "fv", "fg") if n in stats._fields) or stats._fields
     return type(stats)(**{name: shard_leading(getattr(stats, name), devices) if name in split
                           else replicate(jnp.asarray(getattr(stats, name)), devices) for name in stats._fields})
 

@@ -140,6 +140,102 @@ def unit_stats(units: Units, dtype=np.float64):
     )
 
 
+class CenteredStats(NamedTuple):
+    """Statistics for the float32 likelihood (:func:`centered_log_likelihood`); R patterns of k rows.
+
+    masks, known (R, k, d); n (R,); xbar (R, kD) and vbar (R, kd): each pattern's mean unit; fx (M, B, kD),
+    fv (M, B, kd), fg (M,): a factor of the *centred* units ``[X - xbar, V - vbar]`` of pattern ``fg_m`` in
+    blocks of B rows (at most kD + kd rows per pattern: the centred rows, or a QR factor). Computed in
+    float64 on the host; the step sees only residual-sized numbers, so it runs in float32.
+    """
+
+    masks: np.ndarray
+    known: np.ndarray
+    n: np.ndarray
+    xbar: np.ndarray
+    vbar: np.ndarray
+    fx: np.ndarray
+    fv: np.ndarray
+    fg: np.ndarray
+
+    @property
+    def d(self):
+        return self.masks.shape[-1]
+
+    @property
+    def k(self):
+        return self.masks.shape[-2]
+
+    @property
+    def D(self):
+        return self.xbar.shape[-1] // self.masks.shape[-2]
+
+
+def centered_stats(units: Units, dtype=np.float32):
+    """:class:`CenteredStats` of units grouped by their (targets, known) pattern (float64 on the host,
+    returned as ``dtype``)."""
+    U, k, D = units.x.shape
+    d = units.targets.shape[-1]
+    pattern = np.concatenate([units.targets.reshape(U, -1), units.known.reshape(U, -1)], axis=1)
+    patterns, g = group_rows(pattern)
+    R = len(patterns)
+    Y = np.concatenate([units.x.reshape(U, k * D), units.values.reshape(U, k * d)], axis=1).astype(np.float64)
+    rows_of = [np.flatnonzero(g == r) for r in range(R)]
+    means = np.stack([Y[rows].mean(0) for rows in rows_of])
+    factors = []
+    for r, rows in enumerate(rows_of):  # F^T F = sum of the centred rows' outer products
+        Yc = Y[rows] - means[r]
+        factors.append(Yc if len(rows) <= Y.shape[1] else np.linalg.qr(Yc, mode="r"))
+    B = max(1, min(max(len(f) for f in factors), _BLOCK_ROWS))
+    blocks, fg = [], []
+    for r, f in enumerate(factors):
+        nb = max(1, -(-len(f) // B))
+        padded = np.zeros((nb * B, Y.shape[1]))
+        padded[: len(f)] = f
+        blocks.append(padded.reshape(nb, B, -1))
+        fg += [r] * nb
+    F = np.concatenate(blocks)
+    cast = lambda a: np.asarray(a, dtype)  # noqa: E731
+    return CenteredStats(cast(patterns[:, : k * d].reshape(R, k, d)), cast(patterns[:, k * d:].reshape(R, k, d)),
+                         cast([len(rows) for rows in rows_of]), cast(means[:, : k * D]), cast(means[:, k * D:]),
+                         cast(F[..., : k * D]), cast(F[..., k * D:]), np.asarray(fg, np.int32))
+
+
+def _residual_quad(E, Ut, L, s2):
+    """``sum_rows e Sigma^-1 e^T`` for rows E (..., n, kD), ``Sigma = U U^T + s2 I``, ``chol(s2 I + U^T U) = L``.
+
+    As ``|w|^2 + |e - w U^T|^2 / s2`` with ``w = e U K^-1``: two sums of squares of residual-sized
+    numbers (``U^T (e - w U^T) = s2 w``), never the difference ``|e|^2 - |L^-1 U^T e|^2`` of two large
+    ones, which float32 does not resolve when the latent variance is ~1e4 x s2."""
+    UE = jnp.swapaxes(E @ jnp.swapaxes(Ut, -1, -2), -1, -2)  # (..., r, n)
+    half = jax.scipy.linalg.solve_triangular(L, UE, lower=True)
+    w = jax.scipy.linalg.solve_triangular(jnp.swapaxes(L, -1, -2), half, lower=False)  # (..., r, n)
+    y = E - jnp.swapaxes(w, -1, -2) @ Ut
+    return jnp.sum(w * w, (-2, -1)) + jnp.sum(y * y, (-2, -1)) / s2
+
+
+def centered_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
+    """:func:`collapsed_log_likelihood` from :class:`CenteredStats`, in a form that float32 resolves.
+
+    Per pattern, the units' residuals split into the centred part (factor rows ``F_x - F_v G``) and the
+    mean part ``sqrt(n) (xbar - b - vbar G)``; each quadratic form is a sum of squared triangular-solve
+    outputs and residuals (:func:`_residual_quad`), the log-determinant comes from a Cholesky factor.
+    """
+    gamma, gz = unit_factors(W, sigma, tau, value_scale, stats.masks, stats.known)
+    Ut, G = _decoded(gamma, gz, A)  # (R, r, kD), (R, kd, kD)
+    r, kD = Ut.shape[1], Ut.shape[2]
+    s2 = obs_scale**2
+    n = stats.n
+    L = jnp.linalg.cholesky(s2 * jnp.eye(r, dtype=Ut.dtype) + Ut @ jnp.swapaxes(Ut, -1, -2))
+    mean = jnp.sqrt(n)[:, None] * (stats.xbar - jnp.tile(b, stats.k) - jnp.einsum("rq,rqD->rD", stats.vbar, G))
+    quad = jnp.sum(_residual_quad(mean[:, None, :], Ut, L, s2))
+    fg = stats.fg
+    E = stats.fx - jnp.einsum("mbq,mqD->mbD", stats.fv, G[fg])
+    quad = quad + jnp.sum(_residual_quad(E, Ut[fg], L[fg], s2))
+    logdet = (kD - r) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
+    return -0.5 * (jnp.sum(n * (kD * LOG_2PI + logdet)) + quad)
+
+
 def _block_rows(X):
     """(R, k, d, d) per-row blocks -> (R, k*d, k, d): row (i, a) touches only the latents of row i."""
     k = X.shape[1]
@@ -276,15 +372,16 @@ def latent_posterior(x, targets, values, W, sigma, A, b, obs_scale, tau, value_s
 def collapsed_model(stats, *, priors, tau=0.1, value_scale=1.0, order=None):
     """NumPyro model of the collapsed latent SCM (see the module docstring for site names).
 
-    stats: a SufficientStats or a tuple of them (single rows, pairs); priors: PriorSpec; tau:
+    stats: a SufficientStats or CenteredStats (float32 form), or a tuple of them (single rows, pairs); priors: PriorSpec; tau:
     intervention noise scale; value_scale: prior scale of unknown intervention values; order:
     optional known node order (d,), which replaces the ``P`` site by a constant.
     """
-    stats = stats if isinstance(stats, tuple) and not isinstance(stats, SufficientStats) else (stats,)
+    stats = stats if isinstance(stats, tuple) and not isinstance(stats, (SufficientStats, CenteredStats)) else (stats,)
     d, D = stats[0].d, stats[0].D
     W, sigma, _ = sample_graph(d, priors["edge_weight"], priors["noise_scale"], order)
     A = priors["decoder_weight"].sample("decoder_weight", (d, D))
     b = priors["decoder_bias"].sample("decoder_bias", (D,))
     s = priors["obs_scale"].sample("obs_scale", ())
-    numpyro.factor("x", sum(collapsed_log_likelihood(st, W, sigma, A, b, s, tau, value_scale) for st in stats))
+    numpyro.factor("x", sum((centered_log_likelihood if isinstance(st, CenteredStats) else collapsed_log_likelihood)(
+        st, W, sigma, A, b, s, tau, value_scale) for st in stats))
 
