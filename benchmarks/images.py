@@ -82,16 +82,18 @@ def one(case: str, seed: int, steps: int | None) -> dict:
 NOTES = """
 ## Notes
 
-* `chemistry-collapsed` seed 2 peaked at 17 GB: it ran after commit ac37ddf changed `collapsed`'s
-  latent summaries (draws per call bounded by rows x d, not rows x D: 200 draws x 2048 rows x 2500
-  pixels at once). Seeds 0-1 (1.9-2.5 GB) ran before it.
-* `shift-amortized`: only seed 0 finished before the deadline of this run (seeds 1-2 not run).
-* `chemistry-biols`: seed 0 was started with the default `BiolsConfig` (linear decoder, 2000 steps,
-  16 particles, batches of 500 rows) and had not finished after 24 CPU minutes (71 min wall on the
-  shared core, 1.35 GB); stopped, no row. It runs on images (it got through compilation and into the
-  optimisation) but does not fit the 15-minute budget at its default settings.
+* All rows above ran on 2026-11-28 between 02:09 and 02:41 UTC, one fit at a time on core 1
+  (`taskset -c 1`) while other engineers' jobs used core 0 only: the wall times are those of one
+  dedicated core, an upper bound for the 2-core machine. Every fit is within the 15-minute budget
+  (`chemistry-collapsed` at most 237 s, `shift-amortized` 190 s, `chemistry-biols` 86 s).
+* `chemistry-biols` runs `BiolsConfig()` defaults (linear decoder, 2000 steps, 16 particles, 500 rows
+  per step). Its step got fast once the minibatch was shared by the particles and the linear decoder's
+  density evaluated from `x A^T` (docs/biols.md); before that one fit did not finish in 24 CPU minutes.
+  Its 4.9 GB peak came from the latent summaries (50 draws x 4000 rows x 2500 pixels per call); the
+  chunk is now bounded by N x D (not re-measured).
 * Generation errors are dominated by the decoders' unbounded outputs where the renderer clips
-  (chemistry: z < -8 is black; see docs/images.md).
+  (chemistry: z < -8 is black; see docs/images.md). `biols`'s generation barely beats the graph-blind
+  baseline: its graph is largely wrong (E-SHD 5) and its noise scales collapse (docs/biols.md).
 """
 
 
@@ -99,8 +101,8 @@ def _markdown(df, seeds_note: str) -> str:
     summary = df.drop(columns=["seed"]).groupby("case", sort=False).mean(numeric_only=True)
     summary.insert(0, "fits", df.groupby("case", sort=False).size())
     return ("# Images: structure from pixels and generation under unseen interventions\n\n"
-            "Timings: one pinned core (`taskset -c 0`) of a 2-core machine shared with three other jobs "
-            "running at the same time, no GPU; one process per fit (`wall_s` includes start-up, JIT "
+            "Timings: one pinned core (`taskset -c N`) of a 2-core machine, no GPU (see the notes for the "
+            "load); one process per fit (`wall_s` includes start-up, JIT "
             "compilation, metrics and the generation check; `seconds` is the fit; `cpu_s` is the process's "
             "CPU time, user + system, which the other jobs on the core do not inflate). Data: "
             "`simulate(image_config(layout, d=5), seed)`, paired design, ER-1, 4000 rows of 50 x 50 "

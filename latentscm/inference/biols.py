@@ -295,8 +295,12 @@ def _draw(guide, params, num, temperature, key):
     return {"W": np.asarray(W), "noise_scale": np.asarray(sigma), "order": np.asarray(order)}
 
 
-def _linear_latents(data, draws, dec, config, chunk=50):
-    """Mixture mean and sd (N, d) of the exact Gaussian ``p(z_n | x_n, ...)`` over the draws."""
+def _linear_latents(data, draws, dec, config):
+    """Mixture mean and sd (N, d) of the exact Gaussian ``p(z_n | x_n, ...)`` over the draws.
+
+    Draws go in chunks of at most 50, fewer when N x D is large (each draw holds N x D numbers)."""
+    N, D = data["x"].shape
+    chunk = int(max(1, min(50, 5e7 // (N * D))))
     f = jax.jit(jax.vmap(lambda W, s: latent_posterior(data["x"], data["targets"], data["values"], W, s,
                                                        dec["A"], dec["b"], config.obs_scale, config.tau)))
     S = len(draws["W"])
