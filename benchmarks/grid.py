@@ -234,7 +234,7 @@ def slice_cells(seeds, config=None):
     """The one-factor-at-a-time plan (``--plan slices``): the base problem (ER-1, linear projection,
     multi-target, Gaussian values, ``collapsed``, D = 100, 100 regimes x 100 rows) at every d, and one
     change at a time around it: ER-2, single-target and zero values at d <= 20; the MLP projection with
-    ``amortized`` at d <= 10; N (25 to 400 rows per regime) and D (25 to 800) at d = 10."""
+    ``amortized`` at d <= 10; N (25 to 400 rows per regime) and D (25 to 800) at d = 5."""
     def g(ds, **kw):
         args = {"graphs": [1], "projections": ["linear"], "targets": ["multi"], "values": ["gaussian"],
                 "methods": ["collapsed"]} | kw
@@ -243,7 +243,7 @@ def slice_cells(seeds, config=None):
 
     cells = (g([5, 10, 20, 30, 50]) + g([5, 10, 20], graphs=[2]) + g([5, 10, 20], targets=["single"])
              + g([5, 10, 20], values=["zero"]) + g([5, 10], projections=["mlp"], methods=["amortized"])
-             + g([10], rows_per_regime=[25, 50, 200, 400]) + g([10], D=[25, 50, 200, 400, 800]))
+             + g([5], rows_per_regime=[25, 50, 200, 400]) + g([5], D=[25, 50, 200, 400, 800]))
     return list(dict.fromkeys(cells))
 
 
