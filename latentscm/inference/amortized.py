@@ -35,12 +35,16 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from jax.scipy.special import logsumexp
+from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 from numpyro.infer import TraceMeanField_ELBO
 
-from ..models.amortized import amortized_model
+from ..data import DataError
+from ..models.amortized import (amortized_model, intervention_scale, pair_noise_guide, pair_second,
+                                unit_batches)
+from ..models.collapsed import make_units
 from ..models.priors import parse_priors
-from ..models.scm import InterventionalLinearGaussian
+from ..models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_from_order
 from .collapsed import _draw, _initial_params, _site_specs, make_guide
 from .initialize import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
@@ -62,7 +66,11 @@ class AmortizedConfig:
     ``decoder_width`` / ``decoder_depth`` and ``encoder_width`` / ``encoder_depth`` of the MLPs;
     ``encoder_covariance`` ``"diag"`` or ``"full"``; ``latent_init`` ``"supervised"`` or ``"linear"``;
     ``pretrain_steps`` of the supervised encoder and decoder fits; ``heldout_draws`` and
-    ``heldout_particles`` of the importance-sampled held-out NLL (MLP decoder).
+    ``heldout_particles`` of the importance-sampled held-out NLL (MLP decoder);
+    ``unknown_values`` ``"error"`` or ``"latent"`` (missing values: ``v_j ~ N(0, value_scale^2)``,
+    integrated out; the encoder is told which values are missing) and ``value_scale`` as in
+    ``collapsed``; ``use_pairs``: rows with a shared ``pair`` id share their exogenous noise (plate
+    ``pairs``; ``batch_size`` then counts rows over pairs and single rows).
     """
 
     steps: int = 2000
@@ -91,6 +99,9 @@ class AmortizedConfig:
     chunk: int = 100
     checkpoint_dir: str | None = None
     checkpoint_every: int = 200
+    unknown_values: str = "error"
+    value_scale: float = 2.0
+    use_pairs: bool = False
 
     def __post_init__(self):
         check_settings(
@@ -99,14 +110,18 @@ class AmortizedConfig:
                   "decoder_width": 1, "decoder_depth": 1, "encoder_width": 1, "encoder_depth": 1,
                   "pretrain_steps": 0, "mlp_hidden": 1, "heldout_draws": 1, "heldout_particles": 1, "chunk": 1,
                   "checkpoint_every": 1},
-            positive=("learning_rate", "gumbel_scale", "logit_scale", "tau"),
+            positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
             choices={"decoder": ("mlp", "linear"), "encoder_covariance": ("diag", "full"),
-                     "latent_init": ("supervised", "linear"), "order_init": ("proposal", "random")},
+                     "latent_init": ("supervised", "linear"), "order_init": ("proposal", "random"),
+                     "unknown_values": ("error", "latent"), "use_pairs": (True, False)},
             pair=("temperature",))
 
 
 class GaussianEncoder(eqx.Module):
     """``q(z | x, m, v)``: one row's ``[x_std (D,), m (d,), v (d,)]`` -> (loc (d,), scale_tril (d, d)).
+
+    With ``missing=True`` a fourth input ``(d,)`` flags the targeted entries whose value is unknown
+    (their ``v`` is 0); None feeds zeros.
 
     ``x_std`` is ``x`` standardised by the training data's per-feature mean and sd. The MLP's outputs
     are ``d`` means, ``d`` log-scales (the Cholesky diagonal) and, for ``full=True``, the
@@ -116,28 +131,30 @@ class GaussianEncoder(eqx.Module):
     net: eqx.nn.MLP
     d: int = eqx.field(static=True)
     full: bool = eqx.field(static=True)
+    missing: bool = eqx.field(static=True)
 
-    def __init__(self, D, d, width, depth, full, *, key):
+    def __init__(self, D, d, width, depth, full, *, key, missing=False):
         n_out = 2 * d + (d * (d - 1) // 2 if full else 0)
-        net = eqx.nn.MLP(D + 2 * d, n_out, width, depth, activation=jax.nn.leaky_relu, key=key)
+        net = eqx.nn.MLP(D + (3 if missing else 2) * d, n_out, width, depth, activation=jax.nn.leaky_relu, key=key)
         last = net.layers[-1]
         weight = last.weight.at[d:].set(0.0)
         bias = last.bias.at[d:].set(0.0).at[d:2 * d].set(jnp.log(_INIT_Z_SCALE))
         self.net = eqx.tree_at(lambda n: (n.layers[-1].weight, n.layers[-1].bias), net, (weight, bias))
-        self.d, self.full = d, full
+        self.d, self.full, self.missing = d, full, missing
 
-    def __call__(self, x_std, targets, values):
+    def __call__(self, x_std, targets, values, missing=None):
         d = self.d
-        out = self.net(jnp.concatenate([x_std, targets, values]))
+        extra = [jnp.zeros_like(targets) if missing is None else missing] if self.missing else []
+        out = self.net(jnp.concatenate([x_std, targets, values] + extra))
         tril = jnp.diag(jnp.exp(jnp.clip(out[d:2 * d], -12.0, 5.0)))
         if self.full:
             rows, cols = jnp.tril_indices(d, -1)
             tril = tril.at[rows, cols].set(out[2 * d:])
         return out[:d], tril
 
-    def distribution(self, x_std, targets, values):
+    def distribution(self, x_std, targets, values, missing=None):
         """Batched ``q(z_n)`` for rows (B, ...): ``Normal(...).to_event(1)`` or ``MultivariateNormal``."""
-        loc, tril = jax.vmap(self)(x_std, targets, values)
+        loc, tril = jax.vmap(self)(x_std, targets, values, missing)
         if self.full:
             return dist.MultivariateNormal(loc, scale_tril=tril)
         return dist.Normal(loc, jnp.diagonal(tril, 0, -2, -1)).to_event(1)
@@ -175,12 +192,13 @@ def _fit_regression(net, inputs, targets, weights, steps, learning_rate, key, ba
     return eqx.combine(params, static)
 
 
-def _encode(encoder, x_std, targets, values, chunk=4096):
+def _encode(encoder, x_std, targets, values, missing=None, chunk=4096):
     """Encoder mean and sd (N, d) for every row, in chunks."""
-    f = eqx.filter_jit(lambda e, x, t, v: jax.vmap(e)(x, t, v))
+    f = eqx.filter_jit(lambda e, x, t, v, u: jax.vmap(e)(x, t, v, u))
+    missing = jnp.zeros_like(targets) if missing is None else missing
     means, sds = [], []
     for i in range(0, len(x_std), chunk):
-        loc, tril = f(encoder, x_std[i:i + chunk], targets[i:i + chunk], values[i:i + chunk])
+        loc, tril = f(encoder, x_std[i:i + chunk], targets[i:i + chunk], values[i:i + chunk], missing[i:i + chunk])
         means.append(np.asarray(loc))
         sds.append(np.sqrt(np.sum(np.asarray(tril) ** 2, axis=-1)))
     return np.concatenate(means), np.concatenate(sds)
@@ -191,16 +209,17 @@ def _initialise(dataset, config, key, x_std, targets, values):
     d, D = dataset.d, dataset.D
     k_enc, k_dec, k_fit1, k_fit2 = jax.random.split(key, 4)
     encoder = GaussianEncoder(D, d, config.encoder_width, config.encoder_depth,
-                              config.encoder_covariance == "full", key=k_enc)
+                              config.encoder_covariance == "full", key=k_enc,
+                              missing=config.unknown_values == "latent")
     t_np = np.asarray(targets)
-    v_np = np.asarray(values)
+    lab = (t_np > 0) & np.isfinite(dataset.values)  # targeted with a known value: a label
+    v_np = np.where(lab, np.asarray(values), np.where(t_np > 0, np.nan, 0.0))  # NaN where unknown
     z_lin = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np)
     if config.latent_init == "supervised":
         # Label z_j by v_j where j is targeted; nodes without usable interventions fall back to z_lin.
-        usable = np.array([(t_np[:, j] > 0).sum() >= d + 2 and np.ptp(v_np[t_np[:, j] > 0, j]) > 0
-                           for j in range(d)])
-        labels = np.where(usable, np.where(t_np > 0, v_np, 0.0), z_lin)
-        weights = np.where(usable, (t_np > 0).astype(np.float32), 1.0)
+        usable = np.array([lab[:, j].sum() >= d + 2 and np.ptp(v_np[lab[:, j], j]) > 0 for j in range(d)])
+        labels = np.where(usable, np.where(lab, v_np, 0.0), z_lin)
+        weights = np.where(usable, lab.astype(np.float32), 1.0)
         zeros = jnp.zeros_like(targets)
         encoder = _fit_regression(encoder, (x_std, zeros, zeros), jnp.asarray(labels, jnp.float32),
                                   jnp.asarray(weights, jnp.float32), config.pretrain_steps, 3e-3, k_fit1)
@@ -257,27 +276,62 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     key_init, key_svi, key_draw = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jnp.asarray(dataset.x, jnp.float32)
     x_loc, x_scale = x.mean(0), x.std(0) + 1e-6
+    units = pair_units(dataset) if config.use_pairs else None  # validates the pair ids before any work
     targets = jnp.asarray(dataset.targets, jnp.float32)
     values = jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)
-    data = {"x": x, "x_std": (x - x_loc) / x_scale, "targets": targets, "values": values}
+    latent_values = config.unknown_values == "latent"
+    vknown = jnp.asarray(~((dataset.targets > 0) & np.isnan(dataset.values)), jnp.float32)
+    data = {"x": x, "x_std": (x - x_loc) / x_scale, "targets": targets, "values": values,
+            "missing": targets * (1 - vknown)}
+    if units is not None:
+        data |= {"singles": jnp.asarray(units[0]), "pairs": jnp.asarray(units[1])}
     ini, encoder0, decoder0 = _initialise(dataset, config, key_init, data["x_std"], targets, values)
     known = None if config.known_order is None else jnp.asarray(config.known_order)
     batch = min(config.batch_size, N)
     decoder_arg = "linear" if config.decoder == "linear" else decoder0
 
-    def model(temperature, data):
-        amortized_model(data["x"], targets=data["targets"], values=data["values"], priors=priors,
-                        decoder=decoder_arg, tau=config.tau, order=known, batch_size=batch)
+    def scm_kwargs(data):
+        return dict(targets=data["targets"], values=data["values"], tau=config.tau, value_scale=config.value_scale,
+                    known=1 - data["missing"] if latent_values else None,
+                    units=None if units is None else (data["singles"], data["pairs"]))
 
-    specs = {k: v for k, v in _site_specs(model, data).items() if k != "z"}
+    def model(temperature, data):
+        amortized_model(data["x"], priors=priors, decoder=decoder_arg, order=known, batch_size=batch,
+                        **scm_kwargs(data))
+
+    specs = {k: v for k, v in _site_specs(model, data).items() if k not in ("z", "z_pair", "u")}
     base_guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
 
     def guide(temperature, data=None):
-        base_guide(temperature)
-        if data is not None:
-            enc = eqx_module("encoder", encoder0)
+        tr = handlers.trace(base_guide).get_trace(temperature)
+        if data is None:
+            return
+        enc = eqx_module("encoder", encoder0)
+        t, v, miss = data["targets"], data["values"], data["missing"] if latent_values else None
+
+        def q(r):
+            return enc.distribution(data["x_std"][r], t[r], v[r], None if miss is None else miss[r])
+
+        if units is None:
             with numpyro.plate("rows", N, subsample_size=batch) as idx:
-                numpyro.sample("z", enc.distribution(data["x_std"][idx], data["targets"][idx], data["values"][idx]))
+                numpyro.sample("z", q(idx))
+            return
+        singles, pairs = data["singles"], data["pairs"]
+        bs, bp = unit_batches(len(singles), len(pairs), batch)
+        if len(singles):
+            with numpyro.plate("rows", len(singles), subsample_size=bs) as idx:
+                numpyro.sample("z", q(singles[idx]))
+        if len(pairs):
+            P = tr["P"]["value"] if known is None else jnp.eye(d)[known]
+            W = weights_from_order(tril_to_matrix(tr["edge_weight"]["value"], d), P)
+            sigma = tr["noise_scale"]["value"]
+            scale = jnp.broadcast_to(intervention_scale(config.tau, t, None if miss is None else 1 - miss,
+                                                        config.value_scale), t.shape)
+            with numpyro.plate("pairs", len(pairs), subsample_size=bp) as idx:
+                a, b = pairs[idx, 0], pairs[idx, 1]
+                numpyro.sample("z_pair", q(a))
+                numpyro.sample("u", _noise_guide(enc, data["x_std"][b], t[b], v[b], None if miss is None else miss[b],
+                                                 W, sigma, t[a], scale[b]))
 
     elbo = TraceMeanField_ELBO(num_particles=config.num_particles, vectorize_particles=True)
 
@@ -306,7 +360,11 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     params = jax.tree.map(lambda a: a[best], state.params)
     draws = _draw(guide, params, config.num_draws, schedule(steps), key_draw, d, known)
     encoder = eqx.combine(params["encoder$params"], encoder0)
-    latent_mean, latent_sd = _encode(encoder, data["x_std"], targets, values)
+    missing = data["missing"] if latent_values else None
+    latent_mean, latent_sd = _encode(encoder, data["x_std"], targets, values, missing)
+    if units is not None and len(units[1]):  # row b of each pair: through the pair's transform
+        b = units[1][:, 1]
+        latent_mean[b], latent_sd[b] = _pair_latents(encoder, data, units[1], draws, config, key_draw)
     decoder = {"obs_scale": draws["obs_scale"]}
     decode = log_predictive = None
     if config.decoder == "linear":
@@ -317,43 +375,54 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
         log_predictive = functools.partial(
             _importance_log_predictive, encoder, net, (np.asarray(x_loc), np.asarray(x_scale)),
             {"W": draws["W"], "noise_scale": draws["noise_scale"], "obs_scale": draws["obs_scale"]},
-            config.tau, config.heldout_draws, config.heldout_particles, seed)
+            config.tau, config.heldout_draws, config.heldout_particles, seed,
+            config.value_scale if latent_values else None)
     return Posterior(
         method="amortized", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
         decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
         seconds=time.perf_counter() - start, tau=config.tau, decode=decode, log_predictive=log_predictive,
         info={"restart_elbo": (-losses[-tail:].mean(0)).tolist(), "best_restart": best,
               "proposal_order": ini.order.tolist(), "decoder_kind": config.decoder, "batch_size": batch,
-              "latents": "encoder mean and sd of q(z_n | x_n, targets_n, values_n)",
+              "latents": "encoder mean and sd of q(z_n | x_n, targets_n, values_n)" + (
+                  "; each pair's row b: Monte Carlo mean and sd of z_b(z_a, u) over q and the posterior draws"
+                  if units is not None else ""),
+              "units": None if units is None else {"singles": len(units[0]), "pairs": len(units[1])},
               "config": config.__dict__, "priors": priors.describe()},
     )
 
 
-def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, seed, dataset,
-                               chunk=256):
+def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, seed, value_scale,
+                               dataset, chunk=256):
     """Per-row estimate (N,) of ``log p(x_n | m_n, v_n, data)`` for a nonlinear decoder.
 
     For each of ``num_draws`` posterior draws theta_s (the first ones), ``p(x_n | theta_s)`` is estimated
     by importance sampling with the encoder ``q(z | x_n, m_n, v_n)`` as proposal (``num_particles``
     samples): ``mean_k p(x_n | z_k) p(z_k | theta_s) / q(z_k)``; the estimates are averaged over draws.
     Unbiased for ``p(x_n | data)``; its log is biased low (Jensen), the more so the worse q fits.
+    ``value_scale`` (None: values must be known): prior sd of unknown values (NaN where targeted).
     """
     x = jnp.asarray(dataset.x, jnp.float32)
     x_std = (x - x_norm[0]) / x_norm[1]
     t = jnp.asarray(dataset.targets, jnp.float32)
     v = jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)
+    miss = jnp.asarray((dataset.targets > 0) & np.isnan(dataset.values), jnp.float32)
+    if value_scale is None and dataset.num_unknown_values:
+        raise ValueError("heldout_nll: the dataset has unknown intervention values; the fit had "
+                         "unknown_values = 'error'")
+    scales = jnp.broadcast_to(intervention_scale(tau, t, None if value_scale is None else 1 - miss,
+                                                 value_scale or 0.0), t.shape)
     S = min(num_draws, len(draws["W"]))
     W, sigma, s = (jnp.asarray(draws[k][:S], jnp.float32) for k in ("W", "noise_scale", "obs_scale"))
 
     @eqx.filter_jit
-    def rows(key, x, x_std, t, v):
-        q = encoder.distribution(x_std, t, v)  # batch (B,)
+    def rows(key, x, x_std, t, v, miss, tau):
+        q = encoder.distribution(x_std, t, v, miss)  # batch (B,)
         z = q.sample(key, (num_particles,))  # (K, B, d)
         log_q = q.log_prob(z)  # (K, B)
         mean = jax.vmap(jax.vmap(decoder))(z)  # (K, B, D)
 
         def per_draw(W, sigma, s):
-            log_pz = InterventionalLinearGaussian(W, sigma, t, v, tau).log_prob(z)
+            log_pz = InterventionalLinearGaussian(W, sigma, t, v, tau).log_prob(z)  # tau: (B, d) scales
             log_px = dist.Normal(mean, s).to_event(1).log_prob(x)
             return logsumexp(log_px + log_pz - log_q, axis=0) - jnp.log(num_particles)  # (B,)
 
@@ -365,5 +434,63 @@ def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, 
     for i in range(0, len(x), chunk):
         key, k = jax.random.split(key)
         sl = slice(i, i + chunk)
-        out.append(np.asarray(rows(k, x[sl], x_std[sl], t[sl], v[sl])))
+        out.append(np.asarray(rows(k, x[sl], x_std[sl], t[sl], v[sl], miss[sl], scales[sl])))
     return np.concatenate(out)
+
+
+def pair_units(dataset):
+    """``(singles (S,), pairs (P, 2))`` row indices for ``use_pairs``; in each pair, row a (column 0) is the
+    one with fewer targets. Raises before any work when the data have no pair ids, an id groups more
+    than two rows, or no id groups two."""
+    if dataset.pair is None:
+        raise DataError("use_pairs = true needs pair ids (dataset.pair: rows that share their exogenous noise "
+                        "carry the same id); this dataset has none. Fit with use_pairs = false")
+    units = make_units(np.zeros((dataset.N, 0)), dataset.targets, dataset.targets, dataset.pair)  # rows only
+    groups = {u.rows.shape[1]: u.rows for u in units}
+    singles, pairs = groups.get(1, np.zeros((0, 1), np.int64))[:, 0], groups.get(2)
+    if pairs is None:
+        raise DataError("use_pairs = true, but no pair id is shared by two rows; fit with use_pairs = false")
+    n_t = dataset.targets.sum(1)
+    swap = n_t[pairs[:, 1]] < n_t[pairs[:, 0]]
+    pairs = np.where(swap[:, None], pairs[:, ::-1], pairs)
+    return singles.astype(np.int32), pairs.astype(np.int32)
+
+
+def _noise_guide(enc, x_std, t, v, miss, W, sigma, t_a, scale):
+    """``q(u)`` of a batch of pairs: the encoder's Gaussian for row b mapped by :func:`pair_noise_guide`."""
+    loc, tril = jax.vmap(enc)(x_std, t, v, miss)
+    sd = jnp.sqrt(jnp.sum(tril**2, axis=-1))
+    loc, sc = pair_noise_guide(loc, sd, W, sigma, t_a, t, v, scale)
+    return dist.Normal(loc, sc).to_event(1)
+
+
+def _pair_latents(encoder, data, pairs, draws, config, key, chunk=256):
+    """Mean and sd (P, d) of each pair's row b under the fitted guide: per posterior draw (W, sigma),
+    ``z_a ~ q(z_a)``, ``u ~ q(u | W, sigma)``, ``z_b = pair_second(z_a, u)``; moments over the draws."""
+    W, sigma = jnp.asarray(draws["W"], jnp.float32), jnp.asarray(draws["noise_scale"], jnp.float32)
+    latent_values = config.unknown_values == "latent"
+    t, v = data["targets"], data["values"]
+    miss = data["missing"] if latent_values else None
+    scale = jnp.broadcast_to(intervention_scale(config.tau, t, None if miss is None else 1 - miss,
+                                                config.value_scale), t.shape)
+
+    @eqx.filter_jit
+    def moments(encoder, key, a, b):
+        m = lambda r: None if miss is None else miss[r]  # noqa: E731
+        qa = encoder.distribution(data["x_std"][a], t[a], v[a], m(a))
+
+        def one(k, W, sigma):
+            k1, k2 = jax.random.split(k)
+            q_u = _noise_guide(encoder, data["x_std"][b], t[b], v[b], m(b), W, sigma, t[a], scale[b])
+            return pair_second(qa.sample(k1), q_u.sample(k2), W, sigma, t[a], t[b], v[b], scale[b])
+
+        z = jax.vmap(one)(jax.random.split(key, len(W)), W, sigma)  # (S, B, d)
+        return z.mean(0), z.std(0)
+
+    means, sds = [], []
+    for i in range(0, len(pairs), chunk):
+        key, k = jax.random.split(key)
+        mean, sd = moments(encoder, k, jnp.asarray(pairs[i:i + chunk, 0]), jnp.asarray(pairs[i:i + chunk, 1]))
+        means.append(np.asarray(mean))
+        sds.append(np.asarray(sd))
+    return np.concatenate(means), np.concatenate(sds)
