@@ -201,17 +201,25 @@ def centered_stats(units: Units, dtype=np.float32):
                          cast(F[..., : k * D]), cast(F[..., k * D:]), np.asarray(fg, np.int32))
 
 
-def _residual_quad(E, Ut, L, s2):
-    """``sum_rows e Sigma^-1 e^T`` for rows E (..., n, kD), ``Sigma = U U^T + s2 I``, ``chol(s2 I + U^T U) = L``.
+def _residual_quad(X, V, A, gam, gzm, L, s2):
+    """``sum_rows e Sigma^-1 e^T`` of the residuals ``e = X - V G`` (rows X (..., n, k, D), V (..., n, kd)),
+    ``Sigma = U U^T + s2 I`` with ``U^T = gam A`` and ``G = gzm A`` (A acting on each of the k rows),
+    ``chol(s2 I + U^T U) = L``.
 
-    As ``|w|^2 + |e - w U^T|^2 / s2`` with ``w = e U K^-1``: two sums of squares of residual-sized
-    numbers (``U^T (e - w U^T) = s2 w``), never the difference ``|e|^2 - |L^-1 U^T e|^2`` of two large
-    ones, which float32 does not resolve when the latent variance is ~1e4 x s2."""
-    UE = jnp.swapaxes(E @ jnp.swapaxes(Ut, -1, -2), -1, -2)  # (..., r, n)
+    As ``|w|^2 + |y|^2 / s2`` with ``w = e U K^-1`` and ``y = e - w U^T = X - (V gzm + w gam) A``: sums of
+    squares of residual-sized numbers (``U^T y = s2 w``), never the difference ``|e|^2 - |L^-1 U^T e|^2`` of
+    two large ones, which float32 does not resolve when the latent variance is ~1e4 x s2. Every product
+    with the data goes through A's d rows: O(n k D d) per call."""
+    k, D = X.shape[-2], X.shape[-1]
+    AAt = A @ A.T
+    c = V @ gzm  # (..., n, kd): the mean's latent coordinates
+    EA = (jnp.einsum("...kD,dD->...kd", X, A) - jnp.einsum("...kd,de->...ke", c.reshape(c.shape[:-1] + (k, -1)), AAt))
+    UE = jnp.swapaxes(EA.reshape(EA.shape[:-2] + (-1,)) @ jnp.swapaxes(gam, -1, -2), -1, -2)  # (..., r, n)
     half = jax.scipy.linalg.solve_triangular(L, UE, lower=True)
-    w = jax.scipy.linalg.solve_triangular(jnp.swapaxes(L, -1, -2), half, lower=False)  # (..., r, n)
-    y = E - jnp.swapaxes(w, -1, -2) @ Ut
-    return jnp.sum(w * w, (-2, -1)) + jnp.sum(y * y, (-2, -1)) / s2
+    w = jnp.swapaxes(jax.scipy.linalg.solve_triangular(jnp.swapaxes(L, -1, -2), half, lower=False), -1, -2)
+    c = c + w @ gam
+    y = X - jnp.einsum("...kd,dD->...kD", c.reshape(c.shape[:-1] + (k, -1)), A)
+    return jnp.sum(w * w) + jnp.sum(y * y) / s2
 
 
 def centered_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
@@ -222,16 +230,20 @@ def centered_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1
     outputs and residuals (:func:`_residual_quad`), the log-determinant comes from a Cholesky factor.
     """
     gamma, gz = unit_factors(W, sigma, tau, value_scale, stats.masks, stats.known)
-    Ut, G = _decoded(gamma, gz, A)  # (R, r, kD), (R, kd, kD)
-    r, kD = Ut.shape[1], Ut.shape[2]
+    R, r, k, d = gamma.shape
+    kD = k * A.shape[-1]
+    gam, gzm = gamma.reshape(R, r, k * d), gz.reshape(R, k * d, k * d)
     s2 = obs_scale**2
     n = stats.n
-    L = jnp.linalg.cholesky(s2 * jnp.eye(r, dtype=Ut.dtype) + Ut @ jnp.swapaxes(Ut, -1, -2))
-    mean = jnp.sqrt(n)[:, None] * (stats.xbar - jnp.tile(b, stats.k) - jnp.einsum("rq,rqD->rD", stats.vbar, G))
-    quad = jnp.sum(_residual_quad(mean[:, None, :], Ut, L, s2))
+    AAt = A @ A.T
+    K = s2 * jnp.eye(r, dtype=A.dtype) + jnp.einsum("rpkd,de,rqke->rpq", gamma, AAt, gamma)
+    L = jnp.linalg.cholesky(K)
+    root = jnp.sqrt(n)[:, None]
+    xm = (root * (stats.xbar - jnp.tile(b, k))).reshape(R, 1, k, -1)
+    quad = _residual_quad(xm, (root * stats.vbar)[:, None], A, gam, gzm, L, s2)
+    M, B = stats.fx.shape[:2]
     fg = stats.fg
-    E = stats.fx - jnp.einsum("mbq,mqD->mbD", stats.fv, G[fg])
-    quad = quad + jnp.sum(_residual_quad(E, Ut[fg], L[fg], s2))
+    quad = quad + _residual_quad(stats.fx.reshape(M, B, k, -1), stats.fv, A, gam[fg], gzm[fg], L[fg], s2)
     logdet = (kD - r) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
     return -0.5 * (jnp.sum(n * (kD * LOG_2PI + logdet)) + quad)
 
