@@ -137,7 +137,7 @@ def main(argv=None):
         print(records[-1], flush=True)
     if not args.quick:
         extra = [("random-init", seeds, {"order_init": "random"}),
-                 ("paired", seeds[:3], {"use_pairs": True, "learning_rate": 0.002}),
+                 ("paired", seeds[:3], {"use_pairs": True}),  # logit_scale 8 by default with pairs
                  ("hidden", seeds[:3], {"unknown_values": "latent"})]
         for name, case_seeds, config in [e for e in extra if e[0] in cases]:
             for seed in case_seeds:

@@ -12,7 +12,9 @@ The Sinkhorn temperature anneals geometrically from ``temperature[0]`` to ``temp
 Variational parameters start from the data-driven initialisation of
 :mod:`latentscm.inference.initialize` (order proposal included: the MLP's output bias starts at
 ``logit_scale`` times the proposed permutation); ``num_restarts`` optimisations run vectorised, the
-others from random orders, and the best final ELBO wins.
+others from random orders, and the best final ELBO wins. ``logit_scale = None`` (the default) means 4,
+or 8 with ``use_pairs``: the paired likelihood is so sharp that the wrong orders a margin of 4 still
+draws (about ``d e^-4`` of them) pull the weights off the proposal (docs/collapsed.md).
 
 With ``decoder="identity"`` (x is z itself, ``D == d``: causal discovery on observed variables) the
 model is :func:`~latentscm.models.observed.identity_model` and the guide has no decoder sites.
@@ -61,7 +63,7 @@ class CollapsedConfig:
     num_draws: int = 200
     temperature: tuple[float, float] = (1.0, 0.2)
     gumbel_scale: float = 1.0
-    logit_scale: float = 4.0
+    logit_scale: float | None = None
     mlp_hidden: int = 32
     tau: float = 0.1
     use_pairs: bool = False
@@ -78,6 +80,8 @@ class CollapsedConfig:
     precision: str = "float64"
 
     def __post_init__(self):
+        if self.logit_scale is None:  # the default margin: wider for the much sharper paired likelihood
+            object.__setattr__(self, "logit_scale", 8.0 if self.use_pairs is True else 4.0)
         check_settings(
             self, "collapsed",
             ints={"steps": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2, "mlp_hidden": 1, "chunk": 1,
