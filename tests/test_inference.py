@@ -200,3 +200,14 @@ def test_svi_checkpoint_resume_is_exact_and_validated(tmp_path):
     (tmp_path / "c.npz").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         run_svi(step, start, data, 60, progress=False, checkpoint=ck)
+
+
+def test_collapsed_order_margin_defaults_wider_with_pairs():
+    """logit_scale None -> 4, or 8 with use_pairs (the paired likelihood is much sharper); explicit wins."""
+    from latentscm.inference.collapsed import CollapsedConfig
+
+    assert CollapsedConfig().logit_scale == 4.0
+    assert CollapsedConfig(use_pairs=True).logit_scale == 8.0
+    assert CollapsedConfig(use_pairs=True, logit_scale=5.0).logit_scale == 5.0
+    with pytest.raises(ValueError, match="logit_scale"):
+        CollapsedConfig(logit_scale=0.0)
