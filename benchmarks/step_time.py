@@ -14,9 +14,11 @@ Both steps here are built from the same pieces, so that the *likelihood* is the 
   samples through ``jax.pure_callback`` and straight-through Gumbel-Sinkhorn gradients), the same
   ``Trace_ELBO`` with vectorised particles, the same Adam optimiser and the same engine
   (``inference.svi.make_step``: steps in a jitted ``lax.scan``), the same data-driven start;
-* ``ours``: the model is ``models.collapsed.collapsed_model`` on the sufficient statistics, in
-  float64 (as ``fit`` runs it), with the shipped settings (4 particles x 2 restarts), and also with
-  64 particles x 1 restart (draws matched to the reference);
+* ``ours``: the model is ``models.collapsed.collapsed_model`` on the sufficient statistics, with the
+  shipped settings (4 particles x 2 restarts) in float32 (``precision = "float32"``: centred
+  statistics, ``models.collapsed.centered_log_likelihood``) and in float64 (``precision = "float64"``:
+  the raw-moment statistics under x64), and also with 64 particles x 1 restart in float64 (draws
+  matched to the reference);
 * ``reference``: the model draws standard-normal noise (N, d) from the model's PRNG key (the
   ``z`` site of model and guide coincide in this design, so their log-densities cancel and only this
   reparameterised draw remains), builds ``z`` column by column in a Python loop over the d positions
@@ -61,7 +63,7 @@ from latentscm.inference.collapsed import CollapsedConfig, _initial_params, _sit
 from latentscm.inference.initialize import initialise
 from latentscm.inference.svi import geometric_schedule, make_step
 from latentscm.inference.svi import init as svi_init
-from latentscm.models.collapsed import collapsed_model, make_units, unit_stats
+from latentscm.models.collapsed import centered_stats, collapsed_model, make_units, unit_stats
 from latentscm.models.priors import parse_priors
 from latentscm.models.scm import sample_graph
 
@@ -80,7 +82,8 @@ def _setup(dataset, model, data, *, particles, restarts, dtype):
     """Guide, loss and initial SVI state shared by both implementations (as ``fit_collapsed``)."""
     config = CollapsedConfig(num_particles=particles, num_restarts=restarts)
     d = dataset.d
-    ini = initialise(dataset.x, dataset.targets, dataset.values)
+    with jax.enable_x64(True):  # as fit: the data-driven start in float64 whatever the step's precision
+        ini = initialise(dataset.x, dataset.targets, dataset.values)
     specs = _site_specs(model, data)
     guide = make_guide(specs, d, learn_order=True, gumbel_scale=config.gumbel_scale)
     elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True)
@@ -95,15 +98,20 @@ def _setup(dataset, model, data, *, particles, restarts, dtype):
     return make_step(loss_fn, optimizer, schedule), state
 
 
-def build_ours(dataset, particles=4, restarts=2):
-    """(step_fn, state, data) of the shipped collapsed step (call under ``jax.enable_x64(True)``)."""
+def build_ours(dataset, particles=4, restarts=2, precision="float64"):
+    """(step_fn, state, data) of the collapsed step (call under ``jax.enable_x64(precision == "float64")``)."""
     priors = parse_priors(None)
-    stats = tuple(jax.tree.map(jnp.asarray, unit_stats(u)) for u in make_units(dataset.x, dataset.targets, dataset.values))
+    units = make_units(dataset.x, dataset.targets, dataset.values)
+    if precision == "float64":
+        stats = tuple(jax.tree.map(jnp.asarray, unit_stats(u)) for u in units)
+    else:
+        stats = tuple(jax.tree.map(jnp.asarray, centered_stats(u, np.float32)) for u in units)
 
     def model(temperature, stats):
         collapsed_model(stats, priors=priors, tau=0.1, value_scale=2.0)
 
-    step, state = _setup(dataset, model, stats, particles=particles, restarts=restarts, dtype=jnp.float64)
+    dtype = jnp.float64 if precision == "float64" else jnp.float32
+    step, state = _setup(dataset, model, stats, particles=particles, restarts=restarts, dtype=dtype)
     return step, state, stats
 
 
@@ -174,7 +182,9 @@ def step_ratio(n_rows, repeats, log=print, matched=True):
 
     matched: also time ``collapsed`` with the reference's 64 particles (one more compilation)."""
     dataset = problem(n_rows)
-    variants = [Timed("collapsed (shipped: 4 particles x 2 restarts, float64)", build_ours, dataset, 50, True)]
+    variants = [Timed("collapsed (shipped: 4 particles x 2 restarts, float32)", build_ours, dataset, 50, False,
+                      precision="float32"),
+                Timed("collapsed (shipped: 4 particles x 2 restarts, float64)", build_ours, dataset, 50, True)]
     if matched:
         variants.append(Timed("collapsed (64 particles x 1 restart, float64)", build_ours, dataset, 20, True,
                               particles=64, restarts=1))
@@ -192,6 +202,76 @@ def step_ratio(n_rows, repeats, log=print, matched=True):
              "xla_temp_mb": v.temp_bytes / 2**20, "xla_args_mb": v.arg_bytes / 2**20} for v in variants]
 
 
+def profile_step(n_rows, repeats, log=print):
+    """What one shipped step costs, by part, in float32 and float64: the whole step and, timed alone on
+    the same batch (2 restarts x 4 particles = 8 parameter sets, each part run 50 times in one jitted
+    scan), the likelihood with its gradient, and the guide's order parts: the Hungarian host callback
+    (``jax.pure_callback``), 20 Sinkhorn iterations with their gradient, the Bethe permanent
+    (``log q(P)``: 10 + 30 x 10 Sinkhorn iterations), and the whole order sample + ``log q`` with gradient."""
+    from latentscm.models.collapsed import centered_log_likelihood, collapsed_log_likelihood
+    from latentscm.models.permutation import GumbelSinkhornPermutation, hungarian, log_bethe_permanent, sinkhorn
+
+    dataset = problem(n_rows)
+    d, D, batch, inner = dataset.d, dataset.D, 8, 50
+    compiled = {}
+    for precision, x64 in (("float32", False), ("float64", True)):
+        with jax.enable_x64(x64):
+            dt = jnp.float64 if x64 else jnp.float32
+            units = make_units(dataset.x, dataset.targets, dataset.values)[0]
+            stats = jax.tree.map(jnp.asarray, centered_stats(units, np.float32) if not x64 else unit_stats(units))
+            ll = centered_log_likelihood if not x64 else collapsed_log_likelihood
+            ini_rng = np.random.default_rng(0)
+            with jax.enable_x64(True):
+                ini = initialise(dataset.x, dataset.targets, dataset.values)
+            params = {"W": np.broadcast_to(ini.W, (batch, d, d)), "sigma": np.broadcast_to(ini.sigma, (batch, d)),
+                      "A": ini.A + 0.01 * ini_rng.normal(size=(batch, d, D)), "b": np.broadcast_to(ini.b, (batch, D)),
+                      "s": np.full(batch, ini.obs_scale)}
+            params = {k: jnp.asarray(v, dt) for k, v in params.items()}
+            logits = jnp.asarray(4 * np.eye(d)[ini.order] + ini_rng.normal(size=(batch, d, d)), dt)
+            keys = jax.random.split(jax.random.PRNGKey(0), batch)
+
+            def lik(p):
+                f = jax.value_and_grad(lambda q: ll(stats, q["W"], q["sigma"], q["A"], q["b"], q["s"], 0.1, 2.0))
+                return jax.vmap(f)(p)
+
+            def order(lg):
+                def one(lg, k):
+                    dist_ = GumbelSinkhornPermutation(lg, 0.5)
+                    P = dist_.rsample(k)
+                    return jnp.sum(P * jnp.arange(d * d, dtype=dt).reshape(d, d)) + dist_.log_prob(P)
+                return jax.vmap(jax.value_and_grad(one))(lg, keys)
+
+            parts = {"likelihood + gradient": (lik, params), "order sample + log q + gradient": (order, logits),
+                     "Hungarian callback": (hungarian, logits),
+                     "Sinkhorn (20 iterations) + gradient": (jax.grad(lambda lg: jnp.sum(sinkhorn(lg) ** 2)), logits),
+                     "Bethe permanent (log q)": (log_bethe_permanent, logits)}
+            for name, (fn, x) in parts.items():
+                def run(x, fn=fn):
+                    def body(c, _):
+                        out = fn(c)
+                        shift = 1e-30 * sum(jnp.sum(a) for a in jax.tree.leaves(out)).astype(dt)
+                        return jax.tree.map(lambda a: a + shift, c), None
+                    return jax.lax.scan(body, x, None, length=inner)[0]
+                compiled[(precision, name)] = (jax.jit(run).lower(x).compile(), x, x64)
+    steps = {p: Timed(p, build_ours, dataset, 50, p == "float64", precision=p) for p in ("float32", "float64")}
+    times = {key: [] for key in compiled}
+    for _ in range(repeats):  # interleaved
+        for precision, v in steps.items():
+            v.time_once()
+        for key, (f, x, x64) in compiled.items():
+            with jax.enable_x64(x64):
+                t0 = time.perf_counter()
+                jax.block_until_ready(f(x))
+                times[key].append((time.perf_counter() - t0) / inner)
+    rows = [{"precision": p, "part": "whole step (shipped settings)", "median_ms": 1e3 * np.median(v.times),
+             "min_ms": 1e3 * np.min(v.times)} for p, v in steps.items()]
+    rows += [{"precision": p, "part": name, "median_ms": 1e3 * np.median(t), "min_ms": 1e3 * np.min(t)}
+             for (p, name), t in times.items()]
+    for r in rows:
+        log(f"  {r['precision']} {r['part']}: {r['median_ms']:.3f} ms (min {r['min_ms']:.3f})")
+    return rows
+
+
 def step_memory(n_rows):
     """XLA memory analysis (MB) of one step of ours (shipped) and of the reference at ``n_rows`` rows."""
     dataset = problem(n_rows)
@@ -207,7 +287,7 @@ def step_memory(n_rows):
 
 def _memory_row(row):
     """The step-memory columns of a timing row of the shipped collapsed step or the reference."""
-    key = "ours" if row["variant"].startswith("collapsed (shipped") else "reference"
+    key = "ours" if row["variant"] == "collapsed (shipped: 4 particles x 2 restarts, float64)" else "reference"
     return {f"{key}_step_temp_mb": row["xla_temp_mb"], f"{key}_step_args_mb": row["xla_args_mb"]}
 
 
@@ -295,7 +375,8 @@ def write_results(timing, memory, info, out=RESULTS):
         "engine; only the model's likelihood differs (details in the script's docstring). *reference design*: "
         "z drawn from the SCM for every draw and every row by a Python loop over the nodes (unrolled in `jit`), "
         "every draw decoded, Gaussian log-likelihood of all N x D entries, float32. *collapsed*: the exact "
-        "marginal likelihood from per-pattern sufficient statistics (float64, as `fit` runs it).",
+        "marginal likelihood from per-pattern sufficient statistics, with `precision = \"float32\"` (centred "
+        "statistics, quadratic forms as squared norms; `docs/collapsed.md`) and `\"float64\"` (raw moments under x64).",
         "",
         f"## Step time at d = 5, D = 100, N = {info['headline_n']}",
         "",
@@ -351,7 +432,7 @@ def main(argv=None):
                    help="N (of --time-n) timed without the 64-particle collapsed variant (one compilation less)")
     p.add_argument("--memory-n", type=int, nargs="*", default=[1000, 2000, 4000, 8000, 16000])
     p.add_argument("--fit-steps", type=int, default=300)
-    p.add_argument("--part", choices=("all", "timing", "step-memory", "fit-memory"), default="all",
+    p.add_argument("--part", choices=("all", "timing", "step-memory", "fit-memory", "profile"), default="all",
                    help="run one part only and save it as JSON in --out (parts can run in parallel)")
     p.add_argument("--assemble", action="store_true", help="write the tables from the saved parts")
     p.add_argument("--note", default="", help="a sentence added under the header (e.g. how the parts were run)")
@@ -379,6 +460,10 @@ def main(argv=None):
         info.update(machine())
         info["uptime_end"] = info.pop("uptime")
         save("timing-" + "-".join(str(n) for n in sorted(set(a.time_n) | {a.n})), {"info": info, "timing": timing})
+    if not a.assemble and a.part in ("all", "profile"):
+        print(f"profile, N = {a.n}", flush=True)
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        save("profile", {"uptime": load, "N": a.n, "repeats": a.repeats, "rows": profile_step(a.n, a.repeats)})
     if not a.assemble and a.part in ("all", "step-memory"):
         rows = []
         for n in a.memory_n:
@@ -401,7 +486,7 @@ def main(argv=None):
              "timing": sorted((r for x in saved for r in x["timing"]), key=lambda r: r["N"])}
         sm = {r["N"]: r for r in json.loads((parts / "step_memory.json").read_text())}
         for r in t["timing"]:  # the timed steps' memory analyses fill in their N
-            if not r["variant"].startswith("collapsed (64"):
+            if r["variant"].startswith("reference") or r["variant"].endswith("restarts, float64)"):
                 sm.setdefault(r["N"], {"N": r["N"]}).update(_memory_row(r))
         fm = {r["N"]: r for r in json.loads((parts / "fit_memory.json").read_text())}
         memory = [{**sm.get(n, {}), **fm.get(n, {}), "N": n} for n in sorted(set(sm) | set(fm))]
