@@ -78,7 +78,9 @@ class Cell:
 
     @property
     def data_name(self):
-        return self.name.rsplit(f"-{self.method}-", 1)[0]
+        """The simulated problem's name: every key but the method (the seed included: each seed is new data)."""
+        problem, _ = self.name.rsplit(f"-{self.method}-", 1)
+        return f"{problem}-seed{self.seed}"
 
     def simulation(self):
         from latentscm.data import SimulationConfig

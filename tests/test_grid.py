@@ -68,6 +68,10 @@ def test_grid_harness_tables_plot_resume_and_failures(tmp_path, monkeypatch):
     slices = grid.slice_cells([0])
     assert len(slices) == len({c.name for c in slices}) == 5 + 3 * 3 + 2 + 4 + 5
     assert {c.method for c in slices if c.projection == "mlp"} == {"amortized"}
+    # every seed is its own simulated problem; methods share a seed's data
+    a, b = grid.grid_cells([3], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed", "amortized"], [0, 1])[:2], \
+        grid.grid_cells([3], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed", "amortized"], [0, 1])[2:]
+    assert a[0].data_name != a[1].data_name and a[0].data_name == b[0].data_name
     # the size rule applies beyond d = 10
     big = grid.grid_cells([20], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed"], [0])
     assert big[0].config["num_restarts"] == 1 and big[0].config["logit_scale"] > 4
