@@ -50,7 +50,7 @@ WORK = ROOT / "benchmarks" / "_work" / "grid"
 RESULTS = ROOT / "benchmarks" / "results"
 
 KEYS = ["d", "graph", "projection", "targets", "values", "method"]
-GROUP = KEYS + ["D", "n_regimes", "rows_per_regime"]  # one configuration of the tables
+GROUP = KEYS + ["D", "n"]  # one configuration of the tables (n: rows)
 COLUMNS = KEYS + ["seed", "n", "D", "n_regimes", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
                   "heldout_nll", "seconds", "wall_s", "peak_rss_mb", "error"]
 
@@ -156,7 +156,7 @@ def write_tables(records, out, *, title, note=""):
     text = (f"# {title}\n\n{note}Means over seeds per configuration; one `latentscm fit` process per fit "
             "(`wall_s` includes start-up and compilation, `seconds` is the fit itself, `peak_rss_mb` the "
             "process's peak resident memory).\n\n"
-            + (summary.round(3).to_markdown() if len(summary) else "(no finished fits)") + "\n\n"
+            + (summary.round(3).reset_index().to_markdown(index=False) if len(summary) else "(no finished fits)") + "\n\n"
             + (f"## Failed fits\n\n{failed[KEYS + ['seed', 'error']].to_markdown(index=False)}\n\n" if len(failed) else "")
             + "## Per fit\n\n" + table.drop(columns=["config"], errors="ignore").round(3).to_markdown(index=False)
             + "\n")
