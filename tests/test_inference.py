@@ -211,3 +211,17 @@ def test_collapsed_order_margin_defaults_wider_with_pairs():
     assert CollapsedConfig(use_pairs=True, logit_scale=5.0).logit_scale == 5.0
     with pytest.raises(ValueError, match="logit_scale"):
         CollapsedConfig(logit_scale=0.0)
+
+
+def test_use_pairs_without_pair_ids_is_refused_before_work():
+    """use_pairs on data without pair ids (or with no id shared by two rows) is an error for every method
+    that has the setting, not a silent fall-back to single rows."""
+    from latentscm.data import Dataset
+
+    iid, _ = simulate(SimulationConfig(d=3, D=6, design="iid", n_rows=60, n_regimes=4), 0)
+    for method in ("collapsed", "amortized"):
+        with pytest.raises(DataError, match="needs pair ids"):
+            fit(iid, method=method, config={"use_pairs": True}, progress=False)
+    lonely = Dataset.from_arrays(iid.x, iid.targets, iid.values, pair=np.arange(iid.N))
+    with pytest.raises(DataError, match="no pair id is shared"):
+        fit(lonely, method="collapsed", config={"use_pairs": True}, progress=False)

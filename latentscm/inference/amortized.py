@@ -39,7 +39,6 @@ from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 from numpyro.infer import TraceMeanField_ELBO
 
-from ..data import DataError
 from ..models.amortized import (amortized_model, intervention_scale, pair_noise_guide, pair_second,
                                 unit_batches)
 from ..models.collapsed import make_units
@@ -276,7 +275,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     key_init, key_svi, key_draw = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jnp.asarray(dataset.x, jnp.float32)
     x_loc, x_scale = x.mean(0), x.std(0) + 1e-6
-    units = pair_units(dataset) if config.use_pairs else None  # validates the pair ids before any work
+    units = pair_units(dataset) if config.use_pairs else None  # pair ids validated by check_fit_inputs
     targets = jnp.asarray(dataset.targets, jnp.float32)
     values = jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)
     latent_values = config.unknown_values == "latent"
@@ -440,16 +439,10 @@ def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, 
 
 def pair_units(dataset):
     """``(singles (S,), pairs (P, 2))`` row indices for ``use_pairs``; in each pair, row a (column 0) is the
-    one with fewer targets. Raises before any work when the data have no pair ids, an id groups more
-    than two rows, or no id groups two."""
-    if dataset.pair is None:
-        raise DataError("use_pairs = true needs pair ids (dataset.pair: rows that share their exogenous noise "
-                        "carry the same id); this dataset has none. Fit with use_pairs = false")
+    one with fewer targets. The pair ids were validated by ``check_fit_inputs``."""
     units = make_units(np.zeros((dataset.N, 0)), dataset.targets, dataset.targets, dataset.pair)  # rows only
     groups = {u.rows.shape[1]: u.rows for u in units}
-    singles, pairs = groups.get(1, np.zeros((0, 1), np.int64))[:, 0], groups.get(2)
-    if pairs is None:
-        raise DataError("use_pairs = true, but no pair id is shared by two rows; fit with use_pairs = false")
+    singles, pairs = groups.get(1, np.zeros((0, 1), np.int64))[:, 0], groups[2]
     n_t = dataset.targets.sum(1)
     swap = n_t[pairs[:, 1]] < n_t[pairs[:, 0]]
     pairs = np.where(swap[:, None], pairs[:, ::-1], pairs)

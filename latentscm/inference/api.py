@@ -62,6 +62,17 @@ def check_fit_inputs(dataset, method, config=None):
     if getattr(cfg, "decoder", None) == "identity" and dataset.D != dataset.d:
         raise ValueError(f"{method}: decoder='identity' needs x to be the latents themselves (D == d); the "
                          f"dataset has D={dataset.D}, d={dataset.d}. Use decoder='linear'.")
+    if getattr(cfg, "use_pairs", False) is True:  # every method with use_pairs: the same checks, before work
+        if dataset.pair is None:
+            raise DataError(f"{method}: use_pairs = true needs pair ids (dataset.pair: rows that share their "
+                            "exogenous noise carry the same id); this dataset has none. Fit with use_pairs = false")
+        ids, counts = np.unique(dataset.pair, return_counts=True)
+        if counts.max() > 2:
+            raise ValueError(f"{method}: pair ids must group at most two rows; id {ids[counts.argmax()]} has "
+                             f"{counts.max()}")
+        if counts.max() < 2:
+            raise DataError(f"{method}: use_pairs = true, but no pair id is shared by two rows; fit with "
+                            "use_pairs = false")
     if dataset.num_unknown_values and getattr(cfg, "unknown_values", "error") != "latent":
         first = int(np.argwhere(np.isnan(dataset.values))[0, 0])
         supported = sorted(m for m, spec in METHODS.items()
