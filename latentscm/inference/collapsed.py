@@ -250,12 +250,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
         if identity:  # x is z: the SCM density of the observed latents, O(d^3) statistics
             stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
-        elif x64:
-            stats = tuple(shard_stats(jax.tree.map(jnp.asarray, unit_stats(u)), devices) for u in units)
-        else:
-            stats = tuple(centered_stats(u, np.float32) for u in units)
+        else:  # numpy statistics, computed in float64 in either precision
+            stats = tuple(unit_stats(u) if x64 else centered_stats(u, np.float32) for u in units)
     with jax.enable_x64(x64):
-        if not x64:
+        if not identity:  # to (sharded) device arrays, in the precision of the steps
             stats = tuple(shard_stats(jax.tree.map(jnp.asarray, st), devices) for st in stats)
         known = None if config.known_order is None else jnp.asarray(config.known_order)
 
