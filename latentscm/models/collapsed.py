@@ -259,14 +259,17 @@ def unit_factors(W, sigma, tau, value_scale, masks, known):
     """Latent factorisation of a unit pattern: ``Z = xi Gamma + V Gz`` with ``xi ~ N(0, I)``.
 
     masks, known: (R, k, d). Returns Gamma (R, (k+1) d, k, d) (shared noise eps, then one
-    intervention-noise block per row: tau, plus ``value_scale`` where the value is unknown) and
+    intervention-noise block per row: tau, plus ``value_scale`` where the value is unknown; for k = 1
+    the two blocks are added, (R, d, 1, d), as each node has one of them) and
     Gz (R, k d, k, d) mapping the known values V (k d) to the latent mean.
     """
     d = W.shape[-1]
     C = jnp.linalg.inv(jnp.eye(d) - W * (1 - masks)[..., None, :])  # (R, k, d, d): z_i = u_i C_i
     eps = jnp.swapaxes(sigma[:, None] * (1 - masks)[..., :, None] * C, 1, 2)  # (R, d, k, d)
     eta_scale = masks * jnp.sqrt(tau**2 + value_scale**2 * (1 - known))
-    gamma = jnp.concatenate([eps, _block_rows(eta_scale[..., None] * C)], axis=1)
+    eta = _block_rows(eta_scale[..., None] * C)
+    # single rows: node i has noise eps_i or eta_i, never both, so the two blocks share d rows (rank d)
+    gamma = eps + eta if masks.shape[-2] == 1 else jnp.concatenate([eps, eta], axis=1)
     return gamma, _block_rows((masks * known)[..., None] * C)
 
 
@@ -282,38 +285,41 @@ def _decoded(gamma, gz, A):
 def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
     """Exact ``log p(x | targets, values, W, sigma, A, b, s)`` summed over all units (scalar).
 
-    Per unit ``X ~ N(V G + b, U U^T + s^2 I)`` with ``U^T = Gamma A`` of rank ``r = (k+1) d``:
-    Woodbury and the determinant lemma on ``K = s^2 I_r + U^T U``; the data enter only through the
-    sufficient statistics.
+    Per unit ``X ~ N(V G + b, U U^T + s^2 I)`` with ``U^T = Gamma A`` of rank r and ``G = Gz A`` (A acting
+    on each of the k rows): Woodbury and the determinant lemma on ``K = s^2 I_r + U^T U``. Every term is
+    formed in latent space: the data enter only through their sufficient statistics projected by A
+    (``A S A^T`` from the factor blocks, ``A sx``, ``A sxv``), so no (R, r, kD) array exists and one
+    evaluation costs ``O(M B kD d + R kD (kd)^2)`` plus ``O(R r^3)``.
     """
     gamma, gz = unit_factors(W, sigma, tau, value_scale, stats.masks, stats.known)
-    Ut, G = _decoded(gamma, gz, A)
-    r, kD = Ut.shape[1], Ut.shape[2]
-    b = jnp.tile(b, stats.k)
-    s2 = obs_scale**2
-    n = stats.n
-    # E = sum_n e_n^T e_n with e_n = X_n - b - V_n G: its trace and its projection U^T E U.
-    sxv_b = stats.sxv - b[None, :, None] * stats.sv[:, None, :]
-    tr_xx = stats.tr_sxx - 2 * stats.sx @ b + n * (b @ b)
-    trE = tr_xx - 2 * jnp.einsum("rDk,rkD->r", sxv_b, G) + jnp.einsum("rkD,rkl,rlD->r", G, stats.svv, G)
-    Ub = Ut @ b
-    Usx = jnp.einsum("rkD,rD->rk", Ut, stats.sx)
-    # U^T (sum x x^T) U = Gamma (A-projected second moments) Gamma^T, from the factor blocks:
-    # Q_r = sum over r's blocks of (F A^T)^T (F A^T), (R, kd, kd); cost O(M B (kD d + (kd)^2))
+    R, r, k, d = gamma.shape
+    D, kd = A.shape[-1], k * d
+    s2, n = obs_scale**2, stats.n
+    gam, gzm = gamma.reshape(R, r, kd), gz.reshape(R, kd, kd)  # noise -> latents, known values -> latents
+    AAk = jnp.kron(jnp.eye(k, dtype=A.dtype), A @ A.T)  # (kd, kd): A A^T on each of the k rows
+    Ab = jnp.tile(A @ b, k)
+    bk = jnp.tile(b, k)
+    # projected statistics of the centred rows x - b: A S A^T (kd, kd) from the factor blocks, A sxv (kd, kd)
     M, B = stats.fx.shape[:2]
-    Af = jnp.einsum("mbkD,dD->mbkd", stats.fx.reshape(M, B, stats.k, A.shape[-1]), A).reshape(M, B, -1)
-    Q = jax.ops.segment_sum(jnp.einsum("mbp,mbq->mpq", Af, Af), stats.fg, num_segments=Ut.shape[0])
-    gam = gamma.reshape(gamma.shape[0], r, -1)
-    UxxU = (gam @ Q @ jnp.swapaxes(gam, -1, -2)
-            - Usx[:, :, None] * Ub[:, None, :] - Ub[:, :, None] * Usx[:, None, :]
-            + n[:, None, None] * Ub[:, :, None] * Ub[:, None, :])
-    GU = G @ jnp.swapaxes(Ut, -1, -2)  # (R, kd, r)
-    UxvG = Ut @ sxv_b @ GU
-    UEU = UxxU - UxvG - jnp.swapaxes(UxvG, -1, -2) + jnp.swapaxes(GU, -1, -2) @ stats.svv @ GU
-    K = s2 * jnp.eye(r) + Ut @ jnp.swapaxes(Ut, -1, -2)
-    quad = (trE - jnp.einsum("rkl,rlk->r", jnp.linalg.inv(K), UEU)) / s2
-    logdet = (kD - r) * jnp.log(s2) + jnp.linalg.slogdet(K)[1]
-    return jnp.sum(-0.5 * (n * kD * LOG_2PI + n * logdet + quad))
+    Af = jnp.einsum("mbkD,dD->mbkd", stats.fx.reshape(M, B, k, D), A).reshape(M, B, kd)
+    Q = jax.ops.segment_sum(jnp.einsum("mbp,mbq->mpq", Af, Af), stats.fg, num_segments=R)
+    Ax = jnp.einsum("rkD,dD->rkd", stats.sx.reshape(R, k, D), A).reshape(R, kd)
+    Qb = (Q - Ax[:, :, None] * Ab[None, None, :] - Ab[None, :, None] * Ax[:, None, :]
+          + n[:, None, None] * Ab[None, :, None] * Ab[None, None, :])
+    Axv = (jnp.einsum("rkDq,dD->rkdq", stats.sxv.reshape(R, k, D, kd), A).reshape(R, kd, kd)
+           - Ab[None, :, None] * stats.sv[:, None, :])  # A (sxv - b sv^T)
+    # E = sum_n e_n^T e_n with e_n = X_n - b - V_n G: its trace, and A E A^T
+    GA = gzm @ AAk  # G A^T (values, latents)
+    tr_xx = stats.tr_sxx - 2 * stats.sx @ bk + n * k * (b @ b)
+    trE = tr_xx - 2 * jnp.einsum("rql,rlq->r", gzm, Axv) + jnp.einsum("rql,rlm,rqm->r", stats.svv, GA, gzm)
+    cross = Axv @ GA
+    AEA = Qb - cross - jnp.swapaxes(cross, -1, -2) + jnp.swapaxes(GA, -1, -2) @ stats.svv @ GA
+    K = s2 * jnp.eye(r, dtype=A.dtype) + gam @ AAk @ jnp.swapaxes(gam, -1, -2)
+    L = jnp.linalg.cholesky(K)
+    LG = jax.scipy.linalg.solve_triangular(L, gam, lower=True)  # tr(K^-1 U^T E U) = tr(LG^T LG A E A^T)
+    quad = (trE - jnp.einsum("rpq,rql,rpl->r", LG, AEA, LG)) / s2
+    logdet = (k * D - r) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
+    return jnp.sum(-0.5 * (n * k * D * LOG_2PI + n * logdet + quad))
 
 
 def _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale):
