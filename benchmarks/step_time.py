@@ -365,7 +365,7 @@ def write_results(timing, memory, info, out=RESULTS):
         "# One SVI step: `collapsed` against the reference design",
         "",
         f"Written by `benchmarks/step_time.py` on {info['date']}. Machine: {info['cpu']}, {info['cores_visible']} cores "
-        f"visible, the run pinned to core(s) {info['affinity']} (`taskset -c 0`), {info['device']}, JAX {info['jax']}. "
+        f"visible, the run pinned to core(s) {info['affinity']} (`taskset`), {info['device']}, JAX {info['jax']}. "
         f"Load when it started: `{info['uptime_start']}`; when it ended: `{info['uptime_end']}` (the machine is "
         "shared with other jobs, so absolute times are noisy; the variants were timed interleaved in one process, "
         f"{info['repeats']} repeats each, medians reported).",
