@@ -35,7 +35,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
-from ..models.collapsed import (Units, _decoded, centered_stats, collapsed_model, group_rows, make_units, unit_factors,
+from ..models.collapsed import (Units, centered_stats, collapsed_model, group_rows, make_units, unit_factors,
                                 unit_latent_posterior, unit_stats)
 from ..models.observed import identity_model, identity_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
@@ -354,6 +354,15 @@ def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=
             m2[rows] += np.asarray(b_.sum(0))[: len(u.x)].reshape(len(rows), -1)
     mean = m1 / S
     return mean, np.sqrt(np.maximum(m2 / S - mean**2, 0.0))
+
+
+def _decoded(gamma, gz, A):
+    """Project the latent factors through the linear decoder: Ut (R, r, kD), G (R, kd, kD)."""
+    R, r, k, _ = gamma.shape
+    D = A.shape[-1]
+    Ut = jnp.einsum("rpkd,dD->rpkD", gamma, A).reshape(R, r, k * D)
+    G = jnp.einsum("rqkd,dD->rqkD", gz, A).reshape(R, gz.shape[1], k * D)
+    return Ut, G
 
 
 def _pattern_moments(W, sigma, A, b, s, masks, known, X, V, tau, value_scale):

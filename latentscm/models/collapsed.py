@@ -273,15 +273,6 @@ def unit_factors(W, sigma, tau, value_scale, masks, known):
     return gamma, _block_rows((masks * known)[..., None] * C)
 
 
-def _decoded(gamma, gz, A):
-    """Project the latent factors through the linear decoder: Ut (R, r, kD), G (R, kd, kD)."""
-    R, r, k, _ = gamma.shape
-    D = A.shape[-1]
-    Ut = jnp.einsum("rpkd,dD->rpkD", gamma, A).reshape(R, r, k * D)
-    G = jnp.einsum("rqkd,dD->rqkD", gz, A).reshape(R, gz.shape[1], k * D)
-    return Ut, G
-
-
 def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
     """Exact ``log p(x | targets, values, W, sigma, A, b, s)`` summed over all units (scalar).
 
