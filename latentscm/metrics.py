@@ -26,6 +26,7 @@ __all__ = [
     "edge_auprc",
     "mcc",
     "edge_rmse",
+    "latent_signs",
     "structure_metrics",
 ]
 
@@ -442,11 +443,24 @@ def mcc(z_pred, z_true, *, return_matching=False):
     return value, matching
 
 
-def edge_rmse(W_draws, W_true) -> float:
+def latent_signs(z_pred, z_true) -> np.ndarray:
+    """(d,) +1 or -1: the sign of ``corr(z_pred[:, j], z_true[:, j])``. Latents are identified by their
+    index (the intervention targets name them); a latent that no varying known value anchors (knockouts,
+    unknown values) has an arbitrary sign, which flips the signs of its edges."""
+    zp, zt = np.asarray(z_pred, np.float64), np.asarray(z_true, np.float64)
+    if zp.shape != zt.shape or zp.ndim != 2:
+        raise ValueError(f"z_pred and z_true must both have shape (N, d); got {zp.shape} and {zt.shape}")
+    cov = np.sum((zp - zp.mean(0)) * (zt - zt.mean(0)), axis=0)
+    return np.where(cov < 0, -1.0, 1.0)
+
+
+def edge_rmse(W_draws, W_true, signs=None) -> float:
     """Root posterior-expected mean squared error of the edge weights.
 
     ``sqrt( mean_s mean_{i != j} (W_draws[s, i, j] - W_true[i, j])^2 )`` over the ``d (d - 1)``
-    off-diagonal entries (absent edges have weight 0 in both).
+    off-diagonal entries (absent edges have weight 0 in both). ``signs`` (d,) of +-1
+    (:func:`latent_signs`) first puts the draws in the truth's sign gauge:
+    ``W[i, j] -> signs[i] * signs[j] * W[i, j]``.
 
     Parameters
     ----------
@@ -465,6 +479,11 @@ def edge_rmse(W_draws, W_true) -> float:
     _same_d(draws.shape[1], truth.shape[0], "W_draws", "W_true")
     if truth.shape[0] < 2:
         raise ValueError("edge_rmse needs d >= 2 nodes (there are no off-diagonal entries).")
+    if signs is not None:
+        signs = np.asarray(signs, np.float64)
+        if signs.shape != (truth.shape[0],) or not np.isin(signs, (-1.0, 1.0)).all():
+            raise ValueError(f"signs must be {truth.shape[0]} values of +1 or -1; got {signs!r}")
+        draws = draws * signs[:, None] * signs[None, :]
     err = _off_diagonal(draws - truth)
     return float(np.sqrt(np.mean(err**2)))
 
@@ -489,8 +508,8 @@ def structure_metrics(
     -------
     dict of str to float
         ``e_shd`` (reversal counts once), ``e_shd_double`` (reversal counts twice), ``auroc``,
-        ``auprc`` (from :func:`edge_probabilities`), ``edge_rmse``, and ``mcc`` when latents
-        are given. ``auroc`` / ``auprc`` are nan when the true graph is empty or complete.
+        ``auprc`` (from :func:`edge_probabilities`), ``edge_rmse`` (in the truth's sign gauge,
+        :func:`latent_signs`, when latents are given), and ``mcc`` when latents are given. ``auroc`` / ``auprc`` are nan when the true graph is empty or complete.
     """
     if (z_pred is None) != (z_true is None):
         raise ValueError("pass both z_pred and z_true to compute mcc, or neither.")
@@ -500,7 +519,8 @@ def structure_metrics(
         "e_shd_double": expected_shd(W_draws, W_true, threshold=threshold, reversal_cost=2),
         "auroc": edge_auroc(probs, W_true),
         "auprc": edge_auprc(probs, W_true),
-        "edge_rmse": edge_rmse(W_draws, W_true),
+        "edge_rmse": edge_rmse(W_draws, W_true,
+                               None if z_pred is None else latent_signs(z_pred, z_true)),
     }
     if z_pred is not None:
         out["mcc"] = mcc(z_pred, z_true)

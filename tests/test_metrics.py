@@ -11,6 +11,7 @@ from latentscm.metrics import (
     edge_probabilities,
     edge_rmse,
     expected_shd,
+    latent_signs,
     mcc,
     order_probabilities,
     shd,
@@ -300,6 +301,19 @@ def test_edge_rmse_zero_when_exact():
     assert edge_rmse(np.stack([W, W]), W) == 0.0
 
 
+def test_edge_rmse_sign_gauge_hand_case():
+    # latent 0's sign flipped (a knockout latent has no sign): edge 0 -> 1 of weight 1.5 drawn as -1.5
+    W_true = np.array([[0.0, 1.5, 0.0], [0.0, 0.0, -0.5], [0.0, 0.0, 0.0]])
+    draw = np.array([[0.0, -1.5, 0.0], [0.0, 0.0, -0.5], [0.0, 0.0, 0.0]])
+    assert edge_rmse(draw[None], W_true) == pytest.approx(np.sqrt(9.0 / 6))
+    assert edge_rmse(draw[None], W_true, signs=[-1, 1, 1]) == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 3))
+    np.testing.assert_array_equal(latent_signs(z * [-2.0, 1.0, 0.5], z), [-1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="signs"):
+        edge_rmse(draw[None], W_true, signs=[0, 1, 1])
+
+
 # ---------------------------------------------------------------- structure_metrics
 
 
@@ -318,7 +332,8 @@ def test_structure_metrics_combines_components():
     # probs: (0,1)=.5 (0,2)=.5 (1,0)=.5 (1,2)=.5, rest 0; positives .5,.5; negatives .5,.5,0,0
     assert out["auroc"] == pytest.approx(6.0 / 8.0)
     assert out["auprc"] == pytest.approx(0.5)
-    assert out["edge_rmse"] == pytest.approx(edge_rmse(draws, W_true))
+    signs = latent_signs(z[:, ::-1] * 2.0, z)
+    assert out["edge_rmse"] == pytest.approx(edge_rmse(draws, W_true, signs))
     assert out["mcc"] == pytest.approx(1.0)
 
     no_latents = structure_metrics(draws, W_true)

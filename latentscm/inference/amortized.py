@@ -213,7 +213,8 @@ def _initialise(dataset, config, key, x_std, targets, values):
     t_np = np.asarray(targets)
     lab = (t_np > 0) & np.isfinite(dataset.values)  # targeted with a known value: a label
     v_np = np.where(lab, np.asarray(values), np.where(t_np > 0, np.nan, 0.0))  # NaN where unknown
-    z_lin = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np)
+    z_lin, found = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np, tau=config.tau,
+                                    value_scale=config.value_scale, order=config.known_order)
     if config.latent_init == "supervised":
         # Label z_j by v_j where j is targeted; nodes without usable interventions fall back to z_lin.
         usable = np.array([lab[:, j].sum() >= d + 2 and np.ptp(v_np[lab[:, j], j]) > 0 for j in range(d)])
@@ -230,7 +231,9 @@ def _initialise(dataset, config, key, x_std, targets, values):
                                   jnp.ones_like(targets), config.pretrain_steps, 3e-3, k_fit1)
     first = encoder.net.layers[0]
     encoder = eqx.tree_at(lambda e: e.net.layers[0].weight, encoder, first.weight.at[:, D:].set(0.0))
-    if config.known_order is None:
+    if config.known_order is None and found is not None and config.latent_init != "supervised":
+        order, score = found, order_score(z_hat, t_np, found)
+    elif config.known_order is None:
         order, score = propose_order(z_hat, t_np, v_np)
     else:
         order = np.asarray(config.known_order)

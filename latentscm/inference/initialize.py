@@ -34,24 +34,27 @@ class Initialisation(NamedTuple):
     score: float  # profile log-likelihood of the proposed order
 
 
-def estimate_latents(x, targets, values):
-    """Linear latent estimate ``z_hat`` (N, d) from intervention values; see the module docstring."""
-    x = np.asarray(x, np.float64)
-    d = targets.shape[1]
-    mean = x.mean(0)
-    xc = x - mean
-    _, _, vt = np.linalg.svd(xc[:: max(1, len(x) // 5000)], full_matrices=False)
-    y = np.c_[xc @ vt[:d].T, np.ones(len(x))]
-    z = np.zeros((len(x), d))
-    for j in range(d):
-        rows = (targets[:, j] > 0) & np.isfinite(values[:, j])
-        if rows.sum() < d + 2 or np.ptp(values[rows, j]) == 0:
-            # No usable intervention values for node j: fall back to a standardised component.
-            z[:, j] = y[:, j] / (y[:, j].std() + 1e-12)
-            continue
-        coef, *_ = np.linalg.lstsq(y[rows], values[rows, j], rcond=None)
-        z[:, j] = y @ coef
-    return z
+def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None, seed=0):
+    """Latent estimate ``z_hat`` (N, d) and, when the likelihood search ran, its order (else None).
+
+    Every node with known, varying intervention values in at least d + 2 rows is anchored by them:
+    ``z_hat_j`` is the regression of ``v_j`` on the top-d principal coordinates of x (the seed paper's
+    setting, closed form). Otherwise (knockouts, unknown values, nodes never intervened on) the
+    moment-based search of :mod:`latentscm.inference.identify` finds the directions, scales and an
+    order from the projected second moments.
+    """
+    from .identify import anchored, project, search
+
+    t = np.asarray(targets)
+    v = np.where(t > 0, np.asarray(values, np.float64), 0.0)
+    d = t.shape[1]
+    y, _, _, s2 = project(x, d)
+    y1 = np.c_[y, np.ones(len(y))]
+    H = anchored(y1, t, v)
+    if H is not None:
+        return y1 @ H, None
+    _, H, order = search(y1, t, v, tau=tau, value_scale=value_scale, s2=s2, order=order, seed=seed)
+    return y1 @ H, order
 
 
 def _node_fit(z, targets, j, parents):
@@ -228,19 +231,27 @@ def propose_order(z, targets, values, max_moves=None, grams=None):
     return order, order_score(z, targets, order, grams=(G, n))
 
 
-def initialise(x, targets, values, order=None, observed=False):
+def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value_scale=2.0, seed=0):
     """Full data-driven initialisation (see the module docstring). ``order`` skips the order search;
-    ``observed``: x is the latents themselves (identity decoder), no latent estimate."""
+    ``observed``: x is the latents themselves (identity decoder), no latent estimate; ``tau`` and
+    ``value_scale`` (the model's intervention noise and unknown-value scale) fix the gauge of latents
+    that no known value anchors."""
     targets = np.asarray(targets)
     values = np.where(targets > 0, np.asarray(values, np.float64), 0.0)  # NaN: unknown value
     x = np.asarray(x, np.float64)
-    z = x if observed else estimate_latents(x, targets, values)
+    found = None
+    if observed:
+        z = x
+    else:
+        z, found = estimate_latents(x, targets, values, tau=tau, value_scale=value_scale, order=order, seed=seed)
     Z1 = np.c_[z, np.ones(len(z))]
     coef, *_ = np.linalg.lstsq(Z1, x, rcond=None)
     A, b = coef[:-1], coef[-1]
     obs_scale = float(np.sqrt(np.mean((x - Z1 @ coef) ** 2)))
     grams = node_grams(z, targets)
-    if order is None:
+    if order is None and found is not None:  # the likelihood search's order
+        order, score = found, order_score(z, targets, found, grams=grams)
+    elif order is None:
         order, score = propose_order(z, targets, values, grams=grams)
     else:
         order = np.asarray(order)

@@ -491,7 +491,8 @@ def _chain_starts(dataset, config, rng, d):
     v = np.where(t > 0, np.nan_to_num(np.asarray(dataset.values, np.float64)), 0.0)
     svi = None
     identity = config.decoder == "identity"
-    ini = initialise(x, t, v, order=config.known_order, observed=identity)
+    ini = initialise(x, t, v, order=config.known_order, observed=identity, tau=config.tau,
+                     seed=0)
     z_hat, proposal = ini.z, ini.order
     dec = {} if identity else {"decoder_weight": ini.A, "decoder_bias": ini.b, "obs_scale": ini.obs_scale}
     if config.svi_init_steps:

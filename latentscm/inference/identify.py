@@ -1,0 +1,343 @@
+"""Moment-based identification: latent directions, scales and an order from per-pattern second moments.
+
+The one start of every method with a linear (or identity) decoder. With ``x = z A + b + s * noise``,
+the top-``d`` principal coordinates ``y`` of ``x`` are an invertible affine image of ``z``:
+``z = y1 H`` with ``y1 = [y, 1]`` and ``H`` ((d + 1), d). For a node order, the Gaussian
+log-likelihood of the projected data is
+
+    N log|det H[:d]| + sum_j [ free_j + known_j + hidden_j ]
+
+where, for each node j, ``free_j`` is the profile log-likelihood of the regression of ``z_j`` on its
+predecessors over the rows where j is not intervened on (``sigma_j`` and the weights maximised out in
+closed form), ``known_j = sum log N(z_nj; v_nj, tau^2 + s^2 |h_j|^2)`` over the rows where j was set to a
+known value and ``hidden_j = sum log N(z_nj; 0, tau^2 + value_scale^2 + s^2 |h_j|^2)`` over the rows where
+j was set to an unknown value (``s^2 |h_j|^2``: the observation noise seen through the projection).
+Every term depends on the data only through per-pattern second moments of ``y1`` (and their cross
+moments with the known values), so one evaluation costs ``O(P d^3)`` for P patterns, whatever N.
+
+Each signal identifies ``H`` in its own way, and the same objective uses all of them:
+
+* known values that vary (the seed paper's setting) pin ``z_j``'s scale, sign and location: the
+  known term is a regression of ``v_j`` on ``y1``;
+* knockouts (known constant values, e.g. 0) pin ``z_j`` to a direction of variance ``tau^2`` in the
+  regimes that target it (the smallest generalised eigenvector of their second moments);
+* unknown values make ``z_j`` independent of its parents with variance ``tau^2 + value_scale^2``;
+  the Jacobian term forbids the collapse of any direction.
+
+Gauge: a latent whose values are known takes the values' unit; one with unknown values takes the
+unit the model assumes (intervened variance ``tau^2 + value_scale^2``), and one that is knocked out
+the unit in which its knockout variance is ``tau^2``. Signs of latents without varying known values
+are arbitrary (:func:`latentscm.metrics.edge_rmse` compares in the unit-noise gauge with signs
+aligned, see there).
+
+Search: closed-form starts (value regressions, knockout eigenvectors) and a few random ones; for
+each, L-BFGS on ``H`` for the current order alternates with the insertion hill climbing of
+:func:`~latentscm.inference.initialize.propose_order` on ``z = y1 H``; the best log-likelihood wins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.optimize
+
+from ..models.scm import LOG_2PI
+
+_OUTER_ROUNDS = 6  # alternations of (H | order) and (order | H) per start
+_LBFGS_ITERS = 300
+
+
+class Moments:
+    """Per-node second-moment statistics of ``y1 = [y, 1]`` (all (d, d + 1, d + 1) or (d,)).
+
+    free[j], n_free[j]: rows where j is not intervened on; known[j], known_v[j] ((d, d + 1)), known_vv,
+    n_known: rows where j was set to a known value; hidden[j], n_hidden: rows with an unknown value.
+    """
+
+    def __init__(self, y1, targets, values):
+        t = np.asarray(targets) > 0
+        v = np.asarray(values, np.float64)
+        known = t & np.isfinite(v)
+        hidden = t & ~np.isfinite(v)
+        v0 = np.where(known, v, 0.0)
+        pattern = np.concatenate([t, known], axis=1).astype(np.int8)
+        patterns, g = np.unique(pattern, axis=0, return_inverse=True)
+        g = g.reshape(-1)
+        P, d = len(patterns), t.shape[1]
+        S = np.stack([y1[g == p].T @ y1[g == p] for p in range(P)])  # (P, d+1, d+1)
+        cnt = np.bincount(g, minlength=P).astype(np.float64)
+        tp, kp = patterns[:, :d].astype(np.float64), patterns[:, d:].astype(np.float64)
+        hp = tp - kp
+        self.free = np.einsum("pj,pab->jab", 1 - tp, S)
+        self.n_free = (1 - tp).T @ cnt
+        self.known = np.einsum("pj,pab->jab", kp, S)
+        self.n_known = kp.T @ cnt
+        self.hidden = np.einsum("pj,pab->jab", hp, S)
+        self.n_hidden = hp.T @ cnt
+        self.known_v = (y1 * 1.0).T @ v0  # (d+1, d): rows without a known value contribute 0
+        self.known_v = self.known_v.T  # (d, d+1)
+        self.known_vv = (v0**2).sum(0)
+        self.total = y1.T @ y1
+        self.N = len(y1)
+
+
+def _objective(moments, order, tau, value_scale, s2):
+    """Negative projected log-likelihood and its gradient, as a function of flat H (vectorised over nodes)."""
+    m = moments
+    d = len(order)
+    pos = np.empty(d, int)
+    pos[np.asarray(order)] = np.arange(d)
+    pred = (pos[:, None] > pos[None, :]).astype(np.float64)  # pred[j, i] = 1: i precedes j
+    eye = np.eye(d)
+    nf = np.maximum(m.n_free, 1.0)
+    use = (m.n_free >= 2).astype(np.float64)
+
+    def f(hflat):
+        H = hflat.reshape(d + 1, d)
+        Hd = H[:d]
+        sign, logdet = np.linalg.slogdet(Hd)
+        if sign == 0:
+            return 1e30, np.zeros_like(hflat)
+        val = m.N * logdet
+        grad = np.zeros_like(H)
+        grad[:d] = m.N * np.linalg.inv(Hd).T
+        # free rows: z_j on its predecessors, weights and sigma_j profiled out
+        YH = m.free @ H  # (d, d+1, d): Y_j H
+        Z = np.einsum("ak,jal->jkl", H, YH)  # (d, d, d): H^T Y_j H
+        A = Z * pred[:, :, None] * pred[:, None, :] + (1 - pred)[:, :, None] * eye
+        bvec = Z[np.arange(d), :, np.arange(d)] * pred  # (d, d): Z_j[:, j] on the predecessors
+        w = np.linalg.solve(A, bvec[..., None])[..., 0]  # (d, d), 0 off the predecessors
+        rss = np.maximum(Z[np.arange(d), np.arange(d), np.arange(d)] - np.sum(bvec * w, 1), 1e-300)
+        val += np.sum(use * -0.5 * m.n_free * (np.log(rss / nf) + 1.0 + LOG_2PI))
+        coef = eye - w  # (d, d): row j holds e_j - w_j
+        Yr = np.einsum("jak,jk->ja", YH, coef)  # Y_j H (e_j - w_j)
+        grad -= np.einsum("j,ja,jk->ak", use * m.n_free / rss, Yr, coef)
+        # intervened rows: known values (variance tau^2) and unknown ones (tau^2 + value_scale^2)
+        noise = s2 * (Hd**2).sum(0)
+        for Y, n, extra, cross, vv in ((m.known, m.n_known, tau**2, m.known_v, m.known_vv),
+                                       (m.hidden, m.n_hidden, tau**2 + value_scale**2, 0.0 * m.known_v, 0.0 * m.known_vv)):
+            var = extra + noise
+            Yh = np.einsum("jab,bj->ja", Y, H)  # (d, d+1)
+            q = np.einsum("ja,aj->j", Yh, H) - 2 * np.einsum("ja,aj->j", cross, H) + vv
+            val += np.sum(-0.5 * n * (np.log(var) + LOG_2PI) - 0.5 * q / var)
+            grad -= ((Yh - cross) / var[:, None]).T
+            dvar = -0.5 * n / var + 0.5 * q / var**2
+            grad[:d] += dvar * 2 * s2 * Hd
+        return -val, -grad.reshape(-1)
+
+    return f
+
+
+def log_likelihood(moments, H, order, tau, value_scale, s2):
+    """Projected log-likelihood (see the module docstring) of ``H`` ((d + 1), d) under ``order``."""
+    return -_objective(moments, order, tau, value_scale, s2)(np.asarray(H, np.float64).reshape(-1))[0]
+
+
+def _fit_H(moments, H, order, tau, value_scale, s2, iters=_LBFGS_ITERS):
+    f = _objective(moments, order, tau, value_scale, s2)
+    res = scipy.optimize.minimize(f, H.reshape(-1), jac=True, method="L-BFGS-B", options={"maxiter": iters})
+    return res.x.reshape(H.shape), -res.fun
+
+
+def project(x, d):
+    """Top-``d`` principal coordinates ``y`` (N, d), the map (mean (D,), basis (d, D)) and the
+    observation-noise variance per dimension estimated from the remaining spectrum."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(0)
+    xc = x - mean
+    sub = xc[:: max(1, len(x) // 5000)]
+    _, sv, vt = np.linalg.svd(sub, full_matrices=False)
+    basis = vt[:d]
+    rest = max(1, min(sub.shape) - d)
+    s2 = float((sv[d:] ** 2).sum() / (len(sub) * rest)) if len(sv) > d else 0.0
+    return xc @ basis.T, mean, basis, s2
+
+
+def anchored(y1, targets, values):
+    """H ((d + 1), d) by regressing each node's known values on ``y1``, or None unless every node has
+    known values that vary in at least d + 2 rows (then they fix each latent's scale, sign and location)."""
+    d = y1.shape[1] - 1
+    H = np.zeros((d + 1, d))
+    for j in range(d):
+        rows = (targets[:, j] > 0) & np.isfinite(values[:, j])
+        if rows.sum() < d + 2 or not _varies(values[rows, j]):
+            return None
+        H[:, j], *_ = np.linalg.lstsq(y1[rows], values[rows, j], rcond=None)
+    return H
+
+
+def _varies(v):
+    return np.ptp(v) > 1e-9 * (1 + np.abs(v).max())
+
+
+def _closed_form_start(y1, targets, values, tau, value_scale, rng):
+    """H from each node's own signal: value regressions, knockout eigenvectors, else random directions."""
+    N, d1 = y1.shape
+    d = d1 - 1
+    y = y1[:, :d]
+    C = np.cov(y.T) + 1e-12 * np.eye(d)
+    H = np.zeros((d1, d))
+    done = np.zeros(d, bool)
+    t = np.asarray(targets) > 0
+    for j in range(d):
+        rows = t[:, j] & np.isfinite(values[:, j])
+        if rows.sum() < d + 2:
+            continue
+        v = values[rows, j]
+        if _varies(v):
+            H[:, j], *_ = np.linalg.lstsq(y1[rows], v, rcond=None)
+        else:  # constant value: the direction of least variance in the rows that set it
+            yk = y[rows] - y[rows].mean(0)
+            evals, evecs = _geigh(yk.T @ yk / rows.sum(), C)
+            h = evecs[:, 0] * np.sqrt(max(tau**2, 1e-6) / max(evals[0] * (evecs[:, 0] @ C @ evecs[:, 0]), 1e-300))
+            H[:d, j] = h
+            H[d, j] = v.mean() - y[rows].mean(0) @ h
+        done[j] = True
+    for j in np.flatnonzero(~done):  # random direction, whitened, unit-ish variance
+        g = np.linalg.solve(np.linalg.cholesky(C).T, rng.normal(size=d))
+        hidden = t[:, j] & ~np.isfinite(values[:, j])
+        scale = np.sqrt(tau**2 + value_scale**2) if hidden.any() else 1.0
+        H[:d, j] = g / np.linalg.norm(g) * scale
+        H[d, j] = -y.mean(0) @ H[:d, j]
+    return H
+
+
+def _peel_start(y1, targets, values, tau, value_scale):
+    """Order and H by peeling sinks off the per-regime precision matrices (closed form).
+
+    For a sink j (last in a topological order) of the latent DAG, ``z_j`` enters only its own factor,
+    so with ``f_j`` its mixing direction (``y = sum_k z_k f_k^T``) the vector ``Theta_r f_j`` of the
+    projected precision of regime r takes one value in all regimes that target j (``g_j / omega_j``,
+    with ``g_j = H e_j`` its unmixing direction and ``omega_j`` its intervened variance) and one in all that
+    do not. The node whose best direction comes closest to that is the sink; projecting y on the
+    complement of ``f_j`` marginalises it out (the rest of the DAG and the regimes are unchanged), and the
+    next sink follows. Returns ``order`` (d,) and ``H`` ((d + 1), d), or None when some node is never both
+    targeted in a regime with enough rows and free in another.
+    """
+    d = y1.shape[1] - 1
+    y = y1[:, :d]
+    t = np.asarray(targets) > 0
+    masks, g = np.unique(t, axis=0, return_inverse=True)
+    g = g.reshape(-1)
+    keep = [r for r in range(len(masks)) if (g == r).sum() > 2 * d]
+    if not keep:
+        return None
+    masks = masks[keep]
+    n = np.array([(g == r).sum() for r in keep], np.float64)
+    covs = np.stack([np.cov(y[g == r].T) for r in keep])  # (R, d, d)
+    known = t & np.isfinite(values)
+    omega = np.where((known.sum(0) > 0), tau**2, tau**2 + value_scale**2)  # intervened variance (gauge)
+    P = np.eye(d)  # current coordinates: y P
+    remaining = list(range(d))
+    H = np.zeros((d + 1, d))
+    sinks = []
+    while remaining:
+        m = P.shape[1]
+        C = np.einsum("da,rde,eb->rab", P, covs, P)
+        K = np.einsum("r,rab->ab", n, C) / n.sum()
+        Linv = np.linalg.inv(np.linalg.cholesky(K))
+        Cu = Linv @ C @ Linv.T  # whitened (pooled identity)
+        Theta = np.linalg.inv(Cu)
+        best = None
+        for j in remaining:
+            on = masks[:, j]
+            if not on.any() or on.all():
+                continue
+            Q, Q0 = np.zeros((m, m)), np.zeros((m, m))
+            for sel in (on, ~on):
+                Tm = np.einsum("r,rab->ab", n[sel], Theta[sel]) / n[sel].sum()
+                Dlt = Theta[sel] - Tm
+                Q += np.einsum("r,rca,rcb->ab", n[sel], Dlt, Dlt)
+                Q0 += n[sel].sum() * Tm.T @ Tm
+            lam, vec = _geigh(Q, Q0)
+            if best is None or lam[0] < best[0]:
+                best = (lam[0], j, vec[:, 0], on)
+        if best is None:
+            return None
+        _, j, f, on = best
+        gu = np.einsum("r,rab->ab", n[on], Theta[on]) @ f / n[on].sum()  # Theta f = g / omega (up to scale)
+        var = np.einsum("r,a,rab,b->", n[on], gu, Cu[on], gu) / n[on].sum()
+        gu = gu * np.sqrt(omega[j] / max(var, 1e-300))
+        H[:d, j] = P @ Linv.T @ gu
+        # mean: regimes that target j with known values; else the model's 0
+        rows = known[:, j]
+        H[d, j] = (values[rows, j].mean() - y[rows].mean(0) @ H[:d, j]) if rows.any() else -y.mean(0) @ H[:d, j]
+        sinks.append(j)
+        remaining.remove(j)
+        if m > 1:  # marginalise z_j out: coordinates orthogonal to f (whitened)
+            basis = np.linalg.svd(f[None, :])[2][1:].T  # (m, m - 1)
+            P = P @ Linv.T @ basis
+    return np.array(sinks[::-1]), H
+
+
+def _random_start(y1, rng):
+    """A random H under which ``y1 H`` has identity covariance."""
+    d = y1.shape[1] - 1
+    y = y1[:, :d]
+    C = np.cov(y.T) + 1e-12 * np.eye(d)
+    Lc = np.linalg.cholesky(C)
+    Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    H = np.zeros((d + 1, d))
+    H[:d] = np.linalg.solve(Lc.T, Q)  # y H has identity covariance
+    H[d] = -y.mean(0) @ H[:d]
+    return H
+
+
+def _geigh(Amat, Bmat):
+    """Generalised symmetric eigenproblem A v = lambda B v (ascending)."""
+    import scipy.linalg
+
+    return scipy.linalg.eigh(Amat, Bmat)
+
+
+def _climb(z, targets, order, max_moves=None):
+    """Insertion hill climbing of the order on the profile score of ``z``, from ``order``."""
+    from .initialize import _best_insertions, node_grams
+
+    G, n = node_grams(z, targets)
+    order = np.asarray(order)
+    d = len(order)
+    for _ in range(4 * d if max_moves is None else max_moves):
+        gain, target = _best_insertions(G, n, order)
+        i = int(np.argmax(gain))
+        if gain[i] <= 1e-6 * max(1.0, abs(float(n.sum()))):
+            break
+        rest = np.delete(order, i)
+        order = np.insert(rest, target[i], order[i])
+    return order
+
+
+def search(y1, targets, values, *, tau, value_scale, s2, order=None, num_random=None, seed=0):
+    """Best (log-likelihood, H, order) of the local searches from the starts: the peeled order and H
+    (:func:`_peel_start`), the closed-form H (:func:`_closed_form_start`) and ``num_random`` random H,
+    each with its own order proposal and with the peeled order. ``num_random`` defaults to 0 when every
+    node has known values (their closed form pins each direction), else 4."""
+    from .initialize import propose_order
+
+    rng = np.random.default_rng(seed)
+    t = np.asarray(targets)
+    v = np.asarray(values, np.float64)
+    moments = Moments(y1, t, v)
+    H0 = _closed_form_start(y1, t, v, tau, value_scale, rng)
+    d = t.shape[1]
+    if num_random is None:
+        num_random = 0 if (moments.n_known > 0).all() else 4
+    if order is not None:
+        H, ll = _fit_H(moments, H0, np.asarray(order), tau, value_scale, s2)
+        return ll, H, np.asarray(order)
+    peel = _peel_start(y1, t, v, tau, value_scale)
+    Hs = ([peel[1]] if peel is not None else []) + [H0] + [_random_start(y1, rng) for _ in range(num_random)]
+    starts = []
+    for H in Hs:  # each start H with the peeled order and with its own order proposal
+        own, _ = propose_order(y1 @ H, t, np.where(np.isfinite(v), v, np.nan))
+        starts += [(own, H)] + ([(peel[0], H)] if peel is not None and not np.array_equal(own, peel[0]) else [])
+    best = (-np.inf, None, None)
+    for cur, H in starts:
+        for _ in range(_OUTER_ROUNDS):
+            H, ll = _fit_H(moments, H, cur, tau, value_scale, s2)
+            new = _climb(y1 @ H, t, cur)
+            if np.array_equal(new, cur):
+                break
+            cur = new
+        if ll > best[0]:
+            best = (ll, H, np.asarray(cur))
+    return best
