@@ -1,7 +1,8 @@
 """Grid benchmark: simulated problems x methods x seeds, one process per fit, resumable.
 
 One command runs a grid of cells. A cell is one simulated problem (``d``, graph ER-k, linear or MLP
-projection, single- or multi-target interventions, Gaussian or zero values, ``n_regimes`` regimes of
+projection, single- or multi-target interventions, Gaussian, zero (knockouts) or hidden values (Gaussian
+values written as NaN, fitted with ``unknown_values = "latent"``), ``n_regimes`` regimes of
 ``rows_per_regime`` paired rows, ``D``), one method with its settings and one seed. Each fit is a fresh
 ``latentscm fit`` process (:func:`latentscm.compare.run_fit_process`), so ``wall_s`` includes start-up
 and compilation and ``peak_rss_mb`` is that fit's own peak memory.
@@ -87,7 +88,8 @@ class Cell:
 
         return SimulationConfig(
             d=self.d, D=self.D, graph="er", edges_per_node=float(self.graph.split("-")[1]),
-            projection=self.projection, targets=self.targets, values=self.values,
+            projection=self.projection, targets=self.targets,
+            values="gaussian" if self.values == "hidden" else self.values,
             n_regimes=self.n_regimes, rows_per_regime=self.rows_per_regime,
             n_pairs=self.n_regimes * self.rows_per_regime)
 
@@ -96,7 +98,8 @@ def default_config(cell):
     """Method settings of a cell: ``collapsed`` by its size rule, other methods their defaults."""
     from latentscm.inference.collapsed import scaled_settings
 
-    return scaled_settings(cell.d) if cell.method == "collapsed" else {}
+    hidden = {"unknown_values": "latent"} if cell.values == "hidden" and cell.method in ("collapsed", "amortized") else {}
+    return (scaled_settings(cell.d) if cell.method == "collapsed" else {}) | hidden
 
 
 def _read_records(work):
@@ -117,6 +120,8 @@ def run_cell(cell, work, *, progress=True):
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
         train, held_out = simulate(cell.simulation(), cell.seed)
+        if cell.values == "hidden":  # the values were drawn, then lost: NaN where targeted
+            train = dataclasses.replace(train, values=np.where(train.targets > 0, np.nan, 0.0))
         held_out.save(test)
         train.save(data)
     fits = work / "fits"
@@ -235,8 +240,8 @@ def grid_cells(ds, graphs, projections, targets, values, methods, seeds, *, D=10
 def slice_cells(seeds, config=None):
     """The one-factor-at-a-time plan (``--plan slices``): the base problem (ER-1, linear projection,
     multi-target, Gaussian values, ``collapsed``, D = 100, 100 regimes x 100 rows) at every d, and one
-    change at a time around it: ER-2, single-target and zero values at d <= 20; the MLP projection with
-    ``amortized`` at d <= 10; N (25 to 400 rows per regime) and D (25 to 800) at d = 5."""
+    change at a time around it: ER-2, single-target and zero values at d <= 20; hidden values and the MLP
+    projection with ``amortized`` at d <= 10; N (25 to 400 rows per regime) and D (25 to 800) at d = 5."""
     def g(ds, **kw):
         args = {"graphs": [1], "projections": ["linear"], "targets": ["multi"], "values": ["gaussian"],
                 "methods": ["collapsed"]} | kw
@@ -244,7 +249,8 @@ def slice_cells(seeds, config=None):
                           args.pop("methods"), seeds, config=config, **args)
 
     cells = (g([5, 10, 20, 30, 50]) + g([5, 10, 20], graphs=[2]) + g([5, 10, 20], targets=["single"])
-             + g([5, 10, 20], values=["zero"]) + g([5, 10], projections=["mlp"], methods=["amortized"])
+             + g([5, 10, 20], values=["zero"]) + g([5, 10], values=["hidden"])
+             + g([5, 10], projections=["mlp"], methods=["amortized"])
              + g([5], rows_per_regime=[25, 50, 200, 400]) + g([5], D=[25, 50, 200, 400, 800]))
     return list(dict.fromkeys(cells))
 
@@ -266,7 +272,8 @@ def main(argv=None):
     parser.add_argument("--graphs", default="1,2", help="expected edges per node of the ER graphs")
     parser.add_argument("--projections", default="linear,mlp")
     parser.add_argument("--targets", default="multi,single")
-    parser.add_argument("--values", default="gaussian,zero")
+    parser.add_argument("--values", default="gaussian,zero,hidden",
+                        help="comma list of gaussian, zero (knockouts), hidden (values unknown to the fit)")
     parser.add_argument("--methods", default="collapsed,amortized")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--D", default="100", help="observation dimensions (a comma list sweeps D)")

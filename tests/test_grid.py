@@ -66,7 +66,9 @@ def test_grid_harness_tables_plot_resume_and_failures(tmp_path, monkeypatch):
     assert out.with_name("grid-D.png").read_bytes()[:4] == b"\x89PNG"
     # the slices plan: the base problem at every d plus one change at a time, no duplicates
     slices = grid.slice_cells([0])
-    assert len(slices) == len({c.name for c in slices}) == 5 + 3 * 3 + 2 + 4 + 5
+    assert len(slices) == len({c.name for c in slices}) == 5 + 3 * 3 + 2 + 2 + 4 + 5
+    hidden = [c for c in slices if c.values == "hidden"]
+    assert [c.d for c in hidden] == [5, 10] and all(c.config["unknown_values"] == "latent" for c in hidden)
     assert {c.method for c in slices if c.projection == "mlp"} == {"amortized"}
     # every seed is its own simulated problem; methods share a seed's data
     a, b = grid.grid_cells([3], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed", "amortized"], [0, 1])[:2], \
