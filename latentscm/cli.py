@@ -162,11 +162,16 @@ def _check_fit_inputs(dataset, settings: _Settings) -> None:
 
 
 def _fit(dataset, settings: _Settings, seed: int):
+    import warnings
+
     from latentscm.inference import fit
+    from latentscm.inference.diagnostics import FitDiagnosticWarning
 
     try:
-        return fit(dataset, settings.method, config=settings.fit, priors=settings.priors, seed=seed,
-                   progress=sys.stderr.isatty())
+        with warnings.catch_warnings():  # printed as "warning: ..." lines after the metrics (see _finish)
+            warnings.simplefilter("ignore", FitDiagnosticWarning)
+            return fit(dataset, settings.method, config=settings.fit, priors=settings.priors, seed=seed,
+                       progress=sys.stderr.isatty())
     except ValueError as e:  # DataError, PriorError and invalid settings are ValueErrors
         raise UsageError(str(e)) from None
 
@@ -192,6 +197,8 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     from latentscm.runs import write_json, write_run
 
     _print_metrics(metrics)
+    for problem in getattr(posterior, "diagnostics", []):  # the fit's own evidence disagrees: say so
+        print(f"warning: {problem}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
     args.out = str(out)
     write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info)

@@ -4,7 +4,8 @@ A run folder holds
 
 ================================  =====================================================================
 ``posterior.nc``                  ``posterior.to_arviz()`` as netCDF (h5netcdf engine)
-``metrics.json``                  flat JSON object of metrics (see :func:`run_metrics`)
+``metrics.json``                  flat JSON object of metrics (see :func:`run_metrics`) plus
+                                  ``diagnostics``: the fit's list of problems (``Posterior.diagnostics``)
 ``run.json``                      optional description of the run (settings, command line), when given
 ``dataset.npz``                   the training set in the external format, when requested
 ``edge_probabilities.png``        posterior edge probabilities, beside the true graph when known
@@ -108,7 +109,8 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
         The folder; created (with parents) when missing. Existing files of the same names are replaced.
     posterior : latentscm.inference.Posterior
     metrics : mapping
-        Written as ``metrics.json``, e.g. from :func:`run_metrics`.
+        Written as ``metrics.json``, e.g. from :func:`run_metrics`, with ``diagnostics`` added: the list
+        of problems the fit found in its own evidence (``posterior.diagnostics``; empty when none).
     dataset : latentscm.data.Dataset, optional
         The training data. Its ground truth (``weights``, ``z``) goes into the plots; it is saved as
         ``dataset.npz`` unless ``save_dataset`` is False.
@@ -128,7 +130,8 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
     out.mkdir(parents=True, exist_ok=True)
     tree = posterior.to_arviz()
     atomic_write(out / "posterior.nc", lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
-    write_json(out / "metrics.json", metrics)
+    diagnostics = [str(p) for p in getattr(posterior, "diagnostics", [])]
+    write_json(out / "metrics.json", {**metrics, "diagnostics": diagnostics})
     if info is not None:
         write_json(out / "run.json", info)
     if dataset is not None and save_dataset:

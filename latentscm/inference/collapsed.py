@@ -23,6 +23,7 @@ model is :func:`~latentscm.models.observed.identity_model` and the guide has no 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import jax
@@ -39,9 +40,11 @@ from ..models.collapsed import (Units, centered_stats, collapsed_model, group_ro
                                 unit_latent_posterior, unit_stats)
 from ..models.observed import identity_model, identity_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
+from ..metrics import edge_probabilities
 from ..models.priors import parse_priors
 from ..models.scm import tril_size, tril_to_matrix, weights_from_order
 from ._validate import check_settings
+from .diagnostics import FitDiagnosticWarning, restart_problems
 from .initialize import initialise
 from .posterior import Posterior
 from .sharding import check_devices, resolve_devices, shard_stats, shard_units
@@ -244,7 +247,8 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
     x64 = config.precision == "float64" or identity
     with jax.enable_x64(True):
-        ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity)
+        ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
+                         tau=config.tau, value_scale=config.value_scale, seed=seed)
         units = make_units(dataset.x, dataset.targets, dataset.values,
                            dataset.pair if config.use_pairs else None)
         devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
@@ -283,11 +287,23 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress,
                                 desc="collapsed", checkpoint=checkpoint)
         tail = max(1, steps // 10)
-        best = int(np.argmin(losses[-tail:].mean(0)))
+        tail_loss = np.asarray(losses[-tail:], np.float64).mean(0)
+        best = int(np.argmin(np.where(np.isfinite(tail_loss), tail_loss, np.inf)))  # a diverged restart never wins
         params = jax.tree.map(lambda a: a[best], state.params)
         draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known)
+        # the other restarts' graphs, from a few draws each (own keys: the posterior's draws are unchanged)
+        restart_probs = []
+        for r in range(config.num_restarts):
+            W_r = draws["W"] if r == best else _draw(
+                guide, jax.tree.map(lambda a: a[r], state.params), 32, schedule(steps),
+                jax.random.fold_in(jax.random.PRNGKey(seed + 2), r), d, known)["W"]
+            restart_probs.append(edge_probabilities(np.asarray(W_r, np.float64), 0.3))
     draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
     losses = np.asarray(losses, np.float64)
+    anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
+    diagnostics = restart_problems(-losses[-tail:], np.stack(restart_probs), best=best, anchor=anchor)
+    for problem in diagnostics:
+        warnings.warn(f"collapsed: {problem}", FitDiagnosticWarning, stacklevel=3)  # at fit(...)
     with jax.enable_x64(True):
         if identity:
             latent_mean, latent_sd, decoder = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d)), {}
@@ -301,8 +317,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
         seconds=time.perf_counter() - start, tau=config.tau,
         info={"restart_elbo": (-losses[-tail:].mean(0)).tolist(), "best_restart": best,
+              "restart_edge_probs": np.stack(restart_probs).tolist(),
               "proposal_order": ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__, "priors": priors.describe()},
+        diagnostics=diagnostics,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -30,7 +31,9 @@ class Posterior:
     posterior draws with indices ``draws`` (K,); None means the linear decoder of ``decoder["A"]``,
     ``decoder["b"]`` (or ``x = z`` when there is none). log_predictive: optional
     ``log_predictive(dataset) -> (N,)`` per-row log predictive density estimate, used by
-    ``heldout_nll`` when the decoder is not linear.
+    ``heldout_nll`` when the decoder is not linear. diagnostics: human-readable problems the fit found
+    in its own evidence (e.g. optimisation restarts that disagree, see
+    :mod:`latentscm.inference.diagnostics`); empty when none.
     """
 
     method: str
@@ -46,6 +49,7 @@ class Posterior:
     info: dict = field(default_factory=dict)
     decode: Callable | None = None
     log_predictive: Callable | None = None
+    diagnostics: list = field(default_factory=list)
 
     @property
     def num_draws(self):
@@ -136,7 +140,8 @@ class Posterior:
     def to_arviz(self):
         """ArviZ DataTree: group ``posterior`` (one chain unless the method ran several) with dims
         ``parent``, ``child``, ``node``, ``position``, ``feature``; group ``latents`` with ``z_mean``,
-        ``z_sd`` over ``obs``, ``node``."""
+        ``z_sd`` over ``obs``, ``node``. The root's attrs hold ``method``, ``seconds`` and ``diagnostics``
+        (the list of problems as a JSON string, ``"[]"`` when none)."""
         import arviz as az
 
         chains = int(self.info.get("num_chains", 1))
@@ -156,7 +161,8 @@ class Posterior:
             {"posterior": {k: shaped(v) for k, v in data.items()}},
             dims=dims, coords={"parent": nodes, "child": nodes, "node": nodes, "position": nodes},
         )
-        tree.attrs.update({"method": self.method, "seconds": float(self.seconds)})
+        tree.attrs.update({"method": self.method, "seconds": float(self.seconds),
+                           "diagnostics": json.dumps([str(p) for p in self.diagnostics])})
         tree["posterior"].attrs.update({"method": self.method})
         latents = xr.Dataset(
             {"z_mean": (("obs", "node"), self.latent_mean), "z_sd": (("obs", "node"), self.latent_scale)},

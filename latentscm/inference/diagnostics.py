@@ -1,0 +1,118 @@
+"""Checks of a fit against its own evidence: do the optimisation restarts agree?
+
+``collapsed`` runs ``num_restarts`` optimisations and keeps the one with the best final ELBO. The
+others are free evidence: when a restart ends on a different graph at an ELBO within the
+optimisation's own noise, the data do not decide between the graphs; when a random start beats the
+data-driven start on another graph, the identification missed the optimum. :func:`restart_problems`
+turns that into human-readable sentences; the fit stores them as ``Posterior.diagnostics`` and emits each as a
+:class:`FitDiagnosticWarning` (a ``UserWarning``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["FitDiagnosticWarning", "restart_problems", "elbo_noise"]
+
+#: an edge belongs to a restart's graph when its posterior probability exceeds this
+EDGE_PROB = 0.5
+#: how many standard errors of the difference of two tail means count as noise (plus one tail sd)
+NOISE_SE = 3.0
+
+
+class FitDiagnosticWarning(UserWarning):
+    """A fit's own evidence disagrees with its result (e.g. its restarts disagree)."""
+
+
+def elbo_noise(a, b, *, se_factor: float = NOISE_SE) -> float:
+    """Noise level of the difference of the means of two ELBO tails ``a`` and ``b`` (1-d arrays).
+
+    ``se_factor`` standard errors of the difference of the two means (steps taken as independent)
+    plus the root-mean-square of the two tails' standard deviations: a difference below it is as
+    large as one step's Monte Carlo fluctuation, or not significant.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    sa, sb = (np.std(t, ddof=1) if t.size > 1 else 0.0 for t in (a, b))
+    se = np.sqrt(sa**2 / a.size + sb**2 / b.size)
+    return float(se_factor * se + np.sqrt((sa**2 + sb**2) / 2))
+
+
+def _edges(edges):
+    return ", ".join(f"{i}->{j}" for i, j in edges)
+
+
+def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: int | None = None,
+                     threshold: float = EDGE_PROB, se_factor: float = NOISE_SE, max_listed: int = 6) -> list[str]:
+    """Disagreements between optimisation restarts that put the result in doubt, as sentences.
+
+    A restart from a random start that stops at a worse optimum is expected and is not a problem. These
+    are: a restart whose ELBO is not finite; a restart whose graph differs from the kept one's while
+    their ELBOs are within noise (two graphs explain the data equally well, and the guide shows one);
+    and, when ``anchor`` names the restart that started from the data-driven identification, another
+    restart that beat it beyond noise on a different graph (the identification did not find the optimum).
+
+    Parameters
+    ----------
+    tail_elbo : array (T, R)
+        Each restart's ELBO over the last steps of its optimisation (e.g. the last 10%); higher is better.
+    edge_probs : array (R, d, d)
+        Each restart's edge probabilities ``P(|W_ij| > 0.3)`` (``[i, j]``: edge i -> j); a 0/1
+        adjacency (a graph) works too.
+    best : int, optional
+        The restart that was kept; by default the one with the highest finite tail-mean ELBO.
+    anchor : int, optional
+        The restart that started from the data-driven start (``collapsed``: restart 0), if any.
+    threshold : float
+        An edge is in a restart's graph when its probability exceeds this.
+    se_factor : float
+        Standard errors in the noise level (see :func:`elbo_noise`).
+    max_listed : int
+        At most this many differing edges are named per restart.
+
+    Returns
+    -------
+    list of str
+        One sentence per problem; empty when the restarts raise no doubt (always with one restart,
+        unless its ELBO is not finite).
+    """
+    elbo = np.asarray(tail_elbo, np.float64)
+    if elbo.ndim == 1:
+        elbo = elbo[:, None]
+    probs = np.asarray(edge_probs, np.float64)
+    if elbo.ndim != 2 or probs.ndim != 3 or probs.shape[0] != elbo.shape[1] or probs.shape[1] != probs.shape[2]:
+        raise ValueError(f"restart_problems: tail_elbo must be (T, R) and edge_probs (R, d, d); got "
+                         f"{elbo.shape} and {probs.shape}")
+    R = elbo.shape[1]
+    finite = np.isfinite(elbo).all(0)
+    means = np.where(finite, elbo.mean(0), -np.inf)
+    problems = [f"restart {r} ended with a non-finite ELBO (the optimisation diverged)"
+                for r in range(R) if not finite[r]]
+    if best is None:
+        best = int(np.argmax(means))
+    if R == 1 or not finite[best]:
+        return problems
+    off = ~np.eye(probs.shape[1], dtype=bool)
+    graphs = (probs > threshold) & off
+    for r in range(R):
+        if r == best or not finite[r]:
+            continue
+        diff = means[best] - means[r]
+        noise = elbo_noise(elbo[:, best], elbo[:, r], se_factor=se_factor)
+        extra = list(zip(*np.nonzero(graphs[r] & ~graphs[best])))
+        missing = list(zip(*np.nonzero(graphs[best] & ~graphs[r])))
+        n = len(extra) + len(missing)
+        if not n:
+            continue
+        parts = "; ".join(f"{label} {_edges(e[:max_listed])}{' ...' if len(e) > max_listed else ''}"
+                          for label, e in (("has", extra), ("lacks", missing)) if e)
+        differs = (f"restart {r} differs from the kept restart {best} in {n} edge{'s' if n != 1 else ''} "
+                   f"(edge probability > {threshold:g}): it {parts}")
+        if abs(diff) <= noise:
+            problems.append(f"restarts disagree on the graph with ELBOs within noise ({means[best]:.1f} and "
+                            f"{means[r]:.1f}, noise {noise:.1f}): {differs}; the data do not decide between "
+                            "the graphs and the posterior shows only one")
+        elif r == anchor:
+            problems.append(f"the data-driven start (restart {r}) ended {diff:.1f} below restart {best} (noise "
+                            f"{noise:.1f}) on another graph: {differs}; the identification did not find the "
+                            "optimum and the kept graph comes from a random start")
+    return problems
