@@ -38,9 +38,11 @@ each, L-BFGS on ``H`` for the current order alternates with the insertion hill c
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 
 from ..models.scm import LOG_2PI
+from .initialize import propose_order
 
 _OUTER_ROUNDS = 6  # alternations of (H | order) and (order | H) per start
 _LBFGS_ITERS = 300
@@ -225,7 +227,9 @@ def _peel_start(y1, targets, values, tau, value_scale):
     n = np.array([(g == r).sum() for r in keep], np.float64)
     covs = np.stack([np.cov(y[g == r].T) for r in keep])  # (R, d, d)
     known = t & np.isfinite(values)
-    omega = np.where((known.sum(0) > 0), tau**2, tau**2 + value_scale**2)  # intervened variance (gauge)
+    # intervened variance (the gauge): tau^2 plus the known values' variance, or the unknown values' prior
+    omega = np.array([tau**2 + (np.var(values[known[:, j], j]) if known[:, j].any() else value_scale**2)
+                      for j in range(d)])
     P = np.eye(d)  # current coordinates: y P
     remaining = list(range(d))
     H = np.zeros((d + 1, d))
@@ -284,57 +288,38 @@ def _random_start(y1, rng):
 
 def _geigh(Amat, Bmat):
     """Generalised symmetric eigenproblem A v = lambda B v (ascending)."""
-    import scipy.linalg
-
     return scipy.linalg.eigh(Amat, Bmat)
-
-
-def _climb(z, targets, order, max_moves=None):
-    """Insertion hill climbing of the order on the profile score of ``z``, from ``order``."""
-    from .initialize import _best_insertions, node_grams
-
-    G, n = node_grams(z, targets)
-    order = np.asarray(order)
-    d = len(order)
-    for _ in range(4 * d if max_moves is None else max_moves):
-        gain, target = _best_insertions(G, n, order)
-        i = int(np.argmax(gain))
-        if gain[i] <= 1e-6 * max(1.0, abs(float(n.sum()))):
-            break
-        rest = np.delete(order, i)
-        order = np.insert(rest, target[i], order[i])
-    return order
 
 
 def search(y1, targets, values, *, tau, value_scale, s2, order=None, num_random=None, seed=0):
     """Best (log-likelihood, H, order) of the local searches from the starts: the peeled order and H
     (:func:`_peel_start`), the closed-form H (:func:`_closed_form_start`) and ``num_random`` random H,
-    each with its own order proposal and with the peeled order. ``num_random`` defaults to 0 when every
-    node has known values (their closed form pins each direction), else 4."""
-    from .initialize import propose_order
-
+    each with its own order proposal and with the peeled order (with ``order`` given: that order
+    only, not searched). ``num_random`` defaults to 0 when every node has known values (their closed
+    form pins each direction), else 4."""
     rng = np.random.default_rng(seed)
     t = np.asarray(targets)
     v = np.asarray(values, np.float64)
     moments = Moments(y1, t, v)
-    H0 = _closed_form_start(y1, t, v, tau, value_scale, rng)
-    d = t.shape[1]
     if num_random is None:
         num_random = 0 if (moments.n_known > 0).all() else 4
-    if order is not None:
-        H, ll = _fit_H(moments, H0, np.asarray(order), tau, value_scale, s2)
-        return ll, H, np.asarray(order)
     peel = _peel_start(y1, t, v, tau, value_scale)
-    Hs = ([peel[1]] if peel is not None else []) + [H0] + [_random_start(y1, rng) for _ in range(num_random)]
+    Hs = ([peel[1]] if peel is not None else []) + [_closed_form_start(y1, t, v, tau, value_scale, rng)]
+    Hs += [_random_start(y1, rng) for _ in range(num_random)]
     starts = []
     for H in Hs:  # each start H with the peeled order and with its own order proposal
+        if order is not None:
+            starts.append((np.asarray(order), H))
+            continue
         own, _ = propose_order(y1 @ H, t, np.where(np.isfinite(v), v, np.nan))
         starts += [(own, H)] + ([(peel[0], H)] if peel is not None and not np.array_equal(own, peel[0]) else [])
     best = (-np.inf, None, None)
     for cur, H in starts:
         for _ in range(_OUTER_ROUNDS):
             H, ll = _fit_H(moments, H, cur, tau, value_scale, s2)
-            new = _climb(y1 @ H, t, cur)
+            if order is not None:
+                break
+            new, _ = propose_order(y1 @ H, t, v, start=cur)
             if np.array_equal(new, cur):
                 break
             cur = new

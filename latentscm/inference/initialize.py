@@ -43,7 +43,7 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
     moment-based search of :mod:`latentscm.inference.identify` finds the directions, scales and an
     order from the projected second moments.
     """
-    from .identify import anchored, project, search
+    from .identify import anchored, project, search  # identify builds on this module: imported here
 
     t = np.asarray(targets)
     v = np.where(t > 0, np.asarray(values, np.float64), 0.0)
@@ -210,8 +210,9 @@ def _total_effect_order(z, targets, values):
     return np.array(order)
 
 
-def propose_order(z, targets, values, max_moves=None, grams=None):
-    """Order proposal (d,) and its score: total-effect greedy start, then insertion hill climbing.
+def propose_order(z, targets, values, max_moves=None, grams=None, start=None):
+    """Order proposal (d,) and its score: insertion hill climbing from ``start`` (default: the greedy
+    order of interventional total effects).
 
     Each round evaluates every insertion move (node i to any position) at once from the per-node
     Gram matrices (:func:`node_grams`, rank-one updates of partial covariances: ``O(d^4)`` per
@@ -219,7 +220,7 @@ def propose_order(z, targets, values, max_moves=None, grams=None):
     local optimum of the insertion neighbourhood or after ``max_moves`` moves (default ``4 d``).
     """
     G, n = node_grams(z, targets) if grams is None else grams
-    order = _total_effect_order(z, targets, values)
+    order = _total_effect_order(z, targets, values) if start is None else np.asarray(start)
     d = len(order)
     for _ in range(4 * d if max_moves is None else max_moves):
         gain, target = _best_insertions(G, n, order)
