@@ -48,7 +48,7 @@ from .collapsed import _draw, _initial_params, _site_specs, make_guide
 from .initialize import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
 from ._validate import check_settings
-from .svi import checkpoint_for, geometric_schedule, make_step, run_svi
+from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, run_svi
 from .svi import init as svi_init
 
 _INIT_Z_SCALE = 0.05
@@ -357,8 +357,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     checkpoint = checkpoint_for("amortized", config, priors, seed, dataset)
     state, losses = run_svi(step_fn, state, data, steps, chunk=config.chunk, progress=progress,
                             desc="amortized", checkpoint=checkpoint)
-    tail = max(1, steps // 10)
-    best = int(np.argmin(losses[-tail:].mean(0)))
+    best, tail_loss = best_restart(losses)
     params = jax.tree.map(lambda a: a[best], state.params)
     draws = _draw(guide, params, config.num_draws, schedule(steps), key_draw, d, known)
     encoder = eqx.combine(params["encoder$params"], encoder0)
@@ -383,7 +382,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
         method="amortized", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
         decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
         seconds=time.perf_counter() - start, tau=config.tau, decode=decode, log_predictive=log_predictive,
-        info={"restart_elbo": (-losses[-tail:].mean(0)).tolist(), "best_restart": best,
+        info={"restart_elbo": (-tail_loss).tolist(), "best_restart": best,
               "proposal_order": ini.order.tolist(), "decoder_kind": config.decoder, "batch_size": batch,
               "latents": "encoder mean and sd of q(z_n | x_n, targets_n, values_n)" + (
                   "; each pair's row b: Monte Carlo mean and sd of z_b(z_a, u) over q and the posterior draws"

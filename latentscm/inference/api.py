@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -12,6 +13,7 @@ from ..models.priors import parse_priors
 from .amortized import AmortizedConfig, fit_amortized
 from .biols import BiolsConfig, fit_biols
 from .collapsed import CollapsedConfig, fit_collapsed
+from .diagnostics import FitDiagnosticWarning, moment_problems
 from .mcmc import MCMCConfig, fit_mcmc
 
 
@@ -100,10 +102,23 @@ def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progre
     progress : bool
         Show a progress bar.
 
-    Everything is validated before any compilation starts.
+    Everything is validated before any compilation starts. Afterwards, for linear and identity decoders,
+    the posterior predictive check of each target pattern's second moments
+    (:func:`~latentscm.inference.diagnostics.moment_problems`) runs on the draws; a failure is added to
+    ``Posterior.diagnostics`` and emitted as a ``FitDiagnosticWarning``.
     """
     cfg = check_fit_inputs(dataset, method, config)
     spec = parse_priors(priors)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    return METHODS[method].fit(dataset, config=cfg, priors=spec, seed=seed, progress=progress)
+    posterior = METHODS[method].fit(dataset, config=cfg, priors=spec, seed=seed, progress=progress)
+    linear = ({"A", "b", "obs_scale"} <= set(posterior.decoder)
+              or (not posterior.decoder and posterior.decode is None and dataset.D == dataset.d))
+    if not linear:
+        return posterior
+    problems = moment_problems(dataset.x, dataset.targets, dataset.values,
+                               {"W": posterior.W, "noise_scales": posterior.noise_scales, **posterior.decoder},
+                               tau=cfg.tau, value_scale=getattr(cfg, "value_scale", 1.0))
+    for problem in problems:
+        warnings.warn(f"{method}: {problem}", FitDiagnosticWarning, stacklevel=2)
+    return dataclasses.replace(posterior, diagnostics=list(posterior.diagnostics) + problems) if problems else posterior

@@ -49,7 +49,7 @@ from .initialize import initialise
 from .posterior import Posterior
 from .sharding import check_devices, resolve_devices, shard_stats, shard_units
 from .svi import init as svi_init
-from .svi import checkpoint_for, geometric_schedule, make_step, run_svi
+from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, run_svi
 
 _INIT_SCALE = 0.01
 
@@ -287,8 +287,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress,
                                 desc="collapsed", checkpoint=checkpoint)
         tail = max(1, steps // 10)
-        tail_loss = np.asarray(losses[-tail:], np.float64).mean(0)
-        best = int(np.argmin(np.where(np.isfinite(tail_loss), tail_loss, np.inf)))  # a diverged restart never wins
+        best, tail_loss = best_restart(losses)
         params = jax.tree.map(lambda a: a[best], state.params)
         draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known)
         # the other restarts' graphs, from a few draws each (own keys: the posterior's draws are unchanged)
@@ -316,7 +315,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         decoder=decoder,
         latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
         seconds=time.perf_counter() - start, tau=config.tau,
-        info={"restart_elbo": (-losses[-tail:].mean(0)).tolist(), "best_restart": best,
+        info={"restart_elbo": (-tail_loss).tolist(), "best_restart": best,
               "restart_edge_probs": np.stack(restart_probs).tolist(),
               "proposal_order": ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__, "priors": priors.describe()},

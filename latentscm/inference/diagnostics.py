@@ -25,15 +25,16 @@ class FitDiagnosticWarning(UserWarning):
 
 
 def elbo_noise(a, b, *, se_factor: float = NOISE_SE) -> float:
-    """Noise level of the difference of the means of two ELBO tails ``a`` and ``b`` (1-d arrays).
+    """Noise level of the difference of the medians of two ELBO tails ``a`` and ``b`` (1-d arrays).
 
-    ``se_factor`` standard errors of the difference of the two means (steps taken as independent)
-    plus the root-mean-square of the two tails' standard deviations: a difference below it is as
-    large as one step's Monte Carlo fluctuation, or not significant.
+    Robust throughout (ELBO estimates can be heavy-tailed): each tail's scale is 1.4826 x its median
+    absolute deviation; the level is ``se_factor`` standard errors of the difference of the two medians
+    (1.2533 scale / sqrt(n) each, steps taken as independent) plus the root-mean-square of the two
+    scales: a difference below it is as large as one step's fluctuation, or not significant.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    sa, sb = (np.std(t, ddof=1) if t.size > 1 else 0.0 for t in (a, b))
-    se = np.sqrt(sa**2 / a.size + sb**2 / b.size)
+    sa, sb = (1.4826 * np.median(np.abs(t - np.median(t))) for t in (a, b))
+    se = 1.2533 * np.sqrt(sa**2 / a.size + sb**2 / b.size)
     return float(se_factor * se + np.sqrt((sa**2 + sb**2) / 2))
 
 
@@ -54,7 +55,8 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
     Parameters
     ----------
     tail_elbo : array (T, R)
-        Each restart's ELBO over the last steps of its optimisation (e.g. the last 10%); higher is better.
+        Each restart's ELBO over the last steps of its optimisation (e.g. the last 10%); higher is better;
+        compared by their medians.
     edge_probs : array (R, d, d)
         Each restart's edge probabilities ``P(|W_ij| > 0.3)`` (``[i, j]``: edge i -> j); a 0/1
         adjacency (a graph) works too.
@@ -84,7 +86,7 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
                          f"{elbo.shape} and {probs.shape}")
     R = elbo.shape[1]
     finite = np.isfinite(elbo).all(0)
-    means = np.where(finite, elbo.mean(0), -np.inf)
+    means = np.where(finite, np.median(elbo, 0), -np.inf)  # medians: robust to heavy-tailed estimates
     problems = [f"restart {r} ended with a non-finite ELBO (the optimisation diverged)"
                 for r in range(R) if not finite[r]]
     if best is None:
@@ -113,6 +115,78 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
                             "the graphs and the posterior shows only one")
         elif r == anchor:
             problems.append(f"the data-driven start (restart {r}) ended {diff:.1f} below restart {best} (noise "
-                            f"{noise:.1f}) on another graph: {differs}; the identification did not find the "
-                            "optimum and the kept graph comes from a random start")
+                            f"{noise:.1f}) on another graph: {differs}; the identification missed the optimum or "
+                            "its optimisation went astray, and the kept graph comes from a random start")
     return problems
+
+
+#: a pattern fails the moment check when its p-value is below this (before Bonferroni over patterns)
+MOMENT_ALPHA = 1e-3
+#: ... and its misfit exceeds this many nats per row (KL of the fitted Gaussian from the empirical one):
+#: with thousands of rows, tiny misfits are significant but harmless
+MOMENT_KL = 0.05
+
+
+def moment_problems(x, targets, values, draws, *, tau, value_scale, max_draws=20):
+    """Posterior predictive check of each target pattern's second moments, as sentences (empty: none).
+
+    For a posterior draw (W, sigma, decoder A, b, s; an empty decoder means x is z) the rows of one
+    (targets, known-values) pattern project to ``u = (x - b) A^+`` with ``A^+ = A^T (A A^T)^-1``, and the
+    model says ``u - v_known C ~ N(0, M)``, ``M = C^T diag(omega) C + s^2 (A A^T)^-1`` (``C`` the
+    pattern's propagator, ``omega`` the noise, intervention and unknown-value variances). The statistic
+    ``n [tr(M^-1 S) - log det(M^-1 S) - d]`` (S: the rows' second moments about the model mean) is the
+    likelihood-ratio test of that Gaussian against the rows' own, chi-square with d(d + 1)/2 degrees of
+    freedom under the model. A pattern fails when, at the median over up to ``max_draws`` draws, its
+    p-value is below ``MOMENT_ALPHA`` / (number of patterns) and its misfit exceeds ``MOMENT_KL`` nats
+    per row.
+
+    draws: dict with ``W`` (S, d, d), ``noise_scales`` (S, d) and, for a linear decoder, ``A`` (S, d, D),
+    ``b`` (S, D), ``obs_scale`` (S,).
+    """
+    from scipy.stats import chi2
+
+    x = np.asarray(x, np.float64)
+    t = np.asarray(targets) > 0
+    v = np.asarray(values, np.float64)
+    known = t & np.isfinite(v)
+    v = np.where(known, v, 0.0)
+    d = t.shape[1]
+    patterns, g = np.unique(np.concatenate([t, known], 1), axis=0, return_inverse=True)
+    g = g.reshape(-1)
+    use = [p for p in range(len(patterns)) if (g == p).sum() > 2 * d]
+    if not use:
+        return []
+    S = len(draws["W"])
+    picks = np.unique(np.linspace(0, S - 1, min(S, max_draws)).round().astype(int))
+    stat = np.zeros((len(picks), len(use)))
+    for a, s in enumerate(picks):
+        W, sigma = np.asarray(draws["W"][s]), np.asarray(draws["noise_scales"][s])
+        if draws.get("A") is None:
+            u, noise = x, np.zeros((d, d))
+        else:
+            A, b, s_obs = np.asarray(draws["A"][s]), np.asarray(draws["b"][s]), float(draws["obs_scale"][s])
+            AAt_inv = np.linalg.inv(A @ A.T)
+            u, noise = (x - b) @ A.T @ AAt_inv, s_obs**2 * AAt_inv
+        for c, p in enumerate(use):
+            m, k = patterns[p, :d].astype(float), patterns[p, d:].astype(float)
+            C = np.linalg.inv(np.eye(d) - W * (1 - m)[None, :])
+            omega = (1 - m) * sigma**2 + m * (tau**2 + (1 - k) * value_scale**2)
+            M = C.T @ (omega[:, None] * C) + noise
+            rows = g == p
+            r = u[rows] - (v[rows] * m * k) @ C
+            n = rows.sum()
+            MS = np.linalg.solve(M, r.T @ r / n)
+            stat[a, c] = n * (np.trace(MS) - np.linalg.slogdet(MS)[1] - d)
+    stat = np.median(stat, 0)
+    n = np.array([(g == p).sum() for p in use])
+    pval = chi2.sf(stat, d * (d + 1) // 2)
+    kl = stat / (2 * n)
+    bad = np.flatnonzero((pval < MOMENT_ALPHA / len(use)) & (kl > MOMENT_KL))
+    if not len(bad):
+        return []
+    worst = bad[np.argmax(kl[bad])]
+    p = use[worst]
+    nodes = [j for j in range(d) if patterns[p, j]]
+    return [f"posterior predictive check: the fitted model misses the second moments of {len(bad)} of {len(use)} "
+            f"target patterns (worst: targets {nodes or 'none'}, {n[worst]} rows, misfit {kl[worst]:.2f} nats per "
+            f"row, p = {pval[worst]:.1e}); the graph or the latents may be wrong"]

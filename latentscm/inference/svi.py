@@ -69,6 +69,16 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedu
     return jax.jit(step, static_argnums=2)
 
 
+def best_restart(losses):
+    """The restart to keep: ``(best, tail)`` with ``tail`` (R,) each restart's median loss over the last
+    10% of steps (the median: one restart's ELBO estimates can be heavy-tailed, e.g. a few draws of a
+    wrong order under a sharp likelihood, and must not decide by their mean); a restart whose tail is
+    not finite is never kept. ``losses``: (steps, R)."""
+    losses = np.asarray(losses, np.float64)
+    tail = np.median(losses[-max(1, len(losses) // 10):], axis=0)
+    return int(np.argmin(np.where(np.isfinite(tail), tail, np.inf))), tail
+
+
 def geometric_schedule(start, end, steps):
     """``schedule(step)``: from ``start`` at step 0 to ``end`` at the last step, geometrically."""
 
