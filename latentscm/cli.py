@@ -21,6 +21,18 @@ Settings file (``--config FILE.toml``)::
 
 User errors (bad data, settings or priors) print ``error: <message>`` to stderr and exit with code 2,
 before any compilation starts.
+
+Start-up: this module imports nothing but the standard library. ``--help``, argument errors, the
+settings file, the method's name, the output paths and the data files (numpy) are checked before JAX,
+NumPyro, ArviZ or matplotlib are imported, so that such errors return at once. Then the method's
+settings and the priors are validated (this imports JAX and NumPyro).
+
+Compilation cache: ``run`` and ``fit`` turn on JAX's persistent compilation cache (see
+:func:`enable_compilation_cache`) before their first JAX work, so that a second fit of the same shapes
+loads its compiled programs from disk instead of compiling them again. The folder is
+``$XDG_CACHE_HOME/latentscm/jax`` (default ``~/.cache/latentscm/jax``); the environment variable
+``LATENTSCM_JAX_CACHE`` moves it, and ``LATENTSCM_JAX_CACHE=off`` (or empty) turns the cache off. The
+library itself never changes JAX's configuration.
 """
 
 from __future__ import annotations
@@ -34,9 +46,13 @@ import time
 import tomllib
 from pathlib import Path
 
-__all__ = ["main", "load_config", "UsageError"]
+__all__ = ["main", "load_config", "UsageError", "compilation_cache_dir", "enable_compilation_cache"]
 
 DEFAULT_METHOD = "collapsed"
+# The keys of latentscm.inference.METHODS, here so that a wrong --method is reported without importing
+# JAX (tests/test_cli.py checks that both agree).
+METHOD_NAMES = ("collapsed", "mcmc", "biols", "amortized")
+CACHE_ENV = "LATENTSCM_JAX_CACHE"
 # Data with an image_shape (e.g. `latentscm fit --data images.npz`) default to this method: `collapsed`
 # handles D = 2500 pixels exactly (its linear decoder is exact for the chemistry layout).
 IMAGE_METHOD = "collapsed"
@@ -90,6 +106,49 @@ def load_config(path: str | os.PathLike | None) -> FileConfig:
     return FileConfig(method=method, d=d, fit=dict(raw.get("fit", {})), priors=dict(raw.get("priors", {})))
 
 
+def compilation_cache_dir(environ=None) -> Path | None:
+    """Folder of the command line's persistent JAX compilation cache; None when it is turned off.
+
+    ``LATENTSCM_JAX_CACHE`` when set (``off`` or empty: None), else ``$XDG_CACHE_HOME/latentscm/jax``
+    (an absolute ``XDG_CACHE_HOME`` only, as the XDG specification says), else ``~/.cache/latentscm/jax``.
+    """
+    env = os.environ if environ is None else environ
+    if CACHE_ENV in env:
+        value = env[CACHE_ENV].strip()
+        return None if value.lower() in ("", "off") else Path(value).expanduser()
+    xdg = env.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "latentscm" / "jax"
+
+
+def enable_compilation_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache in :func:`compilation_cache_dir`; returns the folder.
+
+    Imports JAX. Every compiled program is cached, however fast its compilation (the default threshold
+    of one second would skip most of a fit's programs). When ``LATENTSCM_JAX_CACHE`` is not set but JAX's
+    own cache folder is (``JAX_COMPILATION_CACHE_DIR``), JAX's settings are left as they are. A folder
+    that cannot be created turns the cache off with a warning. It takes effect only before the process's
+    first compilation (JAX decides once per process), so ``run`` and ``fit`` call it before any JAX work.
+    """
+    folder = compilation_cache_dir()
+    if folder is None:
+        return None
+    import jax
+
+    if CACHE_ENV not in os.environ and jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"warning: JAX compilation cache off: cannot create {folder} ({e}); set {CACHE_ENV} to "
+              "another folder, or to off", file=sys.stderr)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------------
 # shared steps
 # ---------------------------------------------------------------------------------------------------
@@ -101,31 +160,35 @@ class _Settings:
     fit: dict
     priors: dict
     d: int | None
-    described: dict  # resolved settings and priors, for run.json
+    described: dict | None = None  # resolved settings and priors, for run.json (set by _resolve)
 
 
 def _settings(args, quick: bool = False, default_method: str = DEFAULT_METHOD) -> _Settings:
-    """Merge the settings file with the flags and validate method, settings and priors (no data yet)."""
+    """Merge the settings file with the flags and check the method's name (no JAX: see :func:`_resolve`)."""
     cfg = load_config(args.config)
     method = args.method or cfg.method or default_method
     fit_cfg = dict(cfg.fit)
     if quick:
         fit_cfg |= QUICK_FIT
-    from latentscm.inference import METHODS
+    if method not in METHOD_NAMES:
+        raise UsageError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHOD_NAMES))}")
+    return _Settings(method, fit_cfg, cfg.priors, cfg.d)
 
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHODS))}")
+
+def _resolve(args, settings: _Settings) -> _Settings:
+    """Validate the method's settings and the priors: the first JAX work, after the compilation cache is on."""
+    enable_compilation_cache()
     from latentscm.inference.api import make_config
     from latentscm.models.priors import parse_priors
 
     try:
-        resolved = make_config(method, fit_cfg)
-        prior_spec = parse_priors(cfg.priors)
+        resolved = make_config(settings.method, settings.fit)
+        prior_spec = parse_priors(settings.priors)
     except (ValueError, TypeError) as e:
         where = f" (from {args.config})" if args.config else ""
         raise UsageError(f"{e}{where}") from None
-    described = {"method": method, "config": dataclasses.asdict(resolved), "priors": prior_spec.describe()}
-    return _Settings(method, fit_cfg, cfg.priors, cfg.d, described)
+    described = {"method": settings.method, "config": dataclasses.asdict(resolved), "priors": prior_spec.describe()}
+    return dataclasses.replace(settings, described=described)
 
 
 def _check_d(settings: _Settings, dataset, source: str) -> None:
@@ -225,6 +288,7 @@ def _cmd_run(args) -> int:
     if settings.d is not None and settings.d != sim.d:
         raise UsageError(f"the config file says d = {settings.d} but the embedded default problem has "
                          f"d = {sim.d} latents; fix or remove 'd' in the config file")
+    settings = _resolve(args, settings)
     train, test = simulate(sim, args.seed)
     print(f"simulated: {train.N} training rows (paired, {sim.n_regimes} regimes), {test.N} test rows, "
           f"d = {train.d}, D = {train.D}, seed {args.seed}", flush=True)
@@ -268,9 +332,6 @@ def _resume_args(args) -> _Settings:
 
 
 def _cmd_fit(args) -> int:
-    from latentscm.inference.api import make_config
-    from latentscm.runs import run_metrics, write_json
-
     if args.resume and args.data:
         raise UsageError("give either --data (a new fit) or --resume DIR (continue an interrupted one), not both")
     if not args.resume and not args.data:
@@ -287,7 +348,15 @@ def _cmd_fit(args) -> int:
         if test.d != dataset.d or test.D != dataset.D:
             raise UsageError(f"--test {args.test} has d = {test.d}, D = {test.D} but --data {args.data} has "
                              f"d = {dataset.d}, D = {dataset.D}; they must match")
+    # everything above needs no JAX; from here on it is imported
+    if args.resume:
+        enable_compilation_cache()
+    else:
+        settings = _resolve(args, settings)
     _check_fit_inputs(dataset, settings)
+    from latentscm.inference.api import make_config
+    from latentscm.runs import run_metrics, write_json
+
     out = Path(args.out) if args.out else _default_out(settings.method, args.seed)
     args.out = str(out)
     info = {"command": "fit", "argv": args.argv, "seed": args.seed, "data": str(Path(args.data).resolve()),
@@ -335,14 +404,11 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from latentscm.compare import compare
-    from latentscm.inference import METHODS
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(METHOD_NAMES))
     if not methods or unknown:
         raise UsageError(f"--methods: unknown or missing method(s) {unknown or methods}; available methods: "
-                         f"{', '.join(sorted(METHODS))}")
+                         f"{', '.join(sorted(METHOD_NAMES))}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -351,6 +417,8 @@ def _cmd_compare(args) -> int:
         if path is not None:
             _load(path, flag)  # validate before any fit starts
     out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
+    from latentscm.compare import compare  # pandas; each fit runs in its own `latentscm fit` process
+
     try:
         table = compare(args.data, methods, seeds=seeds, test=args.test, out_dir=out)
     except (ValueError, RuntimeError) as e:

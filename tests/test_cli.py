@@ -380,3 +380,118 @@ def test_shipped_example_configs_are_valid(path):
     cfg = load_config(str(path))
     make_config(cfg.method or "collapsed", cfg.fit)
     parse_priors(cfg.priors)
+
+
+# ------------------------------------------------------------------------------------------ start-up and cache
+
+HEAVY = ("jax", "numpyro", "arviz", "matplotlib", "pandas", "xarray")
+_REPO = Path(__file__).resolve().parents[1]
+# main(argv) in a fresh interpreter; prints which heavy modules it imported, exits with main's code
+_PROBE = """
+import sys
+from latentscm.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print("IMPORTED=" + ",".join(m for m in %r if m in sys.modules))
+sys.exit(code)
+""" % (HEAVY,)
+
+
+def _subprocess_env(tmp_path, **extra):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "LATENTSCM_JAX_CACHE")}
+    # XDG_CACHE_HOME in tmp_path: the default cache folder must stay untouched; matplotlib keeps its font cache
+    return env | {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "MPLCONFIGDIR": matplotlib.get_cachedir(),
+                  "MPLBACKEND": "Agg"} | extra
+
+
+def _python(args, tmp_path, **env):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], cwd=_REPO, env=_subprocess_env(tmp_path, **env),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def _no_compilation_cache(monkeypatch):
+    """In-process main() calls here must not turn on the persistent cache of the test process."""
+    monkeypatch.setenv("LATENTSCM_JAX_CACHE", "off")
+
+
+def test_method_names_match_the_registry():
+    from latentscm.cli import METHOD_NAMES
+    from latentscm.inference import METHODS
+
+    assert sorted(METHOD_NAMES) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--help"], 0, "usage: latentscm"),
+    (["fit", "--help"], 0, "--resume"),
+    (["fit", "--data", "{tmp}/missing.npz"], 2, "no such file"),
+    (["fit", "--data", "{tmp}/text.npz"], 2, "not a readable .npz"),
+    (["fit", "--data", "{tmp}/missing.npz", "--method", "nope"], 2, "unknown method 'nope'"),
+    (["fit", "--data", "x.npz", "--seed", "-1"], 2, "non-negative integer"),
+    (["fit", "--data", "{tmp}/missing.npz", "--config", "{tmp}/bad.toml"], 2, "not valid TOML"),
+    (["run", "--config", "{tmp}/d3.toml", "--out", "{tmp}/run"], 2, "embedded default problem has d = 5"),
+    (["compare", "--data", "{tmp}/missing.npz", "--methods", "collapsed,nope"], 2, "unknown or missing method"),
+], ids=["help", "fit-help", "missing-data", "not-npz", "unknown-method", "negative-seed", "bad-toml", "d-mismatch",
+        "compare-method"])
+def test_help_and_input_errors_do_not_import_jax(argv, code, message, tmp_path):
+    write_toml(tmp_path / "text.npz", "hello")
+    write_toml(tmp_path / "bad.toml", "this is = not toml ]\n")
+    write_toml(tmp_path / "d3.toml", "d = 3\n")
+    proc = _python(["-c", _PROBE, *(a.format(tmp=tmp_path) for a in argv)], tmp_path)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stdout + proc.stderr
+    assert "IMPORTED=\n" in proc.stdout  # none of jax, numpyro, arviz, matplotlib, pandas, xarray
+    assert not (tmp_path / "xdg" / "latentscm").exists()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--data", "missing.npz"]], ids=["help", "missing-data"])
+def test_python_m_latentscm_does_not_import_jax(argv, tmp_path):
+    proc = _python(["-X", "importtime", "-m", "latentscm", *argv], tmp_path)
+    assert proc.returncode == (0 if argv == ["--help"] else 2)
+    modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "latentscm.cli" in modules
+    assert not {m for m in modules if m.split(".")[0] in HEAVY}
+
+
+def test_compilation_cache_dir_from_the_environment(tmp_path):
+    from latentscm.cli import compilation_cache_dir
+
+    home = Path.home() / ".cache" / "latentscm" / "jax"
+    assert compilation_cache_dir({}) == home
+    assert compilation_cache_dir({"XDG_CACHE_HOME": "/xdg"}) == Path("/xdg/latentscm/jax")
+    assert compilation_cache_dir({"XDG_CACHE_HOME": "relative"}) == home  # XDG: relative paths are ignored
+    assert compilation_cache_dir({"LATENTSCM_JAX_CACHE": str(tmp_path), "XDG_CACHE_HOME": "/xdg"}) == tmp_path
+    for off in ("off", "OFF", "", " "):
+        assert compilation_cache_dir({"LATENTSCM_JAX_CACHE": off, "XDG_CACHE_HOME": "/xdg"}) is None
+
+
+def test_the_library_leaves_the_compilation_cache_alone(tmp_path):
+    probe = ("import jax, latentscm.inference, latentscm.runs, latentscm.cli; "
+             "assert jax.config.jax_compilation_cache_dir is None; "
+             "assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0; print('ok')")
+    proc = _python(["-c", probe], tmp_path)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("setting", ["folder", pytest.param("off", marks=pytest.mark.slow)])
+def test_cli_fit_uses_the_persistent_compilation_cache(setting, tiny_file, tmp_path):
+    """A tiny fit (d = 3, 10 steps) leaves compiled programs in LATENTSCM_JAX_CACHE; none with off."""
+    config = write_toml(tmp_path / "c.toml", "[fit]\nsteps = 10\nnum_restarts = 1\nnum_particles = 1\n"
+                                            "num_draws = 10\nchunk = 10\n")
+    cache = tmp_path / "cache"
+    proc = _python(["-m", "latentscm", "fit", "--data", str(tiny_file), "--method", "collapsed", "--config",
+                    str(config), "--out", str(tmp_path / "run")], tmp_path,
+                   LATENTSCM_JAX_CACHE=str(cache) if setting == "folder" else "off")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    entries = list(cache.glob("*-cache")) if cache.exists() else []
+    assert len(entries) > 0 if setting == "folder" else entries == []
+    assert not (tmp_path / "xdg" / "latentscm").exists()  # nothing in the default folder either

@@ -26,6 +26,12 @@ def _near_truth(dataset, method, S=10):
                      elbo=-np.geomspace(1e4, 1e2, 20), seconds=1.0)
 
 
+@pytest.fixture(autouse=True)
+def _no_compilation_cache(monkeypatch):
+    """In-process main() calls here must not turn on the persistent cache of the test process."""
+    monkeypatch.setenv("LATENTSCM_JAX_CACHE", "off")
+
+
 @pytest.fixture
 def fake_fit(monkeypatch):
     import latentscm.inference
