@@ -48,7 +48,7 @@ from .collapsed import _draw, _initial_params, _site_specs, make_guide
 from .initialize import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
 from ._validate import check_settings
-from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, run_svi
+from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, ordered_elbo_loss, run_svi
 from .svi import init as svi_init
 
 _INIT_Z_SCALE = 0.05
@@ -335,10 +335,10 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
                 numpyro.sample("u", _noise_guide(enc, data["x_std"][b], t[b], v[b], None if miss is None else miss[b],
                                                  W, sigma, t[a], scale[b]))
 
-    elbo = TraceMeanField_ELBO(num_particles=config.num_particles, vectorize_particles=True)
+    elbo_loss = ordered_elbo_loss(TraceMeanField_ELBO, config.num_particles)
 
     def loss_fn(params, key, temperature, data):
-        return elbo.loss(key, params, model, guide, temperature, data)
+        return elbo_loss(key, params, model, guide, temperature, data)
 
     steps = config.steps
     schedule = geometric_schedule(*config.temperature, steps)

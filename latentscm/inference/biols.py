@@ -47,7 +47,7 @@ from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix
 from .posterior import Posterior
 from ._validate import check_settings
 from .svi import init as svi_init
-from .svi import checkpoint_for, make_step, run_svi
+from .svi import checkpoint_for, make_step, ordered_elbo_loss, run_svi
 
 
 @dataclass(frozen=True)
@@ -249,14 +249,14 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
 
     extra = _extra_sites(model, data)
     guide = make_guide(d, config, extra_specs=extra)
-    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True)
+    elbo_loss = ordered_elbo_loss(Trace_ELBO, config.num_particles)
 
     def loss_fn(params, key, temperature, data):
         if batch is not None:  # one minibatch per step, shared by the particles (x A^T computed once)
             key, k_rows = jax.random.split(key)
             idx = jax.random.choice(k_rows, N, (batch,), replace=False)
             data = jax.tree.map(lambda a: a[idx], data)
-        return elbo.loss(key, params, model, guide, temperature, data, N / (batch or N)) / N
+        return elbo_loss(key, params, model, guide, temperature, data, N / (batch or N)) / N
 
     optimizer = optax.adabelief(config.learning_rate, eps=1e-8)
     state = svi_init(jax.random.PRNGKey(seed), _initial_params(d, D, config, rng, extra), optimizer)

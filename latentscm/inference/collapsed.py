@@ -49,7 +49,7 @@ from .initialize import initialise
 from .posterior import Posterior
 from .sharding import check_devices, resolve_devices, shard_stats, shard_units
 from .svi import init as svi_init
-from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, run_svi
+from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, ordered_elbo_loss, run_svi
 
 _INIT_SCALE = 0.01
 
@@ -269,10 +269,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
 
         specs = _site_specs(model, stats)
         guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
-        elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True)
+        elbo_loss = ordered_elbo_loss(Trace_ELBO, config.num_particles)
 
         def loss_fn(params, key, temperature, stats):
-            return elbo.loss(key, params, model, guide, temperature, stats)
+            return elbo_loss(key, params, model, guide, temperature, stats)
 
         steps = config.steps
         schedule = geometric_schedule(*config.temperature, steps)

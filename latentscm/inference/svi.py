@@ -9,8 +9,10 @@ loss or parameter, and returns the ELBO trace of every restart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import operator
 import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -67,6 +69,21 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedu
         return state, SVIInfo(loss)
 
     return jax.jit(step, static_argnums=2)
+
+
+def ordered_elbo_loss(elbo_class, num_particles):
+    """``loss(key, params, model, guide, *args)``: the negative ELBO of a NumPyro ``elbo_class``
+    (``Trace_ELBO``, ``TraceMeanField_ELBO``) with vectorised particles, its per-site terms summed in
+    sorted site order. NumPyro sums them in the order of a Python set, which follows the string-hash
+    seed: the compiled step differed from process to process (in its last bits, and so in its cache key,
+    so JAX's persistent compilation cache never hit)."""
+    elbo = elbo_class(num_particles=num_particles, vectorize_particles=True, sum_sites=False)
+
+    def loss(key, params, model, guide, *args):
+        terms = elbo.loss(key, params, model, guide, *args)
+        return functools.reduce(operator.add, (terms[name] for name in sorted(terms)))
+
+    return loss
 
 
 def best_restart(losses):
