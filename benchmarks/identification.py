@@ -115,11 +115,9 @@ class Cell:
     def config(self):
         from latentscm.inference.collapsed import scaled_settings
 
-        out = dict(scaled_settings(self.d))
+        out = dict(scaled_settings(self.d, use_pairs=self.design == "paired"))
         if self.values == "hidden":
             out["unknown_values"] = "latent"
-        if self.design == "paired":
-            out["use_pairs"] = True
         return out
 
     # ------------------------------------------------------------------ data

@@ -247,3 +247,13 @@ def test_same_seed_gives_bit_identical_fits_under_any_hash_seed(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         out.append(run.stdout.strip().splitlines()[-1])
     assert out[0] == out[1]
+
+
+def test_scaled_settings_keep_the_paired_margin():
+    from latentscm.inference.collapsed import scaled_settings
+
+    assert scaled_settings(5) == {} and scaled_settings(5, use_pairs=True) == {"use_pairs": True}
+    assert scaled_settings(20)["logit_scale"] == round(np.log(400), 2)  # log(20 d) = 5.99
+    assert scaled_settings(20, use_pairs=True)["logit_scale"] == 8.0 and scaled_settings(20, True)["use_pairs"]
+    assert scaled_settings(100, use_pairs=True)["logit_scale"] == 8.0  # log(20 d) = 7.6 < 8
+    assert scaled_settings(200, use_pairs=True)["logit_scale"] == round(np.log(4000), 2)  # 8.29

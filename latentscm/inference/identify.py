@@ -42,10 +42,11 @@ import scipy.linalg
 import scipy.optimize
 
 from ..models.scm import LOG_2PI
-from .initialize import propose_order
+from .initialize import _best_insertions, node_grams, propose_order
 
 _OUTER_ROUNDS = 6  # alternations of (H | order) and (order | H) per start
 _LBFGS_ITERS = 300
+_POLISH_ITERS = 100  # L-BFGS iterations to score one order move in the polish
 
 
 class Moments:
@@ -295,14 +296,15 @@ def search(y1, targets, values, *, tau, value_scale, s2, order=None, num_random=
     """Best (log-likelihood, H, order) of the local searches from the starts: the peeled order and H
     (:func:`_peel_start`), the closed-form H (:func:`_closed_form_start`) and ``num_random`` random H,
     each with its own order proposal and with the peeled order (with ``order`` given: that order
-    only, not searched). ``num_random`` defaults to 0 when every node has known values (their closed
-    form pins each direction), else 4."""
+    only, not searched), then :func:`_polish`. ``num_random`` defaults to 0 when every node has known
+    values (their closed form pins each direction), else 8 (with 4, unknown values at d = 10 ended in a
+    worse optimum on 1 of 3 seeds)."""
     rng = np.random.default_rng(seed)
     t = np.asarray(targets)
     v = np.asarray(values, np.float64)
     moments = Moments(y1, t, v)
     if num_random is None:
-        num_random = 0 if (moments.n_known > 0).all() else 4
+        num_random = 0 if (moments.n_known > 0).all() else 8
     peel = _peel_start(y1, t, v, tau, value_scale)
     Hs = ([peel[1]] if peel is not None else []) + [_closed_form_start(y1, t, v, tau, value_scale, rng)]
     Hs += [_random_start(y1, rng) for _ in range(num_random)]
@@ -325,4 +327,33 @@ def search(y1, targets, values, *, tau, value_scale, s2, order=None, num_random=
             cur = new
         if ll > best[0]:
             best = (ll, H, np.asarray(cur))
+    if order is None:
+        best = _polish(moments, y1, t, *best, tau=tau, value_scale=value_scale, s2=s2)
     return best
+
+
+def _polish(moments, y1, targets, ll, H, order, *, tau, value_scale, s2):
+    """Order moves scored with H re-fitted: each node to its best insertion position for the current
+    ``z = y1 H`` and every adjacent swap; the best that raises the likelihood is applied, until none does.
+    The alternation scores orders at a fixed H, which is fitted to the current order, so it can stop one
+    move short of a better optimum (seen with unknown values)."""
+    d = len(order)
+    for _ in range(2 * d):
+        G, n = node_grams(y1 @ H, targets)
+        _, target = _best_insertions(G, n, order)
+        cands = [np.insert(np.delete(order, i), target[i], order[i]) for i in range(d)]
+        cands += [np.concatenate([order[:i], order[i + 1:i + 2], order[i:i + 1], order[i + 2:]]) for i in range(d - 1)]
+        tried = {tuple(order)}
+        found = None
+        for cand in cands:
+            if tuple(cand) in tried:
+                continue
+            tried.add(tuple(cand))
+            Hc, llc = _fit_H(moments, H, cand, tau, value_scale, s2, iters=_POLISH_ITERS)
+            if llc > ll + 1e-6 * abs(ll) and (found is None or llc > found[0]):
+                found = (llc, Hc, cand)
+        if found is None:
+            break
+        ll, H, order = found
+        H, ll = _fit_H(moments, H, order, tau, value_scale, s2)
+    return ll, H, np.asarray(order)
