@@ -231,7 +231,7 @@ def _initialise(dataset, config, key, x_std, targets, values):
                                   jnp.ones_like(targets), config.pretrain_steps, 3e-3, k_fit1)
     first = encoder.net.layers[0]
     encoder = eqx.tree_at(lambda e: e.net.layers[0].weight, encoder, first.weight.at[:, D:].set(0.0))
-    if config.known_order is None and found is not None and config.latent_init != "supervised":
+    if config.known_order is None and found is not None:  # the identification's order (no value anchors)
         order, score = found, order_score(z_hat, t_np, found)
     elif config.known_order is None:
         order, score = propose_order(z_hat, t_np, v_np)
