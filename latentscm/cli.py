@@ -393,6 +393,8 @@ def _cmd_simulate(args) -> int:
         config = SimulationConfig(**fields)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.test_out and config.n_test_regimes == 0:
+        raise UsageError("--test-out needs a test set: give --n-test-regimes 1 or more, or leave --test-out out")
     train, test = simulate(config, args.seed)
     for path, data, name in ((args.out, train, "training set"), (args.test_out, test, "test set")):
         if path is None:
@@ -458,8 +460,16 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<method>-seed<N>)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's one error form: ``error: <message>`` on stderr, exit code 2
+    (argparse's own form prints the usage block first). Sub-commands use the same class."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="latentscm", description="Bayesian inference of latent linear-Gaussian structural causal models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,compare,simulate}")
 

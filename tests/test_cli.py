@@ -495,3 +495,36 @@ def test_cli_fit_uses_the_persistent_compilation_cache(setting, tiny_file, tmp_p
     entries = list(cache.glob("*-cache")) if cache.exists() else []
     assert len(entries) > 0 if setting == "folder" else entries == []
     assert not (tmp_path / "xdg" / "latentscm").exists()  # nothing in the default folder either
+
+
+def test_rough_inputs_get_one_line_errors(tmp_path, capsys):
+    """Random bytes, a negative seed, an empty test set and a one-row dataset: each is refused with an
+    ``error: ...`` line and exit code 2 (or a DataError from Python), before any work."""
+    import numpy as np
+    import pytest
+
+    from latentscm.cli import main
+    from latentscm.data import DataError, Dataset, SimulationConfig, simulate
+    from latentscm.inference import fit
+
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(np.random.default_rng(0).bytes(2000))
+    for argv, says in ((["fit", "--data", str(junk)], "neither a NumPy .npz archive nor a .npy array"),
+                       (["fit", "--data", str(junk), "--seed", "-1"], "expected a non-negative integer"),
+                       (["simulate", "--out", str(tmp_path / "s.npz"), "--n-test-regimes", "0", "--test-out",
+                         str(tmp_path / "t.npz")], "--n-test-regimes 1 or more")):
+        with pytest.raises(SystemExit) as stop:
+            raise SystemExit(main(argv))
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and "usage:" not in err and "allow_pickle" not in err
+    train, test = simulate(SimulationConfig(d=3, D=6, n_pairs=40, n_regimes=4, rows_per_regime=10,
+                                            n_test_regimes=0), 0)
+    assert test is None
+    with pytest.raises(DataError, match="at least d \\+ 2 = 5 rows"):
+        fit(train.subset([5]), "collapsed", progress=False)
+    narrow = Dataset.from_arrays(train.x[:, :2], train.targets, train.values)
+    with pytest.raises(DataError, match="fewer than the d = 3 latents"):
+        fit(narrow, "collapsed", progress=False)
+    with pytest.raises(DataError, match="at most two rows"):
+        Dataset.from_arrays(train.x, train.targets, train.values, pair=np.arange(train.N) // 3)

@@ -129,6 +129,13 @@ class Dataset:
             p = np.asarray(self.pair)
             if p.shape != (n,) or not np.issubdtype(p.dtype, np.integer):
                 raise DataError(f"pair must be a 1-D integer array of length N = {n}, got {p.dtype} {p.shape}")
+            ids, counts = np.unique(p, return_counts=True)
+            if counts.size and counts.max() > 2:
+                bad = ids[counts.argmax()]
+                rows = np.flatnonzero(p == bad)[:3].tolist()
+                raise DataError(f"pair ids must group at most two rows (a row and its twin that shares its "
+                                f"exogenous noise); id {bad} has {counts.max()} rows (rows {rows}...). Fix the "
+                                "pair array, or leave it out when the rows are not paired")
             put("pair", p.astype(np.int64))
         shapes = {"z": (n, d), "weights": (d, d), "noise_scales": (d,), "projection": (d, big_d)}
         for name, shape in shapes.items():
@@ -266,7 +273,10 @@ class Dataset:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
-            raise DataError(f"{path} is not a readable .npz archive ({e}). {FORMAT_HELP}") from None
+            # numpy reads a file that is no zip archive as a pickle and then suggests allow_pickle, which
+            # a user of the format cannot act on: say what the file is not instead
+            why = "it is neither a NumPy .npz archive nor a .npy array" if "pickle" in str(e) else str(e)
+            raise DataError(f"{path} is not a readable .npz archive ({why}). {FORMAT_HELP}") from None
         for key in ("x", "targets"):
             if key not in arrays:
                 raise DataError(f"{path} has no array '{key}' (found {sorted(arrays)}). {FORMAT_HELP}")

@@ -187,8 +187,9 @@ def simulate(config: SimulationConfig, seed: Seed) -> tuple[Dataset, Dataset]:
         twins (regimes ``1..n_regimes``, ``rows_per_regime`` consecutive rows each); ``pair[i] ==
         pair[n_pairs + i] == i`` and the twins share exogenous noise. iid design: no pair ids.
         Fresh observation noise on every row.
-    test : Dataset
-        ``n_test_regimes`` new regimes (ids ``0..n_test_regimes-1``), ``rows_per_regime`` iid rows each.
+    test : Dataset or None
+        ``n_test_regimes`` new regimes (ids ``0..n_test_regimes-1``), ``rows_per_regime`` iid rows each;
+        None when ``n_test_regimes`` is 0.
     Both carry the ground truth (``z``, ``weights``, ``noise_scales``, ``projection`` when linear or so)
     and ``meta = {"config": ..., "seed": ..., "split": ...}``.
     """
@@ -242,7 +243,8 @@ def simulate(config: SimulationConfig, seed: Seed) -> tuple[Dataset, Dataset]:
                                   ("test", test_targets, test_values, test_z, test_regime, None)):
         clean = render(zz, c.projection) if image else project(zz, c.projection, params)
         x = clean + c.obs_noise * rng.normal(size=(len(zz), c.D))
-        out.append(Dataset.from_arrays(x, t, v, regime=r, pair=p, z=zz, meta=meta | {"split": split}, **truth))
+        out.append(Dataset.from_arrays(x, t, v, regime=r, pair=p, z=zz, meta=meta | {"split": split}, **truth)
+                   if len(zz) else None)  # no test regimes: no test set
     return out[0], out[1]
 
 

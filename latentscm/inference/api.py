@@ -58,6 +58,12 @@ def check_fit_inputs(dataset, method, config=None):
         raise DataError(f"fit expects a latentscm.data.Dataset; got {type(dataset).__name__}. "
                         "Use Dataset.load(path) or Dataset.from_arrays(x, targets, values).")
     cfg = make_config(method, config)
+    if dataset.N < dataset.d + 2:
+        raise DataError(f"{method}: {dataset.N} row{'s' if dataset.N != 1 else ''} cannot identify d = {dataset.d} "
+                        f"latents; fitting needs at least d + 2 = {dataset.d + 2} rows")
+    if getattr(cfg, "decoder", "linear") == "linear" and dataset.D < dataset.d:
+        raise DataError(f"{method}: x has D = {dataset.D} dimensions, fewer than the d = {dataset.d} latents, so a "
+                        "linear decoder cannot identify them; fit fewer latents or give more observed dimensions")
     order = getattr(cfg, "known_order", None)
     if order is not None and sorted(order) != list(range(dataset.d)):
         raise ValueError(f"{method}: known_order must be a permutation of 0..{dataset.d - 1}; got {order}")
@@ -68,10 +74,7 @@ def check_fit_inputs(dataset, method, config=None):
         if dataset.pair is None:
             raise DataError(f"{method}: use_pairs = true needs pair ids (dataset.pair: rows that share their "
                             "exogenous noise carry the same id); this dataset has none. Fit with use_pairs = false")
-        ids, counts = np.unique(dataset.pair, return_counts=True)
-        if counts.max() > 2:
-            raise ValueError(f"{method}: pair ids must group at most two rows; id {ids[counts.argmax()]} has "
-                             f"{counts.max()}")
+        _, counts = np.unique(dataset.pair, return_counts=True)  # at most two rows each: Dataset checks it
         if counts.max() < 2:
             raise DataError(f"{method}: use_pairs = true, but no pair id is shared by two rows; fit with "
                             "use_pairs = false")
