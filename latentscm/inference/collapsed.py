@@ -49,7 +49,8 @@ from .initialize import initialise
 from .posterior import Posterior
 from .sharding import check_devices, resolve_devices, shard_stats, shard_units
 from .svi import init as svi_init
-from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, ordered_elbo_loss, run_svi
+from .svi import (best_restart, checkpoint_for, geometric_schedule, loss_tail, make_step, ordered_elbo_loss,
+                  run_svi)
 
 _INIT_SCALE = 0.01
 
@@ -290,7 +291,6 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         checkpoint = checkpoint_for("collapsed", config, priors, seed, dataset)
         state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress,
                                 desc="collapsed", checkpoint=checkpoint)
-        tail = max(1, steps // 10)
         best, tail_loss = best_restart(losses)
         params = jax.tree.map(lambda a: a[best], state.params)
         draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known)
@@ -300,11 +300,11 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
             W_r = draws["W"] if r == best else _draw(
                 guide, jax.tree.map(lambda a: a[r], state.params), 32, schedule(steps),
                 jax.random.fold_in(jax.random.PRNGKey(seed + 2), r), d, known)["W"]
-            restart_probs.append(edge_probabilities(np.asarray(W_r, np.float64), 0.3))
+            restart_probs.append(edge_probabilities(np.asarray(W_r, np.float64)))
     draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
     losses = np.asarray(losses, np.float64)
     anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
-    diagnostics = restart_problems(-losses[-tail:], np.stack(restart_probs), best=best, anchor=anchor)
+    diagnostics = restart_problems(-loss_tail(losses), np.stack(restart_probs), best=best, anchor=anchor)
     for problem in diagnostics:
         warnings.warn(f"collapsed: {problem}", FitDiagnosticWarning, stacklevel=3)  # at fit(...)
     with jax.enable_x64(True):

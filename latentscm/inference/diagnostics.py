@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.collapsed import group_rows
+
 __all__ = ["FitDiagnosticWarning", "restart_problems", "elbo_noise"]
 
 #: an edge belongs to a restart's graph when its posterior probability exceeds this
 EDGE_PROB = 0.5
-#: how many standard errors of the difference of two tail means count as noise (plus one tail sd)
+#: how many standard errors of the difference of two tail medians count as noise (plus one step's robust scale)
 NOISE_SE = 3.0
 
 
@@ -61,7 +63,7 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
         Each restart's edge probabilities ``P(|W_ij| > 0.3)`` (``[i, j]``: edge i -> j); a 0/1
         adjacency (a graph) works too.
     best : int, optional
-        The restart that was kept; by default the one with the highest finite tail-mean ELBO.
+        The restart that was kept; by default the one with the highest finite tail-median ELBO.
     anchor : int, optional
         The restart that started from the data-driven start (``collapsed``: restart 0), if any.
     threshold : float
@@ -151,11 +153,12 @@ def moment_problems(x, targets, values, draws, *, tau, value_scale, max_draws=20
     known = t & np.isfinite(v)
     v = np.where(known, v, 0.0)
     d = t.shape[1]
-    patterns, g = np.unique(np.concatenate([t, known], 1), axis=0, return_inverse=True)
-    g = g.reshape(-1)
+    patterns, g = group_rows(np.concatenate([t, known], 1))
     use = [p for p in range(len(patterns)) if (g == p).sum() > 2 * d]
     if not use:
         return []
+    rows_of = [g == p for p in use]
+    n = np.array([rows.sum() for rows in rows_of])
     S = len(draws["W"])
     picks = np.unique(np.linspace(0, S - 1, min(S, max_draws)).round().astype(int))
     stat = np.zeros((len(picks), len(use)))
@@ -167,18 +170,15 @@ def moment_problems(x, targets, values, draws, *, tau, value_scale, max_draws=20
             A, b, s_obs = np.asarray(draws["A"][s]), np.asarray(draws["b"][s]), float(draws["obs_scale"][s])
             AAt_inv = np.linalg.inv(A @ A.T)
             u, noise = (x - b) @ A.T @ AAt_inv, s_obs**2 * AAt_inv
-        for c, p in enumerate(use):
+        for c, (p, rows) in enumerate(zip(use, rows_of)):
             m, k = patterns[p, :d].astype(float), patterns[p, d:].astype(float)
             C = np.linalg.inv(np.eye(d) - W * (1 - m)[None, :])
             omega = (1 - m) * sigma**2 + m * (tau**2 + (1 - k) * value_scale**2)
             M = C.T @ (omega[:, None] * C) + noise
-            rows = g == p
             r = u[rows] - (v[rows] * m * k) @ C
-            n = rows.sum()
-            MS = np.linalg.solve(M, r.T @ r / n)
-            stat[a, c] = n * (np.trace(MS) - np.linalg.slogdet(MS)[1] - d)
+            MS = np.linalg.solve(M, r.T @ r / n[c])
+            stat[a, c] = n[c] * (np.trace(MS) - np.linalg.slogdet(MS)[1] - d)
     stat = np.median(stat, 0)
-    n = np.array([(g == p).sum() for p in use])
     pval = chi2.sf(stat, d * (d + 1) // 2)
     kl = stat / (2 * n)
     bad = np.flatnonzero((pval < MOMENT_ALPHA / len(use)) & (kl > MOMENT_KL))

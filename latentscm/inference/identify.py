@@ -41,6 +41,7 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
+from ..models.collapsed import group_rows
 from ..models.scm import LOG_2PI
 from .initialize import _best_insertions, node_grams, propose_order
 
@@ -62,9 +63,7 @@ class Moments:
         known = t & np.isfinite(v)
         hidden = t & ~np.isfinite(v)
         v0 = np.where(known, v, 0.0)
-        pattern = np.concatenate([t, known], axis=1).astype(np.int8)
-        patterns, g = np.unique(pattern, axis=0, return_inverse=True)
-        g = g.reshape(-1)
+        patterns, g = group_rows(np.concatenate([t, known], axis=1))
         P, d = len(patterns), t.shape[1]
         S = np.stack([y1[g == p].T @ y1[g == p] for p in range(P)])  # (P, d+1, d+1)
         cnt = np.bincount(g, minlength=P).astype(np.float64)
@@ -76,10 +75,8 @@ class Moments:
         self.n_known = kp.T @ cnt
         self.hidden = np.einsum("pj,pab->jab", hp, S)
         self.n_hidden = hp.T @ cnt
-        self.known_v = (y1 * 1.0).T @ v0  # (d+1, d): rows without a known value contribute 0
-        self.known_v = self.known_v.T  # (d, d+1)
+        self.known_v = v0.T @ y1  # (d, d+1): rows without a known value contribute 0
         self.known_vv = (v0**2).sum(0)
-        self.total = y1.T @ y1
         self.N = len(y1)
 
 
@@ -93,6 +90,9 @@ def _objective(moments, order, tau, value_scale, s2):
     eye = np.eye(d)
     nf = np.maximum(m.n_free, 1.0)
     use = (m.n_free >= 2).astype(np.float64)
+    # intervened rows: known values (variance tau^2) and unknown ones (tau^2 + value_scale^2, no cross terms)
+    intervened = ((m.known, m.n_known, tau**2, m.known_v, m.known_vv),
+                  (m.hidden, m.n_hidden, tau**2 + value_scale**2, np.zeros_like(m.known_v), np.zeros(d)))
 
     def f(hflat):
         H = hflat.reshape(d + 1, d)
@@ -114,10 +114,8 @@ def _objective(moments, order, tau, value_scale, s2):
         coef = eye - w  # (d, d): row j holds e_j - w_j
         Yr = np.einsum("jak,jk->ja", YH, coef)  # Y_j H (e_j - w_j)
         grad -= np.einsum("j,ja,jk->ak", use * m.n_free / rss, Yr, coef)
-        # intervened rows: known values (variance tau^2) and unknown ones (tau^2 + value_scale^2)
         noise = s2 * (Hd**2).sum(0)
-        for Y, n, extra, cross, vv in ((m.known, m.n_known, tau**2, m.known_v, m.known_vv),
-                                       (m.hidden, m.n_hidden, tau**2 + value_scale**2, 0.0 * m.known_v, 0.0 * m.known_vv)):
+        for Y, n, extra, cross, vv in intervened:
             var = extra + noise
             Yh = np.einsum("jab,bj->ja", Y, H)  # (d, d+1)
             q = np.einsum("ja,aj->j", Yh, H) - 2 * np.einsum("ja,aj->j", cross, H) + vv
@@ -161,20 +159,31 @@ def anchored(y1, targets, values):
     d = y1.shape[1] - 1
     H = np.zeros((d + 1, d))
     for j in range(d):
-        rows = (targets[:, j] > 0) & np.isfinite(values[:, j])
-        if rows.sum() < d + 2 or not _varies(values[rows, j]):
+        rows = _known_rows(targets, values, j)
+        column = _value_regression(y1, rows, values[:, j]) if rows.sum() >= d + 2 else None
+        if column is None:
             return None
-        H[:, j], *_ = np.linalg.lstsq(y1[rows], values[rows, j], rcond=None)
+        H[:, j] = column
     return H
 
 
-def _varies(v):
-    return np.ptp(v) > 1e-9 * (1 + np.abs(v).max())
+def _known_rows(targets, values, j):
+    """Rows that set node j to a known value."""
+    return (np.asarray(targets)[:, j] > 0) & np.isfinite(values[:, j])
+
+
+def _value_regression(y1, rows, v):
+    """The column of H that regresses node j's known values ``v[rows]`` on ``y1`` (z_j = v_j + eta there),
+    or None when the values do not vary (a constant value pins no scale)."""
+    v = v[rows]
+    if not np.ptp(v) > 1e-9 * (1 + np.abs(v).max()):
+        return None
+    return np.linalg.lstsq(y1[rows], v, rcond=None)[0]
 
 
 def _closed_form_start(y1, targets, values, tau, value_scale, rng):
     """H from each node's own signal: value regressions, knockout eigenvectors, else random directions."""
-    N, d1 = y1.shape
+    d1 = y1.shape[1]
     d = d1 - 1
     y = y1[:, :d]
     C = np.cov(y.T) + 1e-12 * np.eye(d)
@@ -182,13 +191,14 @@ def _closed_form_start(y1, targets, values, tau, value_scale, rng):
     done = np.zeros(d, bool)
     t = np.asarray(targets) > 0
     for j in range(d):
-        rows = t[:, j] & np.isfinite(values[:, j])
+        rows = _known_rows(t, values, j)
         if rows.sum() < d + 2:
             continue
-        v = values[rows, j]
-        if _varies(v):
-            H[:, j], *_ = np.linalg.lstsq(y1[rows], v, rcond=None)
+        column = _value_regression(y1, rows, values[:, j])
+        if column is not None:
+            H[:, j] = column
         else:  # constant value: the direction of least variance in the rows that set it
+            v = values[rows, j]
             yk = y[rows] - y[rows].mean(0)
             evals, evecs = _geigh(yk.T @ yk / rows.sum(), C)
             h = evecs[:, 0] * np.sqrt(max(tau**2, 1e-6) / max(evals[0] * (evecs[:, 0] @ C @ evecs[:, 0]), 1e-300))
@@ -219,8 +229,8 @@ def _peel_start(y1, targets, values, tau, value_scale):
     d = y1.shape[1] - 1
     y = y1[:, :d]
     t = np.asarray(targets) > 0
-    masks, g = np.unique(t, axis=0, return_inverse=True)
-    g = g.reshape(-1)
+    masks, g = group_rows(t)
+    masks = masks > 0
     keep = [r for r in range(len(masks)) if (g == r).sum() > 2 * d]
     if not keep:
         return None

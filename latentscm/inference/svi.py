@@ -75,8 +75,9 @@ def ordered_elbo_loss(elbo_class, num_particles):
     """``loss(key, params, model, guide, *args)``: the negative ELBO of a NumPyro ``elbo_class``
     (``Trace_ELBO``, ``TraceMeanField_ELBO``) with vectorised particles, its per-site terms summed in
     sorted site order. NumPyro sums them in the order of a Python set, which follows the string-hash
-    seed: the compiled step differed from process to process (in its last bits, and so in its cache key,
-    so JAX's persistent compilation cache never hit)."""
+    seed, so the same seed gave results that differed in their last bits from process to process.
+    (The compiled step still misses JAX's persistent cache in a new process, for a reason not found
+    yet: benchmarks/results/overhead.md.)"""
     elbo = elbo_class(num_particles=num_particles, vectorize_particles=True, sum_sites=False)
 
     def loss(key, params, model, guide, *args):
@@ -86,13 +87,18 @@ def ordered_elbo_loss(elbo_class, num_particles):
     return loss
 
 
-def best_restart(losses):
-    """The restart to keep: ``(best, tail)`` with ``tail`` (R,) each restart's median loss over the last
-    10% of steps (the median: one restart's ELBO estimates can be heavy-tailed, e.g. a few draws of a
-    wrong order under a sharp likelihood, and must not decide by their mean); a restart whose tail is
-    not finite is never kept. ``losses``: (steps, R)."""
+def loss_tail(losses):
+    """The last 10% of steps (at least one) of a (steps, R) loss trace: what restarts are judged by."""
     losses = np.asarray(losses, np.float64)
-    tail = np.median(losses[-max(1, len(losses) // 10):], axis=0)
+    return losses[-max(1, len(losses) // 10):]
+
+
+def best_restart(losses):
+    """The restart to keep: ``(best, tail)`` with ``tail`` (R,) each restart's median loss over
+    :func:`loss_tail` (the median: one restart's ELBO estimates can be heavy-tailed, e.g. a few draws of
+    a wrong order under a sharp likelihood, and must not decide by their mean); a restart whose tail is
+    not finite is never kept. ``losses``: (steps, R)."""
+    tail = np.median(loss_tail(losses), axis=0)
     return int(np.argmin(np.where(np.isfinite(tail), tail, np.inf))), tail
 
 
