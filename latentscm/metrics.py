@@ -24,6 +24,9 @@ __all__ = [
     "order_probabilities",
     "edge_auroc",
     "edge_auprc",
+    "target_auroc",
+    "target_auprc",
+    "regime_table",
     "mcc",
     "edge_rmse",
     "latent_signs",
@@ -280,6 +283,19 @@ def order_probabilities(orders) -> np.ndarray:
     return probs / S
 
 
+def _one_class(labels: np.ndarray, what: str, none: str, every: str) -> bool:
+    """True (after a RuntimeWarning) when the bool ``labels`` are all equal: ranking is undefined."""
+    n_pos = int(labels.sum())
+    if 0 < n_pos < labels.size:
+        return False
+    warnings.warn(
+        f"{none if n_pos == 0 else every}, so the {what} ranking metric is undefined; returning nan.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return True
+
+
 def _scores_and_labels(probs, true_adj) -> tuple[np.ndarray, np.ndarray] | None:
     """Off-diagonal scores and 0/1 labels; None (after warning) if labels are all equal."""
     p = _as_square(probs, "probs")
@@ -287,16 +303,32 @@ def _scores_and_labels(probs, true_adj) -> tuple[np.ndarray, np.ndarray] | None:
     _same_d(p.shape[0], t.shape[0], "probs", "true_adj")
     scores = _off_diagonal(p)
     labels = _off_diagonal(t) != 0
-    n_pos = int(labels.sum())
-    if n_pos == 0 or n_pos == labels.size:
-        kind = "no edges" if n_pos == 0 else "every possible edge"
-        warnings.warn(
-            f"the true graph has {kind}, so the edge ranking metric is undefined; returning nan.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    none, every = "the true graph has no edges", "the true graph has every possible edge"
+    if _one_class(labels, "edge", none, every):
         return None
     return scores, labels
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann–Whitney AUROC of ``scores`` for bool ``labels`` holding both classes (ties count 1/2)."""
+    ranks = rankdata(scores)  # average ranks: ties count 1/2
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _auprc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Step-wise average precision of ``scores`` for bool ``labels`` (tied scores enter together)."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    # last index of each block of tied scores
+    block_end = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    tp = np.cumsum(y)[block_end]
+    n_pred = block_end + 1
+    precision = tp / n_pred
+    recall = tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def edge_auroc(probs, true_adj) -> float:
@@ -320,14 +352,7 @@ def edge_auroc(probs, true_adj) -> float:
         or every possible edge.
     """
     out = _scores_and_labels(probs, true_adj)
-    if out is None:
-        return float("nan")
-    scores, labels = out
-    ranks = rankdata(scores)  # average ranks: ties count 1/2
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float("nan") if out is None else _auroc(*out)
 
 
 def edge_auprc(probs, true_adj) -> float:
@@ -352,18 +377,85 @@ def edge_auprc(probs, true_adj) -> float:
         no edges or every possible edge.
     """
     out = _scores_and_labels(probs, true_adj)
-    if out is None:
-        return float("nan")
-    scores, labels = out
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    # last index of each block of tied scores
-    block_end = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
-    tp = np.cumsum(y)[block_end]
-    n_pred = block_end + 1
-    precision = tp / n_pred
-    recall = tp / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float("nan") if out is None else _auprc(*out)
+
+
+# --------------------------------------------------------------------------------------------
+# intervention targets
+# --------------------------------------------------------------------------------------------
+
+
+def regime_table(regime, rows) -> tuple[np.ndarray, np.ndarray]:
+    """One row per regime from per-row data.
+
+    Parameters
+    ----------
+    regime : array_like of int, shape (N,)
+        Regime id of each row.
+    rows : array_like, shape (N, ...)
+        Per-row values that are equal within a regime (e.g. targets (N, d)); the first row of each
+        regime is taken.
+
+    Returns
+    -------
+    ids : numpy.ndarray of int, shape (R,)
+        The distinct regime ids, sorted.
+    table : numpy.ndarray, shape (R, ...)
+        ``table[r]`` is the value of the rows of regime ``ids[r]``.
+    """
+    r = np.asarray(regime)
+    a = np.asarray(rows)
+    if r.ndim != 1 or not np.issubdtype(r.dtype, np.integer):
+        raise ValueError(f"regime must be a 1-D integer array (N,); got {r.dtype} {r.shape}.")
+    if a.ndim < 1 or a.shape[0] != r.size:
+        raise ValueError(f"rows must have one entry per row of regime ({r.size}); got shape {a.shape}.")
+    ids, first = np.unique(r, return_index=True)
+    return ids, a[first]
+
+
+def _target_scores_and_labels(probs, true) -> tuple[np.ndarray, np.ndarray] | None:
+    """Flattened (R, d) scores and bool labels; None (after warning) if labels are all equal."""
+    p, t = np.asarray(probs), np.asarray(true)
+    if p.ndim != 2 or p.shape != t.shape:
+        raise ValueError(
+            f"probs and true must both have shape (R, d) (regimes x nodes); got {p.shape} and {t.shape}."
+        )
+    p, t = _finite_float(p, "probs"), _finite_float(t, "true")
+    if not np.all((t == 0) | (t == 1)):
+        raise ValueError("true must hold the true targets as 0/1 (1 = the regime intervenes on the node).")
+    labels = t.ravel() == 1
+    none, every = "no node is a true target", "every node is a true target in every regime"
+    if _one_class(labels, "target", none, every):
+        return None
+    return p.ravel(), labels
+
+
+def target_auroc(probs, true) -> float:
+    """AUROC of posterior target probabilities against the true targets, over all (regime, node) entries.
+
+    Parameters
+    ----------
+    probs : array_like, shape (R, d)
+        ``probs[r, j]``: posterior probability that regime ``r`` intervenes on node ``j``.
+    true : array_like, shape (R, d)
+        True targets, 0/1 (e.g. from :func:`regime_table` of ``Dataset.true_targets``).
+
+    Returns
+    -------
+    float
+        As :func:`edge_auroc`: ties count 1/2; ``nan`` (with a ``RuntimeWarning``) when ``true`` is all
+        0 or all 1.
+    """
+    out = _target_scores_and_labels(probs, true)
+    return float("nan") if out is None else _auroc(*out)
+
+
+def target_auprc(probs, true) -> float:
+    """Average precision of posterior target probabilities against the true targets (see
+    :func:`edge_auprc` for the definition and :func:`target_auroc` for the arguments); ``nan`` (with a
+    ``RuntimeWarning``) when ``true`` is all 0 or all 1."""
+    out = _target_scores_and_labels(probs, true)
+    return float("nan") if out is None else _auprc(*out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "plot_latents",
     "plot_elbo",
     "plot_order_probabilities",
+    "plot_target_probabilities",
     "save_figure",
     "plot_comparison",
     "plot_scaling",
@@ -56,24 +57,42 @@ def _labels(node_names, d: int) -> list[str]:
 
 
 def _heatmap(
-    ax: Axes, values: np.ndarray, labels: list[str], *, title, xlabel, ylabel, cmap, fmt=".2f"
+    ax: Axes, values: np.ndarray, labels: list[str], *, title, xlabel, ylabel, cmap, fmt=".2f",
+    ylabels: list[str] | None = None,
 ):
-    d = values.shape[0]
+    """``values`` (rows, cols) in [0, 1]; ``labels`` name the columns, ``ylabels`` the rows
+    (default: ``labels``)."""
+    n_rows, n_cols = values.shape
     im = ax.imshow(values, vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
-    ax.set_xticks(range(d), labels)
-    ax.set_yticks(range(d), labels)
+    ax.set_xticks(range(n_cols), labels)
+    ax.set_yticks(range(n_rows), labels if ylabels is None else ylabels)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if d <= _ANNOTATE_MAX_D:
-        for i in range(d):
-            for j in range(d):
+    if max(n_rows, n_cols) <= _ANNOTATE_MAX_D:
+        for i in range(n_rows):
+            for j in range(n_cols):
                 v = values[i, j]
                 ax.text(
                     j, i, format(v, fmt), ha="center", va="center", fontsize=8,
                     color="white" if v < 0.5 else "black",  # colormaps here are dark at 0
                 )
     return im
+
+
+def _panels(ax, n_panels: int, given: str, figsize) -> tuple[Figure, list[Axes]]:
+    """A new row of ``n_panels`` Axes, or the given ``ax`` checked to hold that many (``given``: the
+    argument that adds the second panel, for the error)."""
+    if ax is None:
+        fig, axes = plt.subplots(1, n_panels, figsize=figsize, layout="constrained", squeeze=False)
+        return fig, list(axes[0])
+    axes = [ax] if isinstance(ax, Axes) else list(ax)
+    if len(axes) != n_panels:
+        raise ValueError(
+            f"ax must be {'one Axes' if n_panels == 1 else 'a sequence of two Axes'} "
+            f"{'without' if n_panels == 1 else 'when'} {given} is given; got {len(axes)} Axes."
+        )
+    return _root_figure(axes[0]), axes
 
 
 def plot_edge_probabilities(probs, true_weights=None, *, node_names=None, ax=None) -> Figure:
@@ -115,22 +134,7 @@ def plot_edge_probabilities(probs, true_weights=None, *, node_names=None, ax=Non
         truth = (tw != 0).astype(float)
         np.fill_diagonal(truth, 0.0)
     n_panels = 1 if truth is None else 2
-
-    if ax is None:
-        fig, axes = plt.subplots(
-            1, n_panels, figsize=(4.2 * n_panels + 0.8, 4.0), layout="constrained", squeeze=False
-        )
-        axes = list(axes[0])
-    else:
-        axes = [ax] if isinstance(ax, Axes) else list(ax)
-        if len(axes) != n_panels:
-            raise ValueError(
-                f"ax must be {'one Axes' if n_panels == 1 else 'a sequence of two Axes'} "
-                f"{'without' if truth is None else 'when'} true_weights is given; "
-                f"got {len(axes)} Axes."
-            )
-        fig = _root_figure(axes[0])
-
+    fig, axes = _panels(ax, n_panels, "true_weights", (4.2 * n_panels + 0.8, 4.0))
     im = _heatmap(
         axes[0], p, labels, title="Posterior edge probability", xlabel="child (to)",
         ylabel="parent (from)", cmap="viridis",
@@ -141,6 +145,64 @@ def plot_edge_probabilities(probs, true_weights=None, *, node_names=None, ax=Non
             ylabel="parent (from)", cmap="viridis", fmt=".0f",
         )
     fig.colorbar(im, ax=axes, shrink=0.8, label="P(edge)")
+    return fig
+
+
+def plot_target_probabilities(
+    probs, true_targets=None, *, regime_ids=None, node_names=None, ax=None
+) -> Figure:
+    """Heatmap (regime x node) of posterior target probabilities, beside the truth when given.
+
+    Parameters
+    ----------
+    probs : array_like, shape (R, d)
+        ``probs[r, j]``: posterior probability that regime ``r`` intervenes on node ``j``.
+    true_targets : array_like, shape (R, d), optional
+        True 0/1 targets per regime (e.g. :func:`latentscm.metrics.regime_table` of
+        ``Dataset.true_targets``), drawn in a second panel.
+    regime_ids : sequence, optional
+        ``R`` row labels; defaults to ``0..R-1``.
+    node_names : sequence of str, optional
+        ``d`` column labels; defaults to ``0..d-1``.
+    ax : matplotlib.axes.Axes or sequence of two Axes, optional
+        Where to draw: one Axes without ``true_targets``, two (posterior, truth) with it.
+        A new figure is created when omitted.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Notes
+    -----
+    Cell values are written into the heatmap when ``R`` and ``d`` are both at most 10.
+    """
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2:
+        raise ValueError(f"probs must have shape (R, d) (regimes x nodes); got {p.shape}.")
+    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        raise ValueError("probs must hold probabilities in [0, 1] (finite).")
+    n_regimes, d = p.shape
+    labels = _labels(node_names, d)
+    rows = [str(r) for r in (range(n_regimes) if regime_ids is None else regime_ids)]
+    if len(rows) != n_regimes:
+        raise ValueError(
+            f"regime_ids must have {n_regimes} entries (one per row of probs); got {len(rows)}."
+        )
+    truth = None
+    if true_targets is not None:
+        truth = np.asarray(true_targets, dtype=float)
+        if truth.shape != p.shape or not np.all((truth == 0) | (truth == 1)):
+            raise ValueError(
+                f"true_targets must be 0/1 with the shape of probs {p.shape}; got {truth.shape}."
+            )
+    n_panels = 1 if truth is None else 2
+    size = (n_panels * (0.45 * d + 1.6) + 0.8, 0.4 * n_regimes + 1.6)
+    fig, axes = _panels(ax, n_panels, "true_targets", size)
+    style = dict(xlabel="node", ylabel="regime", cmap="viridis", ylabels=rows)
+    im = _heatmap(axes[0], p, labels, title="Posterior target probability", **style)
+    if truth is not None:
+        _heatmap(axes[1], truth, labels, title="True targets", fmt=".0f", **style)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="P(target)")
     return fig
 
 

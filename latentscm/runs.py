@@ -12,6 +12,8 @@ A run folder holds
 ``order_probabilities.png``       posterior probability of each node at each topological position
 ``elbo.png``                      ELBO trace (only when the method has one)
 ``latents.png``                   inferred against true latents (only when true latents are known)
+``target_probabilities.png``      posterior target probabilities (regime x node), beside the true targets
+                                  when known (only when the fit inferred targets)
 ================================  =====================================================================
 
 Every file is first written to a temporary file in the same folder and then moved into place with
@@ -75,20 +77,33 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
         ``method``, ``seed`` (when given), ``n`` (rows), ``d``, ``D``, ``seconds``; with true weights
         ``e_shd``, ``e_shd_double``, ``auroc``, ``auprc``, ``edge_rmse`` (see
         :func:`latentscm.metrics.structure_metrics`); with true latents ``mcc`` (of
-        ``posterior.latent_mean``); with ``test`` ``heldout_nll`` (NaN when the method has no
+        ``posterior.latent_mean``); with inferred targets and ``true_targets`` ``target_auroc`` and
+        ``target_auprc`` (latents, graph and targets aligned with the truth by the MCC matching first:
+        unknown targets name the latents only up to relabelling); with ``test`` ``heldout_nll`` (NaN when the method has no
         predictive density); ``peak_rss_mb``, the process's peak resident memory.
     """
-    from .metrics import mcc, structure_metrics
+    from .metrics import mcc, regime_table, structure_metrics, target_auprc, target_auroc
 
     out = {"method": posterior.method}
     if seed is not None:
         out["seed"] = int(seed)
     out |= {"n": dataset.N, "d": dataset.d, "D": dataset.D, "seconds": float(posterior.seconds)}
+    W, probs = posterior.W, posterior.target_probs
+    if dataset.target_unknown is not None and dataset.z is not None:
+        # inferred targets name the latents only up to relabelling: align them with the truth by the MCC matching
+        _, match = mcc(posterior.latent_mean, dataset.z, return_matching=True)
+        W = W[:, match][:, :, match]
+        probs = None if probs is None else probs[:, match]
     if dataset.weights is not None:
         z = {} if dataset.z is None else {"z_pred": posterior.latent_mean, "z_true": dataset.z}
-        out |= structure_metrics(posterior.W, dataset.weights, **z)
+        out |= structure_metrics(W, dataset.weights, **z)
     elif dataset.z is not None:
         out["mcc"] = mcc(posterior.latent_mean, dataset.z)
+    if probs is not None and dataset.true_targets is not None:
+        ids, truth = regime_table(dataset.regime, dataset.true_targets)
+        if np.array_equal(ids, posterior.regimes):
+            out["target_auroc"] = target_auroc(probs, truth)
+            out["target_auprc"] = target_auprc(probs, truth)
     if test is not None:
         try:
             out["heldout_nll"] = float(posterior.heldout_nll(test))
@@ -123,8 +138,9 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
     pathlib.Path
         The run folder.
     """
-    from .metrics import order_probabilities
-    from .plots import plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities, save_figure
+    from .metrics import order_probabilities, regime_table
+    from .plots import (plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities,
+                        plot_target_probabilities, save_figure)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +153,12 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
     if dataset is not None and save_dataset:
         dataset.save(out / "dataset.npz")
 
+    if posterior.target_probs is not None:
+        truth = None
+        if dataset is not None and dataset.true_targets is not None:
+            truth = regime_table(dataset.regime, dataset.true_targets)[1]
+        save_figure(plot_target_probabilities(posterior.target_probs, truth, regime_ids=posterior.regimes),
+                    out / "target_probabilities.png")
     true_w = None if dataset is None else dataset.weights
     save_figure(plot_edge_probabilities(posterior.edge_probs(), true_w), out / "edge_probabilities.png")
     save_figure(plot_order_probabilities(order_probabilities(np.asarray(posterior.orders))),

@@ -135,3 +135,155 @@ def test_missing_values_are_unknown_not_zero():
     ds = Dataset.from_arrays(x, t, v)
     assert ds.num_unknown_values == 1
     assert Dataset.from_arrays(x, t).num_unknown_values == int(t.sum())  # values omitted: all unknown
+
+
+# ---------------------------------------------------------------- unknown intervention targets
+
+NAN = np.nan
+
+
+def _unknown_arrays():
+    """4 rows, d = 2: regime 0 observational, regime 1 hits node 0 (known), regime 2 unknown (truly node 1)."""
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    targets = np.array([[0, 0], [1, 0], [NAN, NAN], [NAN, NAN]])
+    values = np.array([[0, 0], [2.0, 0], [5.0, 5.0], [NAN, NAN]])  # finite values where unknown become NaN
+    regime = np.array([0, 1, 2, 2])
+    true_targets = np.array([[0, 0], [1, 0], [0, 1], [0, 1]])
+    return x, targets, values, regime, true_targets
+
+
+def test_unknown_targets_from_arrays():
+    x, t, v, r, tt = _unknown_arrays()
+    ds = Dataset.from_arrays(x, t, v, regime=r, true_targets=tt)
+    assert ds.targets.dtype == np.int8 and ds.targets.tolist() == [[0, 0], [1, 0], [0, 0], [0, 0]]
+    assert ds.target_unknown.tolist() == [[False, False], [False, False], [True, True], [True, True]]
+    assert np.isnan(ds.values[2:]).all() and ds.values[1, 0] == 2.0
+    assert ds.num_unknown_targets == 4 and ds.num_unknown_values == 0  # unknown targets are not unknown values
+    assert ds.true_targets.dtype == np.int8 and ds.true_targets.tolist() == tt.tolist()
+    known = Dataset.from_arrays(x, np.nan_to_num(t), regime=r)
+    assert known.target_unknown is None and known.num_unknown_targets == 0 and known.true_targets is None
+    # the unknown mask may be given as a field too; a mask with no True entry means every target is known
+    same = Dataset(x, np.zeros((4, 2)), v, r, target_unknown=ds.target_unknown)
+    np.testing.assert_array_equal(same.target_unknown, ds.target_unknown)
+    assert Dataset(x, np.zeros((4, 2)), np.zeros((4, 2)), r, target_unknown=np.zeros((4, 2), bool)).target_unknown is None
+
+
+def test_unknown_values_counted_only_where_targets_known():
+    x, t, v, r, _ = _unknown_arrays()
+    v[1, 0] = NAN
+    ds = Dataset.from_arrays(x, t, v, regime=r)
+    assert ds.num_unknown_values == 1 and ds.num_unknown_targets == 4
+
+
+def test_absent_targets_all_unknown():
+    x, _, _, r, tt = _unknown_arrays()
+    for kw in (dict(true_targets=tt), dict(values=np.zeros((4, 2))), dict(z=np.zeros((4, 2))),
+               dict(weights=np.zeros((2, 2)))):
+        ds = Dataset.from_arrays(x, None, regime=r, **kw)
+        assert ds.d == 2 and ds.num_unknown_targets == 8 and np.isnan(ds.values).all()
+    with pytest.raises(DataError, match="regime ids are required"):
+        Dataset.from_arrays(x, None, true_targets=tt)
+    with pytest.raises(DataError, match=r"number of latents d; give targets as an all-NaN \(N, d\) array"):
+        Dataset.from_arrays(x, None, regime=r)
+
+
+def test_roundtrip_nan_targets(tmp_path):
+    x, t, v, r, tt = _unknown_arrays()
+    ds = Dataset.from_arrays(x, t, v, regime=r, true_targets=tt, pair=np.array([0, 1, 2, 3]))
+    path = ds.save(tmp_path / "u.npz")
+    with np.load(path) as f:
+        assert np.issubdtype(f["targets"].dtype, np.floating) and np.isnan(f["targets"][2:]).all()
+        np.testing.assert_array_equal(f["targets"][:2], [[0, 0], [1, 0]])
+    back = Dataset.load(path)
+    for k in ("x", "targets", "values", "regime", "pair", "target_unknown", "true_targets"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(ds, k))
+    with np.load(Dataset.from_arrays(x, np.nan_to_num(t), regime=r).save(tmp_path / "k.npz")) as f:
+        assert f["targets"].dtype == np.int8 and "true_targets" not in f.files  # all known: as before
+
+
+def test_load_absent_targets(tmp_path):
+    x, _, _, r, tt = _unknown_arrays()
+    np.savez(tmp_path / "a.npz", x=x, regime=r, true_targets=tt)
+    ds = Dataset.load(tmp_path / "a.npz")
+    assert ds.d == 2 and ds.num_unknown_targets == 8 and ds.true_targets.tolist() == tt.tolist()
+    back = Dataset.load(ds.save(tmp_path / "b.npz"))
+    np.testing.assert_array_equal(back.target_unknown, ds.target_unknown)
+    np.testing.assert_array_equal(back.true_targets, tt)
+    np.savez(tmp_path / "noregime.npz", x=x, true_targets=tt)
+    with pytest.raises(DataError, match="neither 'targets' nor 'regime'.*add regime"):
+        Dataset.load(tmp_path / "noregime.npz")
+    np.savez(tmp_path / "nod.npz", x=x, regime=r)
+    with pytest.raises(DataError, match="all-NaN"):
+        Dataset.load(tmp_path / "nod.npz")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: a.pop("regime"), r"4 targets are unknown \(NaN\).*give regime ids"),
+        (lambda a: a["targets"].__setitem__((3, 1), 1.0),
+         r"target masks contradict their regime ids: regime 2 .* row 3 \[\?, 1\] differs from row 2 \[\?, \?\]"),
+        (lambda a: a["targets"].__setitem__((3, 1), NAN) or a["regime"].__setitem__(3, 1),
+         r"contradict their regime ids: regime 1 .* row 3 \[\?, \?\] differs from row 1 \[1, 0\]"),
+        (lambda a: a["true_targets"].__setitem__((1, 1), 1), r"true_targets disagrees with the known targets in 1 .*row 1"),
+        (lambda a: a["true_targets"].__setitem__((3, 0), 1), r"true_targets differ within regime 2 \(rows 2 and 3\)"),
+        (lambda a: a.update(true_targets=a["true_targets"][:3]), r"true_targets must be a 0/1 array of the shape"),
+        (lambda a: a.update(true_targets=a["true_targets"] * 2), r"true_targets must be a 0/1 array"),
+        (lambda a: a["targets"].__setitem__((0, 0), 0.5), r"only 0 and 1.*or NaN where unknown"),
+    ],
+)
+def test_unknown_target_errors(change, match):
+    x, t, v, r, tt = _unknown_arrays()
+    a = dict(x=x, targets=t, values=v, regime=r, true_targets=tt)
+    change(a)
+    with pytest.raises(DataError, match=match):
+        Dataset.from_arrays(**a)
+
+
+def test_target_unknown_field_validated():
+    x, t, v, r, _ = _unknown_arrays()
+    with pytest.raises(DataError, match="target_unknown must be a bool array"):
+        Dataset(x, np.nan_to_num(t), v, r, target_unknown=np.ones((4, 3), bool))
+
+
+def test_true_targets_with_known_targets():
+    x, t, v = _arrays()
+    ds = Dataset.from_arrays(x, t, v, true_targets=t)
+    assert ds.target_unknown is None and ds.true_targets.tolist() == t.tolist()
+    with pytest.raises(DataError, match="true_targets disagrees"):
+        Dataset.from_arrays(x, t, v, true_targets=1 - t)
+
+
+def test_hide_targets(small, tmp_path):
+    hidden = small.hide_targets([2, 3])
+    rows = np.isin(small.regime, [2, 3])
+    assert hidden.num_unknown_targets == rows.sum() * small.d and small.target_unknown is None  # a copy
+    np.testing.assert_array_equal(hidden.target_unknown, np.repeat(rows[:, None], small.d, axis=1))
+    assert np.isnan(hidden.values[rows]).all() and np.all(hidden.targets[rows] == 0)
+    np.testing.assert_array_equal(hidden.values[~rows], small.values[~rows])
+    np.testing.assert_array_equal(hidden.true_targets, small.targets)
+    for k in ("x", "regime", "pair", "z", "weights"):
+        np.testing.assert_array_equal(getattr(hidden, k), getattr(small, k))
+    everything = hidden.hide_targets()  # default: all regimes; the truth set before is kept
+    assert everything.num_unknown_targets == small.N * small.d
+    np.testing.assert_array_equal(everything.true_targets, small.targets)
+    back = Dataset.load(everything.save(tmp_path / "h.npz"))
+    np.testing.assert_array_equal(back.target_unknown, everything.target_unknown)
+    np.testing.assert_array_equal(back.true_targets, small.targets)
+    with pytest.raises(DataError, match=r"regime ids \[99\] do not occur"):
+        small.hide_targets([2, 99])
+    x, t, v, r, _ = _unknown_arrays()  # unknown targets without a truth: no truth to keep
+    assert Dataset.from_arrays(x, t, v, regime=r).hide_targets([1]).true_targets is None
+
+
+def test_unknown_targets_subset_dataframe():
+    x, t, v, r, tt = _unknown_arrays()
+    ds = Dataset.from_arrays(x, t, v, regime=r, true_targets=tt)
+    sub = ds.subset([2, 3])
+    assert sub.num_unknown_targets == 4 and sub.true_targets.tolist() == tt[2:].tolist()
+    known = ds.subset([0, 1])
+    assert known.target_unknown is None and known.true_targets.tolist() == tt[:2].tolist()
+    df = ds.to_dataframe()
+    assert {"target_0", "true_target_1", "value_0", "regime"} <= set(df)
+    assert df["target_0"].isna().tolist() == [False, False, True, True] and df["target_0"][1] == 1
+    assert df["true_target_1"].tolist() == [0, 0, 1, 1]

@@ -14,8 +14,11 @@ from latentscm.metrics import (
     latent_signs,
     mcc,
     order_probabilities,
+    regime_table,
     shd,
     structure_metrics,
+    target_auprc,
+    target_auroc,
 )
 
 CHAIN = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]])  # 0 -> 1 -> 2
@@ -340,3 +343,71 @@ def test_structure_metrics_combines_components():
     assert "mcc" not in no_latents
     with pytest.raises(ValueError, match="both"):
         structure_metrics(draws, W_true, z_pred=z)
+
+
+# ---------------------------------------------------------------- intervention targets
+
+
+def test_regime_table_sorts_ids_and_takes_first_row():
+    regime = np.array([2, 0, 2, 1])
+    rows = np.array([[1, 1], [0, 0], [1, 1], [0, 1]])
+    ids, table = regime_table(regime, rows)
+    assert ids.tolist() == [0, 1, 2] and table.tolist() == [[0, 0], [0, 1], [1, 1]]
+    ids, first = regime_table(regime, np.arange(4))  # any per-row array
+    assert first.tolist() == [1, 3, 0]
+
+
+def test_regime_table_validation():
+    with pytest.raises(ValueError, match="regime must be a 1-D integer"):
+        regime_table(np.zeros(3), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="one entry per row"):
+        regime_table(np.zeros(3, int), np.zeros((4, 2)))
+
+
+# regime x node; truth: regime 0 hits node 0, regime 1 hits node 0
+TARGET_TRUE = np.array([[1, 0], [1, 0]])
+
+
+def test_target_auroc_auprc_hand_case_with_ties():
+    probs = np.array([[0.8, 0.5], [0.5, 0.1]])
+    # positives 0.8, 0.5; negatives 0.5, 0.1: 0.8 beats both, 0.5 ties one and beats one -> 3.5 / 4
+    assert target_auroc(probs, TARGET_TRUE) == pytest.approx(3.5 / 4)
+    # thresholds 0.8: P=1, R=1/2; 0.5 (one pos, one neg tied): P=2/3, R=1 -> 1/2 + 1/3
+    assert target_auprc(probs, TARGET_TRUE) == pytest.approx(0.5 + 1.0 / 3.0)
+
+
+def test_target_auroc_auprc_perfect_and_inverted():
+    true = np.array([[1, 0], [0, 1]])
+    perfect = np.array([[0.9, 0.2], [0.4, 0.6]])
+    assert target_auroc(perfect, true) == 1.0 and target_auprc(perfect, true) == pytest.approx(1.0)
+    inverted = 1.0 - perfect  # ranking neg, neg, pos, pos: P = 1/3 at R = 1/2, P = 1/2 at R = 1
+    assert target_auroc(inverted, true) == 0.0
+    assert target_auprc(inverted, true) == pytest.approx(0.5 / 3 + 0.5 / 2)
+
+
+def test_target_metrics_match_edge_metrics_on_flattened_scores():
+    rng = np.random.default_rng(3)
+    probs = rng.integers(0, 5, size=(4, 5)) / 4.0
+    true = (rng.random((4, 5)) < 0.4).astype(int)
+    s, y = probs.ravel(), true.ravel() == 1
+    pos, neg = s[y], s[~y]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert target_auroc(probs, true) == pytest.approx(wins / (pos.size * neg.size))
+    assert 0.0 <= target_auprc(probs, true) <= 1.0
+
+
+@pytest.mark.parametrize("fn", [target_auroc, target_auprc])
+@pytest.mark.parametrize("truth", [np.zeros((2, 3)), np.ones((2, 3))])
+def test_target_metrics_nan_for_one_class(fn, truth):
+    with pytest.warns(RuntimeWarning, match="target ranking metric is undefined"):
+        value = fn(np.full((2, 3), 0.5), truth)
+    assert np.isnan(value)
+
+
+def test_target_metrics_validation():
+    with pytest.raises(ValueError, match=r"shape \(R, d\)"):
+        target_auroc(np.zeros((2, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="0/1"):
+        target_auprc(np.zeros((2, 2)), np.full((2, 2), 0.5))
+    with pytest.raises(ValueError, match="NaN"):
+        target_auroc(np.full((2, 2), np.nan), TARGET_TRUE)

@@ -15,6 +15,7 @@ from latentscm.plots import (  # noqa: E402
     plot_elbo,
     plot_latents,
     plot_order_probabilities,
+    plot_target_probabilities,
     save_figure,
 )
 
@@ -118,6 +119,32 @@ def test_plot_order_probabilities(rng, tmp_path):
     fig = plot_order_probabilities(order_probabilities(orders))
     assert isinstance(fig, Figure)
     assert_png(save_figure(fig, tmp_path / "orders.png"))
+
+
+def test_plot_target_probabilities_with_truth(rng, tmp_path):
+    probs = rng.random((3, 4))  # 3 regimes x 4 nodes
+    truth = (probs > 0.5).astype(int)
+    fig = plot_target_probabilities(probs, truth, regime_ids=[0, 5, 7], node_names="abcd")
+    heatmaps = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(heatmaps) == 2 and all(len(ax.texts) == 12 for ax in heatmaps)  # one text per cell
+    assert [t.get_text() for t in heatmaps[0].get_yticklabels()] == ["0", "5", "7"]
+    assert [t.get_text() for t in heatmaps[1].get_xticklabels()] == ["a", "b", "c", "d"]
+    assert heatmaps[0].images[0].get_array().shape == (3, 4)
+    assert_png(save_figure(fig, tmp_path / "targets.png"))
+
+
+def test_plot_target_probabilities_single_panel_into_axes_and_validation(rng):
+    fig, ax = plt.subplots()
+    assert plot_target_probabilities(rng.random((12, 3)), ax=ax) is fig
+    assert len(ax.texts) == 0  # 12 regimes: not annotated
+    with pytest.raises(ValueError, match="two Axes"):
+        plot_target_probabilities(rng.random((2, 3)), np.zeros((2, 3)), ax=ax)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        plot_target_probabilities(np.full((2, 2), 1.5))
+    with pytest.raises(ValueError, match="regime_ids"):
+        plot_target_probabilities(np.zeros((2, 2)), regime_ids=[1])
+    with pytest.raises(ValueError, match="true_targets must be 0/1"):
+        plot_target_probabilities(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
 def test_save_figure_atomic_and_validates(tmp_path):

@@ -213,8 +213,8 @@ def _initialise(dataset, config, key, x_std, targets, values):
     t_np = np.asarray(targets)
     lab = (t_np > 0) & np.isfinite(dataset.values)  # targeted with a known value: a label
     v_np = np.where(lab, np.asarray(values), np.where(t_np > 0, np.nan, 0.0))  # NaN where unknown
-    z_lin, found = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np, tau=config.tau,
-                                    value_scale=config.value_scale, order=config.known_order)
+    z_lin, found, _ = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np, tau=config.tau,
+                                       value_scale=config.value_scale, order=config.known_order)
     if config.latent_init == "supervised":
         # Label z_j by v_j where j is targeted; nodes without usable interventions fall back to z_lin.
         usable = np.array([lab[:, j].sum() >= d + 2 and np.ptp(v_np[lab[:, j], j]) > 0 for j in range(d)])
@@ -255,7 +255,7 @@ def _initialise(dataset, config, key, x_std, targets, values):
                                   jnp.ones((len(x64), D), jnp.float32), config.pretrain_steps, 3e-3, k_fit2)
         resid = x64 - _decode_point(decoder, z_hat[None], None)[0]
     obs_scale = max(float(np.sqrt(np.mean(resid**2))), 1e-3)
-    ini = Initialisation(z_hat, A, b, obs_scale, np.asarray(order), W, sigma, float(score))
+    ini = Initialisation(z_hat, A, b, obs_scale, np.asarray(order), W, sigma, float(score), t_np)
     return ini, encoder, decoder
 
 

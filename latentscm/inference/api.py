@@ -78,6 +78,19 @@ def check_fit_inputs(dataset, method, config=None):
         if counts.max() < 2:
             raise DataError(f"{method}: use_pairs = true, but no pair id is shared by two rows; fit with "
                             "use_pairs = false")
+    if dataset.num_unknown_targets:
+        if getattr(cfg, "unknown_targets", "error") != "latent":
+            supported = sorted(m for m, spec in METHODS.items()
+                               if "unknown_targets" in {f.name for f in dataclasses.fields(spec.config)})
+            raise DataError(f"{dataset.num_unknown_targets} intervention targets (row, node) are unknown. Give "
+                            f"them, or infer them with the setting unknown_targets = \"latent\" (methods that "
+                            f"support it: {supported})")
+        if getattr(cfg, "use_pairs", False) is True:
+            raise DataError(f"{method}: use_pairs = true cannot be combined with unknown targets (a pair's two "
+                            "regimes would have to be enumerated jointly); fit with use_pairs = false")
+        if getattr(cfg, "precision", "float64") != "float64":
+            raise ValueError(f"{method}: unknown targets need precision = \"float64\" (the enumerated target "
+                             "sets' densities differ by amounts float32 does not resolve)")
     if dataset.num_unknown_values and getattr(cfg, "unknown_values", "error") != "latent":
         first = int(np.argwhere(np.isnan(dataset.values))[0, 0])
         supported = sorted(m for m, spec in METHODS.items()
@@ -119,7 +132,12 @@ def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progre
               or (not posterior.decoder and posterior.decode is None and dataset.D == dataset.d))
     if not linear:
         return posterior
-    problems = moment_problems(dataset.x, dataset.targets, dataset.values,
+    targets, values = dataset.targets, dataset.values
+    if posterior.target_draws is not None:  # the check at the inferred targets (probability > 1/2)
+        inferred = (posterior.target_probs > 0.5).astype(np.int8)[np.searchsorted(posterior.regimes, dataset.regime)]
+        targets = np.where(dataset.target_unknown, inferred, dataset.targets)
+        values = np.where(targets > dataset.targets, np.nan, values)
+    problems = moment_problems(dataset.x, targets, values,
                                {"W": posterior.W, "noise_scales": posterior.noise_scales, **posterior.decoder},
                                tau=cfg.tau, value_scale=getattr(cfg, "value_scale", 1.0))
     for problem in problems:

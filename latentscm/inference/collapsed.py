@@ -22,6 +22,8 @@ model is :func:`~latentscm.models.observed.identity_model` and the guide has no 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,8 +38,9 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
-from ..models.collapsed import (Units, centered_stats, collapsed_model, group_rows, make_units, unit_factors,
-                                unit_latent_posterior, unit_stats)
+from ..models.collapsed import (TargetStats, Units, centered_stats, collapsed_model, group_rows, make_units,
+                                target_candidates, target_probabilities, unit_factors, unit_latent_posterior,
+                                unit_stats)
 from ..models.observed import identity_model, identity_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..metrics import edge_probabilities
@@ -73,8 +76,11 @@ class CollapsedConfig:
     use_pairs: bool = False
     unknown_values: str = "error"
     value_scale: float = 2.0
+    unknown_targets: str = "error"
+    target_rate: float = 0.2
+    max_targets: int | None = None
     order_init: str = "proposal"
-    init_scale: str = "fixed"
+    init_scale: str = "auto"
     known_order: tuple[int, ...] | None = None
     chunk: int = 100
     checkpoint_dir: str | None = None
@@ -92,16 +98,22 @@ class CollapsedConfig:
                   "checkpoint_every": 1},
             positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
             choices={"order_init": ("proposal", "random"), "unknown_values": ("error", "latent"),
-                     "init_scale": ("fixed", "data"),
+                     "unknown_targets": ("error", "latent"),
+                     "init_scale": ("auto", "fixed", "data"),
                      "use_pairs": (True, False), "decoder": ("linear", "identity"),
                      "precision": ("float32", "float64")},
             pair=("temperature",))
+        if not 0 < self.target_rate < 1:
+            raise ValueError(f"collapsed: target_rate must be in (0, 1); got {self.target_rate!r}")
+        if self.max_targets is not None:
+            check_settings(self, "collapsed", ints={"max_targets": 1})
         if not 0 < self.lr_final_fraction <= 1:
             raise ValueError(f"collapsed: lr_final_fraction must be in (0, 1]; got {self.lr_final_fraction!r}")
         check_devices(self.devices, "collapsed")
-        if self.decoder == "identity" and (self.use_pairs or self.unknown_values != "error"):
+        if self.decoder == "identity" and (self.use_pairs or self.unknown_values != "error"
+                                           or self.unknown_targets != "error"):
             raise ValueError("collapsed: decoder='identity' (x is z) supports neither use_pairs nor "
-                             "unknown_values='latent'; use decoder='linear' for those")
+                             "unknown_values='latent' nor unknown_targets='latent'; use decoder='linear' for those")
 
 
 def _mlp_logits(mlp, l_vec, sigma):
@@ -251,26 +263,35 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     # float64: everything under x64, as before. float32: the statistics (centred per pattern) and the
     # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
     x64 = config.precision == "float64" or identity
+    open_rows = None if dataset.target_unknown is None else dataset.target_unknown.any(1)
+    if config.init_scale == "auto":  # inferred targets: latents in the unknown-value gauge, often >> 1
+        config = dataclasses.replace(config, init_scale="fixed" if open_rows is None else "data")
     with jax.enable_x64(True):
         ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
-                         tau=config.tau, value_scale=config.value_scale, seed=seed)
-        units = make_units(dataset.x, dataset.targets, dataset.values,
-                           dataset.pair if config.use_pairs else None)
+                         tau=config.tau, value_scale=config.value_scale, seed=seed,
+                         unknown=dataset.target_unknown, regime=dataset.regime, target_rate=config.target_rate)
+        closed = slice(None) if open_rows is None else ~open_rows  # rows whose targets are all known
+        units = make_units(dataset.x[closed], dataset.targets[closed], dataset.values[closed],
+                           dataset.pair[closed] if config.use_pairs else None) if not np.all(open_rows) else ()
         devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
         if identity:  # x is z: the SCM density of the observed latents, O(d^3) statistics
             stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
         else:  # numpy statistics, computed in float64 in either precision
             stats = tuple(unit_stats(u) if x64 else centered_stats(u, np.float32) for u in units)
+        tstats = None if open_rows is None else open_target_stats(dataset, config)
     with jax.enable_x64(x64):
         if not identity:  # to (sharded) device arrays, in the precision of the steps
             stats = tuple(shard_stats(jax.tree.map(jnp.asarray, st), devices) for st in stats)
+        if tstats is not None:
+            tstats = TargetStats(jax.tree.map(jnp.asarray, tstats.stats), tstats.candidates, tstats.log_prior)
         known = None if config.known_order is None else jnp.asarray(config.known_order)
 
         def model(temperature, stats):
             if identity:
                 identity_model(stats, priors=priors, tau=config.tau, order=known)
             else:
-                collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known)
+                collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known,
+                                unknown=tstats)
 
         specs = _site_specs(model, stats)
         guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
@@ -307,7 +328,14 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     diagnostics = restart_problems(-loss_tail(losses), np.stack(restart_probs), best=best, anchor=anchor)
     for problem in diagnostics:
         warnings.warn(f"collapsed: {problem}", FitDiagnosticWarning, stacklevel=3)  # at fit(...)
+    targets = {}
     with jax.enable_x64(True):
+        if tstats is not None:  # each draw's exact target posterior; latents given the most probable sets
+            targets = {"regimes": np.unique(dataset.regime),
+                       "target_draws": _target_draws(tstats, draws, config, dataset)}
+            hard = _hard_targets(dataset, targets["regimes"], targets["target_draws"].mean(0))
+            units = make_units(dataset.x, hard, np.where(hard > dataset.targets, np.nan, dataset.values),
+                               dataset.pair if config.use_pairs else None)
         if identity:
             latent_mean, latent_sd, decoder = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d)), {}
         else:
@@ -323,8 +351,47 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
               "restart_edge_probs": np.stack(restart_probs).tolist(),
               "proposal_order": ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__, "priors": priors.describe()},
-        diagnostics=diagnostics,
+        diagnostics=diagnostics, **targets,
     )
+
+
+def open_target_stats(dataset, config):
+    """:class:`TargetStats` of the rows whose targets are (partly) unknown, grouped by regime, with the
+    candidate target sets of :func:`target_candidates` (all of them while there are at most 1024, else
+    those that set at most ``max_targets`` unknown entries, by default the most that keep 1024 sets)."""
+    rows = dataset.target_unknown.any(1)
+    ids, first = np.unique(dataset.regime[rows], return_index=True)
+    unknown = dataset.target_unknown[rows][first]
+    known = dataset.targets[rows][first]
+    limit = config.max_targets
+    if limit is None:
+        free = int(unknown.sum(1).max())
+        limit = max(k for k in range(free + 1) if sum(math.comb(free, i) for i in range(k + 1)) <= 1024 or k == 1)
+    cands, log_prior = target_candidates(known, unknown, config.target_rate, limit)
+    units = make_units(dataset.x[rows], np.where(dataset.target_unknown[rows], 0, dataset.targets[rows]),
+                       np.full((rows.sum(), dataset.d), np.nan))[0]
+    return TargetStats(unit_stats(units, group=dataset.regime[rows]), cands, log_prior)
+
+
+def _target_draws(tstats, draws, config, dataset):
+    """Per draw, ``p(t_rj = 1 | x, theta_s)`` (S, R, d) for every regime (sorted ids; known targets 0/1)."""
+    f = jax.jit(jax.vmap(lambda W, s, A, b, o: target_probabilities(tstats, W, s, A, b, o, config.tau,
+                                                                    config.value_scale)))
+    keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
+    probs = np.concatenate([np.asarray(f(*(jnp.asarray(draws[k][i:i + 16], jnp.float64) for k in keys)))
+                            for i in range(0, len(draws["W"]), 16)])
+    ids = np.unique(dataset.regime)
+    _, first = np.unique(dataset.regime, return_index=True)
+    out = np.broadcast_to(dataset.targets[first].astype(np.float64), (len(probs),) + (len(ids), dataset.d)).copy()
+    open_ids = np.unique(dataset.regime[dataset.target_unknown.any(1)])
+    out[:, np.searchsorted(ids, open_ids)] = probs
+    return out
+
+
+def _hard_targets(dataset, regimes, probs):
+    """Row targets (N, d) with the unknown ones at their posterior probability > 1/2."""
+    inferred = (probs > 0.5).astype(np.int8)[np.searchsorted(regimes, dataset.regime)]
+    return np.where(dataset.target_unknown, inferred, dataset.targets)
 
 
 def _draw(guide, params, num, temperature, key, d, known):

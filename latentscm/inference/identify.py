@@ -61,13 +61,24 @@ class Moments:
         t = np.asarray(targets) > 0
         v = np.asarray(values, np.float64)
         known = t & np.isfinite(v)
-        hidden = t & ~np.isfinite(v)
         v0 = np.where(known, v, 0.0)
         patterns, g = group_rows(np.concatenate([t, known], axis=1))
-        P, d = len(patterns), t.shape[1]
-        S = np.stack([y1[g == p].T @ y1[g == p] for p in range(P)])  # (P, d+1, d+1)
-        cnt = np.bincount(g, minlength=P).astype(np.float64)
-        tp, kp = patterns[:, :d].astype(np.float64), patterns[:, d:].astype(np.float64)
+        S, cnt = pattern_moments(y1, g, len(patterns))
+        d = t.shape[1]
+        self._fill(S, cnt, patterns[:, :d].astype(np.float64), patterns[:, d:].astype(np.float64),
+                   v0.T @ y1, (v0**2).sum(0), len(y1))
+
+    @classmethod
+    def from_patterns(cls, S, cnt, tp, kp, known_v, known_vv, N):
+        """Moments from pattern second moments S (P, d+1, d+1), counts (P,), each pattern's targeted (tp)
+        and known-value (kp) weights (P, d) (0/1, or probabilities for targets inferred), the known values'
+        cross moments ``known_v`` (d, d+1) and ``known_vv`` (d,), and the row count N."""
+        m = cls.__new__(cls)
+        m._fill(S, cnt, tp, kp, known_v, known_vv, N)
+        return m
+
+    def _fill(self, S, cnt, tp, kp, known_v, known_vv, N):
+        self.known_v, self.known_vv, self.N = known_v, known_vv, N  # rows without a known value add 0
         hp = tp - kp
         self.free = np.einsum("pj,pab->jab", 1 - tp, S)
         self.n_free = (1 - tp).T @ cnt
@@ -75,18 +86,47 @@ class Moments:
         self.n_known = kp.T @ cnt
         self.hidden = np.einsum("pj,pab->jab", hp, S)
         self.n_hidden = hp.T @ cnt
-        self.known_v = v0.T @ y1  # (d, d+1): rows without a known value contribute 0
-        self.known_vv = (v0**2).sum(0)
-        self.N = len(y1)
+
+
+def pattern_moments(y1, g, P):
+    """Second moments ``y1^T y1`` (P, d+1, d+1) and row counts (P,) of the rows of each group ``g``."""
+    d1 = y1.shape[1]
+    S = np.stack([y1[g == p].T @ y1[g == p] for p in range(P)]) if P else np.zeros((0, d1, d1))
+    return S, np.bincount(g, minlength=P).astype(np.float64)
+
+
+def profile(m, H, order):
+    """The free rows' profiled regressions under ``order``: weights ``w`` (d, d) (row j: z_j on its
+    predecessors, 0 elsewhere) and residual variances ``rss_j / n_free_j`` (d,)."""
+    w, rss, *_ = _regressions(m, H, _predecessors(order))
+    return w, rss / np.maximum(m.n_free, 1.0)
+
+
+def _predecessors(order):
+    d = len(order)
+    pos = np.empty(d, int)
+    pos[np.asarray(order)] = np.arange(d)
+    return (pos[:, None] > pos[None, :]).astype(np.float64)  # pred[j, i] = 1: i precedes j
+
+
+def _regressions(m, H, pred):
+    """Weighted least squares of each z_j on its predecessors over its free rows: w (d, d), rss (d,),
+    and the intermediate products the gradient reuses."""
+    d = pred.shape[0]
+    YH = m.free @ H  # (d, d+1, d): Y_j H
+    Z = np.einsum("ak,jal->jkl", H, YH)  # (d, d, d): H^T Y_j H
+    A = Z * pred[:, :, None] * pred[:, None, :] + (1 - pred + 1e-12)[:, :, None] * np.eye(d)  # ridge: no free rows
+    bvec = Z[np.arange(d), :, np.arange(d)] * pred  # (d, d): Z_j[:, j] on the predecessors
+    w = np.linalg.solve(A, bvec[..., None])[..., 0]  # (d, d), 0 off the predecessors
+    rss = np.maximum(Z[np.arange(d), np.arange(d), np.arange(d)] - np.sum(bvec * w, 1), 1e-300)
+    return w, rss, YH
 
 
 def _objective(moments, order, tau, value_scale, s2):
     """Negative projected log-likelihood and its gradient, as a function of flat H (vectorised over nodes)."""
     m = moments
     d = len(order)
-    pos = np.empty(d, int)
-    pos[np.asarray(order)] = np.arange(d)
-    pred = (pos[:, None] > pos[None, :]).astype(np.float64)  # pred[j, i] = 1: i precedes j
+    pred = _predecessors(order)
     eye = np.eye(d)
     nf = np.maximum(m.n_free, 1.0)
     use = (m.n_free >= 2).astype(np.float64)
@@ -104,12 +144,7 @@ def _objective(moments, order, tau, value_scale, s2):
         grad = np.zeros_like(H)
         grad[:d] = m.N * np.linalg.inv(Hd).T
         # free rows: z_j on its predecessors, weights and sigma_j profiled out
-        YH = m.free @ H  # (d, d+1, d): Y_j H
-        Z = np.einsum("ak,jal->jkl", H, YH)  # (d, d, d): H^T Y_j H
-        A = Z * pred[:, :, None] * pred[:, None, :] + (1 - pred)[:, :, None] * eye
-        bvec = Z[np.arange(d), :, np.arange(d)] * pred  # (d, d): Z_j[:, j] on the predecessors
-        w = np.linalg.solve(A, bvec[..., None])[..., 0]  # (d, d), 0 off the predecessors
-        rss = np.maximum(Z[np.arange(d), np.arange(d), np.arange(d)] - np.sum(bvec * w, 1), 1e-300)
+        w, rss, YH = _regressions(m, H, pred)
         val += np.sum(use * -0.5 * m.n_free * (np.log(rss / nf) + 1.0 + LOG_2PI))
         coef = eye - w  # (d, d): row j holds e_j - w_j
         Yr = np.einsum("jak,jk->ja", YH, coef)  # Y_j H (e_j - w_j)

@@ -32,29 +32,43 @@ class Initialisation(NamedTuple):
     W: np.ndarray  # (d, d)
     sigma: np.ndarray  # (d,)
     score: float  # profile log-likelihood of the proposed order
+    targets: np.ndarray  # (N, d): the targets used, inferred (probability > 1/2) where unknown
 
 
-def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None, seed=0):
-    """Latent estimate ``z_hat`` (N, d) and, when the likelihood search ran, its order (else None).
+def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None, seed=0, unknown=None,
+                     regime=None, target_rate=0.2):
+    """Latent estimate ``z_hat`` (N, d), the order when the likelihood search ran (else None), and the
+    targets (N, d) with unknown ones inferred.
 
     Every node with known, varying intervention values in at least d + 2 rows is anchored by them:
     ``z_hat_j`` is the regression of ``v_j`` on the top-d principal coordinates of x (the seed paper's
     setting, closed form). Otherwise (knockouts, unknown values, nodes never intervened on) the
     moment-based search of :mod:`latentscm.inference.identify` finds the directions, scales and an
-    order from the projected second moments.
+    order from the projected second moments. ``unknown`` (N, d) marks targets that are not known
+    (``regime`` (N,) groups the rows that share them; ``target_rate`` is their prior probability): then
+    the EM search of :mod:`latentscm.inference.targets` infers them too.
     """
     from .identify import anchored, project, search  # identify builds on this module: imported here
+    from .targets import search_targets
 
     t = np.asarray(targets)
     v = np.where(t > 0, np.asarray(values, np.float64), 0.0)
     d = t.shape[1]
     y, _, _, s2 = project(x, d)
     y1 = np.c_[y, np.ones(len(y))]
+    if unknown is not None and np.any(unknown):
+        _, H, order, q, ids = search_targets(y1, t, v, unknown, regime, rate=target_rate, tau=tau,
+                                             value_scale=value_scale, s2=s2, order=order, seed=seed)
+        rows = np.asarray(unknown).any(1)
+        g = np.searchsorted(ids, np.asarray(regime)[rows])
+        t = t.copy()
+        t[rows] = np.where(np.asarray(unknown)[rows], q[g] > 0.5, t[rows])
+        return y1 @ H, order, t
     H = anchored(y1, t, v)
     if H is not None:
-        return y1 @ H, None
+        return y1 @ H, None, t
     _, H, order = search(y1, t, v, tau=tau, value_scale=value_scale, s2=s2, order=order, seed=seed)
-    return y1 @ H, order
+    return y1 @ H, order, t
 
 
 def _node_fit(z, targets, j, parents):
@@ -232,11 +246,13 @@ def propose_order(z, targets, values, max_moves=None, grams=None, start=None):
     return order, order_score(z, targets, order, grams=(G, n))
 
 
-def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value_scale=2.0, seed=0):
+def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value_scale=2.0, seed=0,
+               unknown=None, regime=None, target_rate=0.2):
     """Full data-driven initialisation (see the module docstring). ``order`` skips the order search;
     ``observed``: x is the latents themselves (identity decoder), no latent estimate; ``tau`` and
     ``value_scale`` (the model's intervention noise and unknown-value scale) fix the gauge of latents
-    that no known value anchors."""
+    that no known value anchors; ``unknown``, ``regime``, ``target_rate``: targets to infer (see
+    :func:`estimate_latents`); the result's ``targets`` hold them."""
     targets = np.asarray(targets)
     values = np.where(targets > 0, np.asarray(values, np.float64), 0.0)  # NaN: unknown value
     x = np.asarray(x, np.float64)
@@ -244,7 +260,11 @@ def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value
     if observed:
         z = x
     else:
-        z, found = estimate_latents(x, targets, values, tau=tau, value_scale=value_scale, order=order, seed=seed)
+        z, found, inferred = estimate_latents(x, targets, values, tau=tau, value_scale=value_scale, order=order,
+                                              seed=seed, unknown=unknown, regime=regime, target_rate=target_rate)
+        if unknown is not None and np.any(unknown):  # inferred targets: their values are unknown
+            values = np.where(inferred > targets, np.nan, values)
+            targets = inferred
     Z1 = np.c_[z, np.ones(len(z))]
     coef, *_ = np.linalg.lstsq(Z1, x, rcond=None)
     A, b = coef[:-1], coef[-1]
@@ -266,4 +286,4 @@ def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value
         coef_j, rss = _regress(G[j], j, order[:p])
         sigma[j] = np.sqrt(max(rss / n[j], 1e-8))
         W[order[:p], j] = coef_j
-    return Initialisation(z, A, b, max(obs_scale, 1e-3), np.asarray(order), W, sigma, float(score))
+    return Initialisation(z, A, b, max(obs_scale, 1e-3), np.asarray(order), W, sigma, float(score), targets)

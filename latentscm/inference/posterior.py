@@ -33,7 +33,9 @@ class Posterior:
     ``log_predictive(dataset) -> (N,)`` per-row log predictive density estimate, used by
     ``heldout_nll`` when the decoder is not linear. diagnostics: human-readable problems the fit found
     in its own evidence (e.g. optimisation restarts that disagree, see
-    :mod:`latentscm.inference.diagnostics`); empty when none.
+    :mod:`latentscm.inference.diagnostics`); empty when none. regimes (R,) and target_draws (S, R, d):
+    when targets were inferred, the regime ids (sorted) and each draw's exact posterior probability that
+    node j is a target of regime r (known targets as 0/1); :attr:`target_probs` averages them.
     """
 
     method: str
@@ -50,6 +52,14 @@ class Posterior:
     decode: Callable | None = None
     log_predictive: Callable | None = None
     diagnostics: list = field(default_factory=list)
+    regimes: np.ndarray | None = None
+    target_draws: np.ndarray | None = None
+
+    @property
+    def target_probs(self):
+        """(R, d) posterior probability that regime ``regimes[r]`` targets node j; None unless the fit
+        inferred targets."""
+        return None if self.target_draws is None else self.target_draws.mean(0)
 
     @property
     def num_draws(self):
@@ -139,7 +149,8 @@ class Posterior:
 
     def to_arviz(self):
         """ArviZ DataTree: group ``posterior`` (one chain unless the method ran several) with dims
-        ``parent``, ``child``, ``node``, ``position``, ``feature``; group ``latents`` with ``z_mean``,
+        ``parent``, ``child``, ``node``, ``position``, ``feature`` (and ``target_prob`` over ``regime``,
+        ``node`` when targets were inferred: each draw's conditional target probabilities); group ``latents`` with ``z_mean``,
         ``z_sd`` over ``obs``, ``node``. The root's attrs hold ``method``, ``seconds`` and ``diagnostics``
         (the list of problems as a JSON string, ``"[]"`` when none)."""
         import arviz as az
@@ -157,10 +168,11 @@ class Posterior:
             data[f"decoder_{k}"] = v
             dims[f"decoder_{k}"] = decoder_dims.get(k, [f"decoder_{k}_dim_{i}" for i in range(np.ndim(v) - 1)])
         nodes = np.arange(self.d)
-        tree = az.from_dict(
-            {"posterior": {k: shaped(v) for k, v in data.items()}},
-            dims=dims, coords={"parent": nodes, "child": nodes, "node": nodes, "position": nodes},
-        )
+        coords = {"parent": nodes, "child": nodes, "node": nodes, "position": nodes}
+        if self.target_draws is not None:
+            data["target_prob"], dims["target_prob"] = self.target_draws, ["regime", "node"]
+            coords["regime"] = np.asarray(self.regimes)
+        tree = az.from_dict({"posterior": {k: shaped(v) for k, v in data.items()}}, dims=dims, coords=coords)
         tree.attrs.update({"method": self.method, "seconds": float(self.seconds),
                            "diagnostics": json.dumps([str(p) for p in self.diagnostics])})
         tree["posterior"].attrs.update({"method": self.method})

@@ -20,6 +20,7 @@ deterministic ``W`` (d, d); factor ``x`` (the collapsed log-likelihood). Horsesh
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -106,12 +107,17 @@ def group_rows(targets):
     return masks, index.reshape(-1)
 
 
-def unit_stats(units: Units, dtype=np.float64):
-    """Sufficient statistics of units grouped by their (targets, known) pattern (float64, numpy)."""
+def unit_stats(units: Units, dtype=np.float64, group=None):
+    """Sufficient statistics of units grouped by their (targets, known) pattern (float64, numpy), or by
+    ``group`` (U,) (e.g. regime ids; each group's pattern is that of its first unit)."""
     U, k, D = units.x.shape
     d = units.targets.shape[-1]
     pattern = np.concatenate([units.targets.reshape(U, -1), units.known.reshape(U, -1)], axis=1)
-    patterns, g = group_rows(pattern)
+    if group is None:
+        patterns, g = group_rows(pattern)
+    else:
+        ids, first, g = np.unique(np.asarray(group), return_index=True, return_inverse=True)
+        patterns, g = pattern[first], g.reshape(-1)
     R = len(patterns)
     X, V = units.x.reshape(U, k * D), units.values.reshape(U, k * d)
     rows_of = [np.flatnonzero(g == r) for r in range(R)]
@@ -288,20 +294,12 @@ def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=
     s2, n = obs_scale**2, stats.n
     gam, gzm = gamma.reshape(R, r, kd), gz.reshape(R, kd, kd)  # noise -> latents, known values -> latents
     AAk = jnp.kron(jnp.eye(k, dtype=A.dtype), A @ A.T)  # (kd, kd): A A^T on each of the k rows
+    Qb, tr_xx = _projected_moments(stats, A, b)
     Ab = jnp.tile(A @ b, k)
-    bk = jnp.tile(b, k)
-    # projected statistics of the centred rows x - b: A S A^T (kd, kd) from the factor blocks, A sxv (kd, kd)
-    M, B = stats.fx.shape[:2]
-    Af = jnp.einsum("mbkD,dD->mbkd", stats.fx.reshape(M, B, k, D), A).reshape(M, B, kd)
-    Q = jax.ops.segment_sum(jnp.einsum("mbp,mbq->mpq", Af, Af), stats.fg, num_segments=R)
-    Ax = jnp.einsum("rkD,dD->rkd", stats.sx.reshape(R, k, D), A).reshape(R, kd)
-    Qb = (Q - Ax[:, :, None] * Ab[None, None, :] - Ab[None, :, None] * Ax[:, None, :]
-          + n[:, None, None] * Ab[None, :, None] * Ab[None, None, :])
     Axv = (jnp.einsum("rkDq,dD->rkdq", stats.sxv.reshape(R, k, D, kd), A).reshape(R, kd, kd)
            - Ab[None, :, None] * stats.sv[:, None, :])  # A (sxv - b sv^T)
     # E = sum_n e_n^T e_n with e_n = X_n - b - V_n G: its trace, and A E A^T
     GA = gzm @ AAk  # G A^T (values, latents)
-    tr_xx = stats.tr_sxx - 2 * stats.sx @ bk + n * k * (b @ b)
     trE = tr_xx - 2 * jnp.einsum("rql,rlq->r", gzm, Axv) + jnp.einsum("rql,rlm,rqm->r", stats.svv, GA, gzm)
     cross = Axv @ GA
     AEA = Qb - cross - jnp.swapaxes(cross, -1, -2) + jnp.swapaxes(GA, -1, -2) @ stats.svv @ GA
@@ -311,6 +309,95 @@ def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=
     quad = (trE - jnp.einsum("rpq,rql,rpl->r", LG, AEA, LG)) / s2
     logdet = (k * D - r) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
     return jnp.sum(-0.5 * (n * k * D * LOG_2PI + n * logdet + quad))
+
+
+def _projected_moments(stats, A, b):
+    """Per pattern, the centred rows' ``A S A^T`` (R, kd, kd) with ``S = sum_n (X_n - b)^T (X_n - b)``
+    (from the factor blocks) and its trace before projection, ``tr S`` (R,)."""
+    R, k, _ = stats.masks.shape
+    D, kd = A.shape[-1], k * A.shape[0]
+    n = stats.n
+    Ab = jnp.tile(A @ b, k)
+    M, B = stats.fx.shape[:2]
+    Af = jnp.einsum("mbkD,dD->mbkd", stats.fx.reshape(M, B, k, D), A).reshape(M, B, kd)
+    Q = jax.ops.segment_sum(jnp.einsum("mbp,mbq->mpq", Af, Af), stats.fg, num_segments=R)
+    Ax = jnp.einsum("rkD,dD->rkd", stats.sx.reshape(R, k, D), A).reshape(R, kd)
+    Qb = (Q - Ax[:, :, None] * Ab[None, None, :] - Ab[None, :, None] * Ax[:, None, :]
+          + n[:, None, None] * Ab[None, :, None] * Ab[None, None, :])
+    tr = stats.tr_sxx - 2 * stats.sx @ jnp.tile(b, k) + n * k * (b @ b)
+    return Qb, tr
+
+
+class TargetStats(NamedTuple):
+    """Regimes whose target sets are (partly) unknown: single rows grouped by regime.
+
+    stats: :class:`SufficientStats` with one pattern per regime (its ``masks`` hold the known targets;
+    no values are known); candidates (C, d) 0/1: the target sets enumerated; log_prior (R, C): the
+    Bernoulli prior of each candidate for each regime over its unknown entries, ``-inf`` where the
+    candidate contradicts a known entry or exceeds the size limit.
+    """
+
+    stats: SufficientStats
+    candidates: np.ndarray
+    log_prior: np.ndarray
+
+
+def target_candidates(known, unknown, rate, max_size=None):
+    """Candidate target sets for regimes with known entries ``known`` (R, d) 0/1 and unknown entries
+    ``unknown`` (R, d) bool: every set that agrees with a regime's known entries and sets at most
+    ``max_size`` (default: all) of its unknown entries, each regime's log prior
+    ``sum_unknown t log(rate) + (1 - t) log(1 - rate)`` (``-inf`` elsewhere; unnormalised when truncated).
+    Returns candidates (C, d) int8 and log_prior (R, C)."""
+    known, unknown = np.asarray(known, np.int8), np.asarray(unknown, bool)
+    R, d = known.shape
+    out = {}
+    for r in range(R):
+        free = np.flatnonzero(unknown[r])
+        limit = len(free) if max_size is None else min(max_size, len(free))
+        for size in range(limit + 1):
+            for subset in itertools.combinations(free, size):
+                c = known[r] * ~unknown[r]
+                c[list(subset)] = 1
+                out.setdefault(c.tobytes(), c)
+    cands = np.stack(list(out.values())).astype(np.int8)
+    agree = ((cands[None] == known[:, None]) | unknown[:, None]).all(-1)  # (R, C)
+    size = (cands[None] * unknown[:, None]).sum(-1)
+    ok = agree & (size <= (d if max_size is None else max_size))
+    lp = size * np.log(rate) + (unknown.sum(-1)[:, None] - size) * np.log1p(-rate)
+    return cands, np.where(ok, lp, -np.inf)
+
+
+def target_table(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
+    """``log p(x_r | T = c, ...)`` (R, C) of each regime's rows under each candidate target set
+    (all their intervened values unknown): the collapsed density of :func:`collapsed_log_likelihood`
+    with the regime's projected moments formed once and each candidate's factors once, so the table
+    costs ``O(C d^3 + R C d^2)`` beyond the projection."""
+    st, cands = tstats.stats, jnp.asarray(tstats.candidates, W.dtype)
+    D = A.shape[-1]
+    zeros = jnp.zeros_like(cands)[:, None]
+    gamma, _ = unit_factors(W, sigma, tau, value_scale, cands[:, None], zeros)  # (C, d, 1, d)
+    gam = gamma[:, :, 0]
+    s2 = obs_scale**2
+    K = s2 * jnp.eye(gam.shape[1], dtype=A.dtype) + gam @ (A @ A.T) @ jnp.swapaxes(gam, -1, -2)
+    L = jnp.linalg.cholesky(K)
+    LG = jax.scipy.linalg.solve_triangular(L, gam, lower=True)
+    Mc = jnp.swapaxes(LG, -1, -2) @ LG  # (C, d, d): Gamma^T K^-1 Gamma
+    logdet = (D - gam.shape[1]) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
+    Qb, tr = _projected_moments(st, A, b)
+    quad = (tr[:, None] - jnp.einsum("cpq,rpq->rc", Mc, Qb)) / s2
+    return -0.5 * (st.n[:, None] * (D * LOG_2PI + logdet[None]) + quad)
+
+
+def target_log_likelihood(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
+    """``log p(x_unknown | ...)``: each regime's candidate target sets summed out exactly (scalar)."""
+    table = target_table(tstats, W, sigma, A, b, obs_scale, tau, value_scale) + tstats.log_prior
+    return jnp.sum(jax.scipy.special.logsumexp(table, axis=-1))
+
+
+def target_probabilities(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
+    """``p(node j is a target of regime r | x, ...)`` (R, d) under one parameter draw."""
+    table = target_table(tstats, W, sigma, A, b, obs_scale, tau, value_scale) + tstats.log_prior
+    return jax.nn.softmax(table, axis=-1) @ jnp.asarray(tstats.candidates, table.dtype)
 
 
 def _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale):
@@ -378,19 +465,25 @@ def latent_posterior(x, targets, values, W, sigma, A, b, obs_scale, tau, value_s
     return mean[:, 0], cov[:, 0, :, 0, :]
 
 
-def collapsed_model(stats, *, priors, tau=0.1, value_scale=1.0, order=None):
+def collapsed_model(stats, *, priors, tau=0.1, value_scale=1.0, order=None, unknown=None):
     """NumPyro model of the collapsed latent SCM (see the module docstring for site names).
 
-    stats: a SufficientStats or CenteredStats (float32 form), or a tuple of them (single rows, pairs); priors: PriorSpec; tau:
-    intervention noise scale; value_scale: prior scale of unknown intervention values; order:
-    optional known node order (d,), which replaces the ``P`` site by a constant.
+    stats: a SufficientStats or CenteredStats (float32 form), or a tuple of them (single rows, pairs; may be
+    empty when ``unknown`` holds every row); priors: PriorSpec; tau: intervention noise scale;
+    value_scale: prior scale of unknown intervention values; order: optional known node order (d,), which
+    replaces the ``P`` site by a constant; unknown: optional :class:`TargetStats` of the regimes whose
+    targets are inferred (their target sets summed out exactly, :func:`target_log_likelihood`).
     """
     stats = stats if isinstance(stats, tuple) and not isinstance(stats, (SufficientStats, CenteredStats)) else (stats,)
-    d, D = stats[0].d, stats[0].D
+    first = stats[0] if stats else unknown.stats
+    d, D = first.d, first.D
     W, sigma, _ = sample_graph(d, priors["edge_weight"], priors["noise_scale"], order)
     A = priors["decoder_weight"].sample("decoder_weight", (d, D))
     b = priors["decoder_bias"].sample("decoder_bias", (D,))
     s = priors["obs_scale"].sample("obs_scale", ())
-    numpyro.factor("x", sum((centered_log_likelihood if isinstance(st, CenteredStats) else collapsed_log_likelihood)(
-        st, W, sigma, A, b, s, tau, value_scale) for st in stats))
+    ll = sum((centered_log_likelihood if isinstance(st, CenteredStats) else collapsed_log_likelihood)(
+        st, W, sigma, A, b, s, tau, value_scale) for st in stats)
+    if unknown is not None:
+        ll = ll + target_log_likelihood(unknown, W, sigma, A, b, s, tau, value_scale)
+    numpyro.factor("x", ll)
 

@@ -1,0 +1,269 @@
+"""Identification with unknown intervention targets: EM over the (regime, node) target indicators.
+
+Given ``z = y1 H`` (see :mod:`latentscm.inference.identify`), the projected likelihood factorises over
+nodes, and a regime's rows enter node j's factor either as free rows (``z_j`` regressed on its
+predecessors) or as intervened rows with an unknown value (``z_j ~ N(0, tau^2 + value_scale^2 + s^2
+|h_j|^2)``). So the indicator ``t_rj`` of "regime r targets node j" has an exact posterior given
+``(H, order)`` and the free rows' regressions:
+
+    logit p(t_rj = 1 | ...) = logit(rate) + log N(z_rj | intervened) - log N(z_rj | regression)
+
+(sums over the regime's rows, from its second moments). EM alternates that E-step with the M-step of
+:mod:`~latentscm.inference.identify` (L-BFGS on ``H`` and an order move, with each regime's moments
+weighted by its target probabilities: the expected complete-data likelihood is linear in them). The
+search runs from several starts (every unknown entry targeted, or none, each with a data-driven and
+random ``H``) and keeps the largest EM lower bound ``E_q log p(y, t) + H(q)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import scipy.optimize
+
+from .identify import (_closed_form_start, _fit_H, _geigh, _peel_start, _polish, _random_start, Moments,
+                       log_likelihood, pattern_moments, profile)
+from ..models.collapsed import group_rows
+from .initialize import propose_order
+
+_EM_ITERS = 30
+_TOL = 1e-3
+
+
+class _Problem:
+    """Per-pattern moments of the rows whose targets are known and per-regime moments of the others."""
+
+    def __init__(self, y1, targets, values, unknown, group):
+        t = np.asarray(targets) > 0
+        unknown = np.asarray(unknown, bool)
+        open_rows = unknown.any(1)
+        v = np.where(open_rows[:, None], np.nan, np.asarray(values, np.float64))  # open regimes: values unknown
+        known = t & np.isfinite(v)
+        v0 = np.where(known, v, 0.0)
+        patterns, gb = group_rows(np.concatenate([t, known], axis=1)[~open_rows])
+        self.base = pattern_moments(y1[~open_rows], gb, len(patterns))
+        d = t.shape[1]
+        self.base_tp, self.base_kp = patterns[:, :d].astype(np.float64), patterns[:, d:].astype(np.float64)
+        self.known_v, self.known_vv = v0.T @ y1, (v0**2).sum(0)
+        ids, first, g = np.unique(np.asarray(group)[open_rows], return_index=True, return_inverse=True)
+        self.ids = ids
+        self.S, self.n = pattern_moments(y1[open_rows], g.reshape(-1), len(ids))
+        rows = np.flatnonzero(open_rows)
+        self.fixed = np.where(unknown[rows[first]], 0.0, t[rows[first]].astype(np.float64))  # (G, d)
+        self.free = unknown[rows[first]]
+        self.rows, self.g = rows, g.reshape(-1)
+        self.targets, self.values = t.astype(np.int8), v
+        self.N, self.d = len(y1), d
+
+    def moments(self, q):
+        """Moments with the open regimes' targets weighted by ``q`` (G, d) (their values unknown)."""
+        tp = np.where(self.free, q, self.fixed)
+        return Moments.from_patterns(np.concatenate([self.base[0], self.S]), np.concatenate([self.base[1], self.n]),
+                                     np.concatenate([self.base_tp, tp]),
+                                     np.concatenate([self.base_kp, np.zeros_like(tp)]),
+                                     self.known_v, self.known_vv, self.N)
+
+    def hard(self, q):
+        """Row targets (N, d) with the open regimes' targets at ``q > 1/2``, and values (NaN there)."""
+        t, v = self.targets.copy(), self.values.copy()
+        tp = np.where(self.free, q > 0.5, self.fixed > 0)
+        t[self.rows] = tp[self.g]
+        v[self.rows] = np.where(t[self.rows] > 0, np.nan, 0.0)
+        return t, v
+
+
+def _order_move(problem, y1, q, H, order):
+    """Insertion hill climbing of the order from ``order`` at the hard targets of ``q`` (``order`` itself
+    while some node has fewer than two free rows: nothing to regress)."""
+    t, v = problem.hard(q)
+    if ((t == 0).sum(0) < 2).any():
+        return np.asarray(order)
+    return propose_order(y1 @ H, t, v, start=order)[0]
+
+
+def _logits(problem, H, order, m, rate, tau, value_scale, s2):
+    """``logit p(t_rj = 1 | y, H, order)`` (G, d) for the open regimes."""
+    d = problem.d
+    w, var_f = profile(m, H, order)
+    c = H @ (np.eye(d) - w).T  # column j: H (e_j - w_j), the free residual of z_j
+    rss = np.einsum("ak,gab,bk->gk", c, problem.S, c)
+    q_t = np.einsum("ak,gab,bk->gk", H, problem.S, H)
+    var_t = tau**2 + value_scale**2 + s2 * (H[:d] ** 2).sum(0)
+    n = problem.n[:, None]
+    ll_f = -0.5 * n * np.log(var_f) - 0.5 * rss / var_f
+    ll_t = -0.5 * n * np.log(var_t) - 0.5 * q_t / var_t
+    return np.log(rate) - np.log1p(-rate) + ll_t - ll_f
+
+
+def _bound(problem, q, H, order, rate, tau, value_scale, s2):
+    """EM lower bound ``E_q log p(y, t | H, order) + entropy(q)`` on the open entries."""
+    ll = log_likelihood(problem.moments(q), H, order, tau, value_scale, s2)
+    qc = np.clip(q, 1e-12, 1 - 1e-12)
+    prior = qc * np.log(rate) + (1 - qc) * np.log1p(-rate) - qc * np.log(qc) - (1 - qc) * np.log1p(-qc)
+    return ll + float(np.sum(np.where(problem.free, prior, 0.0)))
+
+
+def _em(problem, y1, q, H, order, fixed_order, *, rate, tau, value_scale, s2):
+    for _ in range(_EM_ITERS):
+        m = problem.moments(q)
+        H, _ = _fit_H(m, H, order, tau, value_scale, s2)
+        new_order = order
+        if not fixed_order:
+            new_order = _order_move(problem, y1, q, H, order)
+        logit = _logits(problem, H, new_order, problem.moments(q), rate, tau, value_scale, s2)
+        q_new = np.where(problem.free, 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50))), 0.0)
+        done = np.abs(q_new - q).max() < _TOL and np.array_equal(new_order, order)
+        q, order = q_new, np.asarray(new_order)
+        if done:
+            break
+    return _bound(problem, q, H, order, rate, tau, value_scale, s2), q, H, order
+
+
+def _two_values(Theta, n, f0_on):
+    """Best split of regimes into targeted / free for a sink: alternate the direction ``f`` under which
+    ``Theta_r f`` is most nearly constant within each group (the generalised eigenproblem of
+    :func:`~latentscm.inference.identify._peel_start`) and the groups (each regime to the nearer group
+    mean of ``Theta_r f``). Returns (scatter ratio, f, on) or None."""
+    on = f0_on.copy()
+    best = None
+    for _ in range(10):
+        if not on.any() or on.all():
+            return best
+        m = Theta.shape[1]
+        Q, Q0 = np.zeros((m, m)), np.zeros((m, m))
+        for sel in (on, ~on):
+            Tm = np.einsum("r,rab->ab", n[sel], Theta[sel]) / n[sel].sum()
+            Dlt = Theta[sel] - Tm
+            Q += np.einsum("r,rca,rcb->ab", n[sel], Dlt, Dlt)
+            Q0 += n[sel].sum() * Tm.T @ Tm
+        lam, vec = _geigh(Q, Q0)
+        if best is not None and lam[0] >= best[0] - 1e-12:
+            return best
+        f = vec[:, 0]
+        best = (lam[0], f, on)
+        a = Theta @ f  # (R, m)
+        c_on, c_off = (np.average(a[sel], axis=0, weights=n[sel]) for sel in (on, ~on))
+        new = ((a - c_on) ** 2).sum(1) < ((a - c_off) ** 2).sum(1)
+        if np.array_equal(new, on):
+            return best
+        on = new
+    return best
+
+
+def _peel_unknown(y1, g, observational, tau, value_scale):
+    """Order, H and initial target indicators by peeling sinks (:func:`~latentscm.inference.identify._peel_start`)
+    when the targets are unknown: each sink's regimes split in two groups by :func:`_two_values`, seeded
+    from every single regime; the group of a regime known to be observational is free, without one the
+    larger group. Nodes are labelled in peeling order. Returns (order, H, on (G, d) bool over the
+    regimes ``0..G-1`` of ``g``) or None when fewer than two regimes have enough rows."""
+    d = y1.shape[1] - 1
+    y = y1[:, :d]
+    G = g.max() + 1
+    keep = np.array([(g == r).sum() > 2 * d for r in range(G)])
+    if keep.sum() < 2:
+        return None
+    n = np.array([(g == r).sum() for r in range(G)], np.float64)[keep]
+    covs = np.stack([np.cov(y[g == r].T) for r in np.flatnonzero(keep)])
+    off_only = np.asarray(observational, bool)[keep]
+    P, H, order, on_all = np.eye(d), np.zeros((d + 1, d)), [], np.zeros((G, d), bool)
+    omega = tau**2 + value_scale**2
+    for node in range(d):
+        m = P.shape[1]
+        C = np.einsum("da,rde,eb->rab", P, covs, P)
+        Linv = np.linalg.inv(np.linalg.cholesky(np.einsum("r,rab->ab", n, C) / n.sum()))
+        Cu = Linv @ C @ Linv.T
+        Theta = np.linalg.inv(Cu)
+        cands = [_two_values(Theta, n, np.eye(len(n), dtype=bool)[r]) for r in range(len(n))]
+        cands = [c for c in cands if c is not None]
+        if not cands:
+            return None
+        _, f, on = min(cands, key=lambda c: c[0])
+        if (off_only & on).any() if off_only.any() else on.sum() > (~on).sum():
+            on = ~on  # the group of a known observational regime is free; without one, the larger group
+        gu = np.einsum("r,rab->ab", n[on], Theta[on]) @ f / n[on].sum()
+        var = np.einsum("r,a,rab,b->", n[on], gu, Cu[on], gu) / n[on].sum()
+        gu = gu * np.sqrt(omega / max(var, 1e-300))
+        j = d - 1 - node  # sinks take the last labels
+        H[:d, j] = P @ Linv.T @ gu
+        H[d, j] = -y.mean(0) @ H[:d, j]
+        on_all[np.flatnonzero(keep), j] = on
+        order.append(j)
+        if m > 1:
+            P = P @ Linv.T @ np.linalg.svd(f[None, :])[2][1:].T
+    return np.array(order[::-1]), H, on_all
+
+
+def _match_labels(on, fixed, free):
+    """Permutation of the peeled nodes onto the labels that best agrees with the known target entries."""
+    agree = np.einsum("gi,gk->ik", on.astype(float), np.where(free, 0.0, fixed)) \
+        + np.einsum("gi,gk->ik", (~on).astype(float), np.where(free, 0.0, 1 - fixed))
+    rows, cols = scipy.optimize.linear_sum_assignment(-agree)
+    perm = np.empty(on.shape[1], int)
+    perm[cols] = rows  # label k takes peeled node perm[k]
+    return perm
+
+
+def _flip(q, free, j):
+    out = q.copy()
+    out[:, j] = np.where(free[:, j], 1 - q[:, j], q[:, j])
+    return out
+
+
+def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scale, s2, order=None,
+                   num_random=4, seed=0):
+    """Best (bound, H, order, q) of EM runs over the unknown targets, with ``q`` (G, d) the target
+    probabilities of the regimes (sorted ``group`` ids) that have unknown entries; ``order`` fixes the
+    order. Targets known in ``targets`` (where ``unknown`` is False) stay fixed."""
+    rng = np.random.default_rng(seed)
+    problem = _Problem(y1, targets, values, unknown, group)
+    starts = []
+    # the peel sees every regime: those with known targets fix the labels (an observational one, which
+    all_ids, first, g_all = np.unique(np.asarray(group), return_index=True, return_inverse=True)
+    free_all = np.asarray(unknown, bool)[first]
+    fixed_all = np.where(free_all, 0.0, np.asarray(targets)[first] > 0)
+    # group is free); a second peel sees only the regimes with unknown targets
+    peels = [(y1, g_all.reshape(-1), ((fixed_all == 0) & ~free_all).all(1), np.arange(len(all_ids))),
+             (y1[problem.rows], problem.g, np.zeros(len(problem.ids), bool), np.searchsorted(all_ids, problem.ids))]
+    for y_p, g_p, observational, where in peels:
+        peel = _peel_unknown(y_p, g_p, observational, tau, value_scale)
+        if peel is None:
+            continue
+        p_order, p_H, on_p = peel
+        on = np.zeros((len(all_ids), problem.d), bool)
+        on[where] = on_p
+        perm = _match_labels(on[where], fixed_all[where], free_all[where])
+        inv = np.argsort(perm)
+        on = on[np.searchsorted(all_ids, problem.ids)]
+        q0 = np.where(problem.free, np.clip(on[:, perm], 0.02, 0.98), 0.0)
+        starts.append((q0, p_H[:, perm], inv[p_order] if order is None else np.asarray(order)))
+    for q0 in (problem.free.astype(np.float64), np.where(problem.free, rate, 0.0)):
+        t, v = problem.hard(q0)
+        Hs = [_closed_form_start(y1, t, v, tau, value_scale, rng)]
+        peel = _peel_start(y1, t, v, tau, value_scale)
+        if peel is not None:
+            Hs.append(peel[1])
+        Hs += [_random_start(y1, rng) for _ in range(num_random)]
+        for H in Hs:
+            own = np.asarray(order) if order is not None else _order_move(problem, y1, q0, H, rng.permutation(problem.d))
+            starts.append((q0, H, own))
+    best = None
+    for q0, H, own in starts:
+        res = _em(problem, y1, q0, H, own, order is not None, rate=rate, tau=tau, value_scale=value_scale, s2=s2)
+        if best is None or res[0] > best[0]:
+            best = res
+    bound, q, H, cur = best
+    for _ in range(problem.d):  # label flips: a node's targeted and free regimes swapped, then EM again
+        flips = [_em(problem, y1, _flip(q, problem.free, j), H, cur,
+                     order is not None, rate=rate, tau=tau, value_scale=value_scale, s2=s2)
+                 for j in range(problem.d) if problem.free[:, j].any()]
+        top = max(flips, key=lambda r: r[0], default=None)
+        if top is None or top[0] <= bound + 1e-6 * abs(bound):
+            break
+        bound, q, H, cur = top
+    if order is None:  # order moves with H re-fitted, at the final target probabilities
+        t, _ = problem.hard(q)
+        m = problem.moments(q)
+        ll = log_likelihood(m, H, cur, tau, value_scale, s2)
+        _, H, cur = _polish(m, y1, t, ll, H, cur, tau=tau, value_scale=value_scale, s2=s2)
+        bound, q, H, cur = _em(problem, y1, q, H, cur, False, rate=rate, tau=tau, value_scale=value_scale, s2=s2)
+    return bound, H, cur, q, problem.ids

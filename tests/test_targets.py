@@ -1,0 +1,111 @@
+"""Unknown intervention targets: the enumerated collapsed density, the EM start, the fit and its errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from latentscm.data import DataError
+from latentscm.data.simulate import SimulationConfig, simulate
+from latentscm.inference.api import check_fit_inputs, fit
+from latentscm.inference.identify import project
+from latentscm.inference.targets import search_targets
+from latentscm.metrics import mcc, regime_table, target_auroc
+from latentscm.models import collapsed as C
+
+
+def _observational_known(ds):
+    """Hide the targets of every regime but the observational one."""
+    ids = np.unique(ds.regime)
+    return ds.hide_targets([r for r in ids if ds.targets[ds.regime == r].any()])
+
+
+def test_candidates_agree_with_known_entries_and_carry_the_bernoulli_prior():
+    known = np.array([[1, 0, 0], [0, 0, 0]], np.int8)
+    unknown = np.array([[False, True, True], [True, True, True]])
+    cands, lp = C.target_candidates(known, unknown, 0.2, max_size=1)
+    rows = {tuple(c) for c in cands}
+    assert rows == {(1, 0, 0), (1, 1, 0), (1, 0, 1), (0, 0, 0), (0, 1, 0), (0, 0, 1)}
+    for c, row0, row1 in zip(cands, lp[0], lp[1]):
+        agrees = c[0] == 1
+        k = int(c[1:].sum())  # targets among regime 0's unknown entries
+        assert row0 == (pytest.approx(k * np.log(0.2) + (2 - k) * np.log(0.8)) if agrees else -np.inf)
+        k1 = int(c.sum())
+        assert row1 == pytest.approx(k1 * np.log(0.2) + (3 - k1) * np.log(0.8)) if k1 <= 1 else row1 == -np.inf
+
+
+def test_target_table_is_the_collapsed_density_of_each_candidate():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        d, D, N = 3, 7, 60
+        x = rng.normal(size=(N, D))
+        regime = rng.integers(0, 3, N)
+        W = jnp.asarray(np.triu(rng.normal(size=(d, d)), 1))
+        sigma, A, b = jnp.array([1.0, 0.7, 1.3]), jnp.asarray(rng.normal(size=(d, D))), jnp.asarray(rng.normal(size=D))
+        units = C.make_units(x, np.zeros((N, d), np.int8), np.full((N, d), np.nan))[0]
+        cands, lp = C.target_candidates(np.zeros((3, d), np.int8), np.ones((3, d), bool), 0.3)
+        ts = C.TargetStats(jax.tree.map(jnp.asarray, C.unit_stats(units, group=regime)), cands, lp)
+        table = np.asarray(C.target_table(ts, W, sigma, A, b, 0.3, 0.1, 2.0))
+        for r in range(3):
+            rows = regime == r
+            for c, cand in enumerate(cands):
+                t = np.tile(cand, (rows.sum(), 1))
+                ref = C.row_log_likelihood(jnp.asarray(x[rows]), t, jnp.where(t > 0, jnp.nan, 0.0), W, sigma, A, b,
+                                           0.3, 0.1, 2.0).sum()
+                assert table[r, c] == pytest.approx(float(ref), rel=1e-9)
+        probs = np.asarray(C.target_probabilities(ts, W, sigma, A, b, 0.3, 0.1, 2.0))
+        post = np.exp(table + lp - np.logaddexp.reduce(table + lp, axis=1, keepdims=True))
+        np.testing.assert_allclose(probs, post @ cands, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def knockouts():
+    cfg = SimulationConfig(d=4, design="iid", values="zero", targets="single", n_regimes=8, n_rows=1800,
+                           n_test_regimes=0)
+    return simulate(cfg, 1)[0]
+
+
+def test_em_search_recovers_unknown_knockout_targets(knockouts):
+    ds = _observational_known(knockouts)
+    y, _, _, s2 = project(ds.x, ds.d)
+    y1 = np.c_[y, np.ones(len(y))]
+    _, H, order, q, ids = search_targets(y1, ds.targets, ds.values, ds.target_unknown, ds.regime, rate=0.2,
+                                         tau=0.1, value_scale=2.0, s2=s2)
+    score, match = mcc(y1 @ H, knockouts.z, return_matching=True)
+    assert score > 0.99
+    truth = regime_table(knockouts.regime, knockouts.targets)[1]
+    open_truth = truth[np.searchsorted(np.unique(knockouts.regime), ids)]
+    np.testing.assert_array_equal(q[:, match] > 0.5, open_truth > 0)
+    position = np.argsort(order)  # of each found latent; true latent j is found latent match[j]
+    assert all(position[match[i]] < position[match[j]] for i, j in zip(*np.nonzero(knockouts.weights)))
+
+
+def test_fit_infers_targets_graph_and_latents(knockouts, tmp_path):
+    from latentscm.runs import run_metrics, write_run
+
+    ds = _observational_known(knockouts)
+    post = fit(ds, "collapsed", config={"unknown_targets": "latent", "steps": 600, "num_draws": 50}, seed=0,
+               progress=False)
+    metrics = run_metrics(post, ds)
+    assert metrics["e_shd"] <= 0.5 and metrics["mcc"] > 0.98
+    assert metrics["target_auroc"] > 0.99
+    assert post.target_probs.shape == (len(np.unique(ds.regime)), ds.d)
+    tree = post.to_arviz()
+    assert tree["posterior"]["target_prob"].dims == ("chain", "draw", "regime", "node")
+    write_run(tmp_path, post, metrics, ds, save_dataset=False)
+    assert (tmp_path / "target_probabilities.png").stat().st_size > 0
+
+
+def test_unknown_targets_need_the_setting_and_single_rows(knockouts):
+    ds = _observational_known(knockouts)
+    with pytest.raises(DataError, match='unknown_targets = "latent"'):
+        check_fit_inputs(ds, "collapsed")
+    with pytest.raises(DataError, match="unknown_targets"):
+        check_fit_inputs(ds, "amortized")
+    paired = ds.from_arrays(ds.x, ds._nan_targets(), regime=ds.regime, pair=np.arange(ds.N) // 2)
+    with pytest.raises(DataError, match="use_pairs"):
+        check_fit_inputs(paired, "collapsed", {"unknown_targets": "latent", "use_pairs": True})
+    with pytest.raises(ValueError, match="float64"):
+        check_fit_inputs(ds, "collapsed", {"unknown_targets": "latent", "precision": "float32"})
+    with pytest.raises(ValueError, match="target_rate"):
+        check_fit_inputs(ds, "collapsed", {"unknown_targets": "latent", "target_rate": 1.0})
