@@ -2,7 +2,9 @@
 
 One command runs a grid of cells. A cell is one simulated problem (``d``, graph ER-k, linear or MLP
 projection, single- or multi-target interventions, Gaussian, zero (knockouts) or hidden values (Gaussian
-values written as NaN, fitted with ``unknown_values = "latent"``), ``n_regimes`` regimes of
+values written as NaN, fitted with ``unknown_values = "latent"``), targets given or not (``--given
+unknown``: every interventional regime's targets hidden, the observational one labelled, fitted with
+``unknown_targets = "latent"``; target AUROC / AUPRC join the metrics), ``n_regimes`` regimes of
 ``rows_per_regime`` paired rows, ``D``), one method with its settings and one seed. Each fit is a fresh
 ``latentscm fit`` process (:func:`latentscm.compare.run_fit_process`), so ``wall_s`` includes start-up
 and compilation and ``peak_rss_mb`` is that fit's own peak memory.
@@ -50,10 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "grid"
 RESULTS = ROOT / "benchmarks" / "results"
 
-KEYS = ["d", "graph", "projection", "targets", "values", "method"]
+KEYS = ["d", "graph", "projection", "targets", "values", "given", "method"]
 GROUP = KEYS + ["D", "n"]  # one configuration of the tables (n: rows)
 COLUMNS = KEYS + ["seed", "n", "D", "n_regimes", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
-                  "heldout_nll", "seconds", "wall_s", "peak_rss_mb", "error"]
+                  "target_auroc", "target_auprc", "heldout_nll", "seconds", "wall_s", "peak_rss_mb", "error"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Cell:
     projection: str = "linear"
     targets: str = "multi"
     values: str = "gaussian"
+    given: str = "known"  # "unknown": the targets of every interventional regime hidden from the fit
     method: str = "collapsed"
     seed: int = 0
     D: int = 100
@@ -74,7 +77,8 @@ class Cell:
 
     @property
     def name(self):
-        return (f"d{self.d}-{self.graph.lower()}-{self.projection}-{self.targets}-{self.values}-D{self.D}"
+        hidden = "-targets_unknown" if self.given == "unknown" else ""
+        return (f"d{self.d}-{self.graph.lower()}-{self.projection}-{self.targets}-{self.values}{hidden}-D{self.D}"
                 f"-r{self.n_regimes}x{self.rows_per_regime}-{self.method}-seed{self.seed}")
 
     @property
@@ -99,7 +103,8 @@ def default_config(cell):
     from latentscm.inference.collapsed import scaled_settings
 
     hidden = {"unknown_values": "latent"} if cell.values == "hidden" and cell.method in ("collapsed", "amortized") else {}
-    return (scaled_settings(cell.d) if cell.method == "collapsed" else {}) | hidden
+    unknown = {"unknown_targets": "latent"} if cell.given == "unknown" and cell.method == "collapsed" else {}
+    return (scaled_settings(cell.d) if cell.method == "collapsed" else {}) | hidden | unknown
 
 
 def _read_records(work):
@@ -122,6 +127,9 @@ def run_cell(cell, work, *, progress=True):
         train, held_out = simulate(cell.simulation(), cell.seed)
         if cell.values == "hidden":  # the values were drawn, then lost: NaN where targeted
             train = dataclasses.replace(train, values=np.where(train.targets > 0, np.nan, 0.0))
+        if cell.given == "unknown":  # the observational regime stays labelled (all-zero targets)
+            ids = np.unique(train.regime)
+            train = train.hide_targets([r for r in ids if train.targets[train.regime == r].any()])
         held_out.save(test)
         train.save(data)
     fits = work / "fits"
@@ -147,10 +155,13 @@ def write_tables(records, out, *, title, note=""):
 
     table = pd.DataFrame(records)
     cols = [c for c in COLUMNS if c in table] + [c for c in ("config",) if c in table]
-    table = table[cols].sort_values(["method", "graph", "projection", "targets", "values", "d", "seed"])
+    if "given" in table:  # records written before the axis existed: targets known
+        table["given"] = table["given"].fillna("known")
+    table = table[cols].sort_values(["method", "graph", "projection", "targets", "values", "given", "d", "seed"])
     atomic_write(out.with_suffix(".csv"), lambda tmp: table.to_csv(tmp, index=False))
     ok = table[table["error"].fillna("") == ""] if "error" in table else table
-    metric_cols = [c for c in ("e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse", "heldout_nll", "seconds",
+    metric_cols = [c for c in ("e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse", "target_auroc",
+                               "target_auprc", "heldout_nll", "seconds",
                                "wall_s", "peak_rss_mb") if c in ok]
     group = [k for k in GROUP if k in ok]
     summary = ok.groupby(group, sort=False)[metric_cols].mean() if len(ok) else pd.DataFrame()
@@ -169,7 +180,8 @@ def write_tables(records, out, *, title, note=""):
     # metrics and costs against d (out.png), N (out-n.png) and D (out-D.png): one line per configuration
     # of the other keys, drawn only where that configuration has several values of the axis
     for x, path in (("d", out), ("n", out.with_name(out.name + "-n")), ("D", out.with_name(out.name + "-D"))):
-        others = [k for k in ("method", "graph", "projection", "targets", "values", "d", "D", "n") if k != x and k in ok]
+        others = [k for k in ("method", "graph", "projection", "targets", "values", "given", "d", "D", "n")
+                  if k != x and k in ok]
         varying = ok.groupby(others, sort=False).filter(lambda g: g[x].nunique() > 1) if x in ok and len(ok) else ok[:0]
         if len(varying):
             save_figure(plot_scaling(varying, x=x, group=tuple(others)), path.with_suffix(".png"), dpi=110)
@@ -218,20 +230,24 @@ def run_grid(cells, *, work=WORK, out=RESULTS / "grid", title="Grid benchmark", 
 
 
 def _name(record):
-    return Cell(**{k: record[k] for k in ("d", "graph", "projection", "targets", "values", "method", "seed", "D",
+    return Cell(given=record.get("given", "known"),
+                **{k: record[k] for k in ("d", "graph", "projection", "targets", "values", "method", "seed", "D",
                                           "n_regimes", "rows_per_regime")}).name
 
 
 def grid_cells(ds, graphs, projections, targets, values, methods, seeds, *, D=100, n_regimes=100,
-               rows_per_regime=100, config=None):
+               rows_per_regime=100, config=None, given=("known",)):
     """The cells of a full factorial grid (single-target cells get at least d regimes).
 
-    ``D`` and ``rows_per_regime`` may be lists too (sweeps over the observation dimension and N)."""
+    ``D`` and ``rows_per_regime`` may be lists too (sweeps over the observation dimension and N); ``given``:
+    "known" and / or "unknown" targets."""
     cells = []
-    for d, g, p, t, v, m, s, dim, rows in itertools.product(ds, graphs, projections, targets, values, methods, seeds,
-                                                           np.atleast_1d(D).tolist(),
-                                                           np.atleast_1d(rows_per_regime).tolist()):
-        cell = Cell(d=d, graph=f"ER-{g}", projection=p, targets=t, values=v, method=m, seed=s, D=dim,
+    for d, g, p, t, v, k, m, s, dim, rows in itertools.product(ds, graphs, projections, targets, values, given,
+                                                              methods, seeds, np.atleast_1d(D).tolist(),
+                                                              np.atleast_1d(rows_per_regime).tolist()):
+        if k == "unknown" and m != "collapsed":  # the one method that infers targets
+            continue
+        cell = Cell(d=d, graph=f"ER-{g}", projection=p, targets=t, values=v, given=k, method=m, seed=s, D=dim,
                     n_regimes=max(n_regimes, d) if t == "single" else n_regimes, rows_per_regime=rows)
         cells.append(dataclasses.replace(cell, config=default_config(cell) | (config or {})))
     return cells
@@ -274,6 +290,9 @@ def main(argv=None):
     parser.add_argument("--targets", default="multi,single")
     parser.add_argument("--values", default="gaussian,zero,hidden",
                         help="comma list of gaussian, zero (knockouts), hidden (values unknown to the fit)")
+    parser.add_argument("--given", default="known",
+                        help="comma list of known, unknown (the targets of the interventional regimes hidden from "
+                             "the fit, which infers them with unknown_targets = \"latent\"; collapsed only)")
     parser.add_argument("--methods", default="collapsed,amortized")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--D", default="100", help="observation dimensions (a comma list sweeps D)")
@@ -301,7 +320,8 @@ def main(argv=None):
         name = args.name
         cells = grid_cells(_ints(args.d), _ints(args.graphs), _words(args.projections), _words(args.targets),
                            _words(args.values), _words(args.methods), _ints(args.seeds), D=_ints(args.D),
-                           n_regimes=args.n_regimes, rows_per_regime=_ints(args.rows_per_regime), config=config)
+                           n_regimes=args.n_regimes, rows_per_regime=_ints(args.rows_per_regime), config=config,
+                           given=_words(args.given))
     work = Path(args.work) if args.work else ROOT / "benchmarks" / "_work" / name
     out = Path(args.out) if args.out else RESULTS / name
     note = ("Timings: one pinned CPU core of a shared 2-core machine when run with `taskset -c 1` (conservative for "

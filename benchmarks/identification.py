@@ -72,8 +72,11 @@ GENERATORS = ("package", "independent")
 VALUES = ("zero", "hidden", "gaussian")
 DESIGNS = ("iid", "paired")
 TARGETS = ("multi", "single")
-KEYS = ["generator", "values", "design", "targets", "d"]
-METRICS = ["e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse"]
+GIVEN = ("known", "unknown", "unlabelled")
+KEYS = ["generator", "values", "design", "targets", "given", "d"]
+METRICS = ["e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse", "target_auroc", "target_auprc"]
+TARGET_AUROC_BOUND = 0.95
+UNKNOWN_E_SHD_BOUND = {5: 1.0, 10: 2.0}
 COLUMNS = KEYS + ["seed", "n", "D", "n_regimes", "rows_per_regime", "weak_edges"] + METRICS + [
     "seconds", "wall_s", "peak_rss_mb", "cpus", "config", "error"]
 E_SHD_BOUND = {5: 0.5, 10: 1.0, 20: 2.0}
@@ -89,14 +92,16 @@ class Cell:
     targets: str
     d: int
     seed: int
+    given: str = "known"  # unknown: interventional regimes' targets hidden; unlabelled: the observational one's too
 
     @property
     def key(self):
-        return (self.generator, self.values, self.design, self.targets, int(self.d), int(self.seed))
+        return (self.generator, self.values, self.design, self.targets, int(self.d), int(self.seed), self.given)
 
     @property
     def name(self):
-        return f"{self.generator}-{self.values}-{self.design}-{self.targets}-d{self.d}-seed{self.seed}"
+        hidden = "" if self.given == "known" else f"-targets_{self.given}"
+        return f"{self.generator}-{self.values}-{self.design}-{self.targets}{hidden}-d{self.d}-seed{self.seed}"
 
     # ------------------------------------------------------------------ sizes and settings
     @property
@@ -118,11 +123,21 @@ class Cell:
         out = dict(scaled_settings(self.d, use_pairs=self.design == "paired"))
         if self.values == "hidden":
             out["unknown_values"] = "latent"
+        if self.given != "known":
+            out["unknown_targets"] = "latent"
         return out
 
-    # ------------------------------------------------------------------ data
     def dataset(self):
-        """The cell's training data as a validated ``Dataset``."""
+        """The cell's training data as a validated ``Dataset`` (targets hidden as ``given`` says)."""
+        data = self._generated()
+        if self.given == "known":
+            return data
+        ids = np.unique(data.regime)
+        labelled = self.given == "unknown"  # the observational regime keeps its all-zero targets
+        return data.hide_targets([r for r in ids if not labelled or data.targets[data.regime == r].any()])
+
+    # ------------------------------------------------------------------ data
+    def _generated(self):
         if self.generator == "independent":
             from independent_generator import generate
 
@@ -153,8 +168,16 @@ def plan(name, seeds=None):
     seeds = seeds if seeds is not None else [0, 1, 2]
     groups = [("zero", "multi", (5, 10, 20)), ("hidden", "multi", (5, 10)), ("zero", "single", (5,)),
               ("gaussian", "multi", (5, 10))]
-    return [Cell(g, v, des, t, d, s) for v, t, ds in groups for d in ds for g in GENERATORS for des in DESIGNS
-            for s in seeds]
+    cells = [Cell(g, v, des, t, d, s) for v, t, ds in groups for d in ds for g in GENERATORS for des in DESIGNS
+             for s in seeds]
+    # unknown targets (their values unknown too): knockouts and Gaussian values, single and multi target,
+    # iid (pairs cannot be combined with unknown targets), the observational regime labelled
+    cells += [Cell(g, v, "iid", t, d, s, "unknown") for d in (5, 10) for v in ("zero", "gaussian")
+              for t in ("single", "multi") for g in GENERATORS for s in seeds]
+    # and unlabelled (d = 5): the complement ambiguity of parentless nodes (docs/identification.md)
+    cells += [Cell(g, v, "iid", "multi", 5, s, "unlabelled") for v in ("zero", "gaussian") for g in GENERATORS
+              for s in seeds]
+    return cells
 
 
 # ---------------------------------------------------------------------- fitting
@@ -206,8 +229,9 @@ def read_records(csv):
 
 
 def _key(record):
+    given = record.get("given", "known")
     return (str(record["generator"]), str(record["values"]), str(record["design"]), str(record["targets"]),
-            int(record["d"]), int(record["seed"]))
+            int(record["d"]), int(record["seed"]), "known" if pd.isna(given) else str(given))
 
 
 # ---------------------------------------------------------------------- tables
@@ -221,16 +245,19 @@ def summary(table):
     rows = []
     for keys, g in ok.groupby(KEYS, sort=False):
         g = g.sort_values("seed")
-        gen, values, design, targets, d = keys
-        mean = g[METRICS + ["seconds", "wall_s"]].mean()
-        bound = E_SHD_BOUND.get(int(d))
+        gen, values, design, targets, given, d = keys
+        mean = g[[c for c in METRICS if c in g] + ["seconds", "wall_s"]].mean()
+        bound = E_SHD_BOUND.get(int(d)) if given == "known" else UNKNOWN_E_SHD_BOUND.get(int(d))
         checks = []
-        if bound is not None:
+        if bound is not None and given != "unlabelled":
             checks += [mean["e_shd"] <= bound, mean["auroc"] >= AUROC_BOUND, mean["mcc"] >= MCC_BOUND]
-        if values == "zero" and targets == "single" and int(d) == 5:
+        if given == "unknown":
+            checks.append(mean.get("target_auroc", np.nan) >= TARGET_AUROC_BOUND)
+        if values == "zero" and targets == "single" and int(d) == 5 and given == "known":
             checks.append(g["seconds"].max() <= SINGLE_SECONDS)
         rows.append({
-            "generator": gen, "values": values, "design": design, "targets": targets, "d": int(d),
+            "generator": gen, "values": values, "design": design, "targets": targets, "targets given": given,
+            "d": int(d),
             "N": int(g["n"].iloc[0]), "D": int(g["D"].iloc[0]), "seeds": ",".join(str(int(s)) for s in g["seed"]),
             "E-SHD": _fmt(mean["e_shd"], 3),
             "E-SHD per seed": " / ".join(_fmt(v) for v in g["e_shd"]),
@@ -238,6 +265,7 @@ def summary(table):
                                     if "weak_edges" in g else "-"),
             "AUROC": _fmt(mean["auroc"], 3), "AUPRC": _fmt(mean["auprc"], 3), "MCC": _fmt(mean["mcc"], 3),
             "edge RMSE": _fmt(mean["edge_rmse"], 3),
+            "target AUROC": _fmt(mean.get("target_auroc", np.nan), 3),
             "fit s (mean / max)": f"{mean['seconds']:.0f} / {g['seconds'].max():.0f}",
             "wall s (mean / max)": f"{mean['wall_s']:.0f} / {g['wall_s'].max():.0f}",
             "peak RSS MB": f"{g['peak_rss_mb'].max():.0f}",
@@ -249,10 +277,12 @@ def summary(table):
 
 def write_tables(records, out):
     table = pd.DataFrame(records)
+    table["given"] = table["given"].fillna("known") if "given" in table else "known"
     table = table[[c for c in COLUMNS if c in table]]
     order = {k: {v: i for i, v in enumerate(vals)} for k, vals in
-             (("values", VALUES), ("targets", TARGETS), ("generator", GENERATORS), ("design", DESIGNS))}
-    table = table.sort_values(["values", "targets", "d", "generator", "design", "seed"],
+             (("values", VALUES), ("targets", TARGETS), ("generator", GENERATORS), ("design", DESIGNS),
+              ("given", GIVEN))}
+    table = table.sort_values(["given", "values", "targets", "d", "generator", "design", "seed"],
                               key=lambda s: s.map(order[s.name]) if s.name in order else s).reset_index(drop=True)
     atomic_write(out.with_suffix(".csv"), lambda tmp: table.to_csv(tmp, index=False))
     summ = summary(table)
@@ -294,6 +324,8 @@ def main(argv=None):
     p.add_argument("--values", default=",".join(VALUES), help="filter the plan (comma list)")
     p.add_argument("--designs", default=",".join(DESIGNS), help="filter the plan (comma list)")
     p.add_argument("--targets", default=",".join(TARGETS), help="filter the plan (comma list)")
+    p.add_argument("--given", default=",".join(GIVEN), help="filter the plan (comma list): targets known, unknown "
+                   "(observational regime labelled) or unlabelled")
     p.add_argument("--d", default=None, help="filter the plan: comma list of d")
     p.add_argument("--out", default=str(RESULTS / "identification"), help="results stem: OUT.csv, OUT.md")
     p.add_argument("--work", default=str(WORK), help="scratch folder (data files and run folders)")
@@ -304,7 +336,8 @@ def main(argv=None):
 
     seeds = [int(s) for s in args.seeds.split(",") if s] if args.seeds else None
     keep = {"generator": _words(args.generators, GENERATORS), "values": _words(args.values, VALUES),
-            "design": _words(args.designs, DESIGNS), "targets": _words(args.targets, TARGETS)}
+            "design": _words(args.designs, DESIGNS), "targets": _words(args.targets, TARGETS),
+            "given": _words(args.given, GIVEN)}
     ds = [int(d) for d in args.d.split(",") if d] if args.d else None
     cells = [c for c in plan(args.cases, seeds)
              if all(getattr(c, k) in v for k, v in keep.items()) and (ds is None or c.d in ds)]

@@ -88,14 +88,14 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
     if seed is not None:
         out["seed"] = int(seed)
     out |= {"n": dataset.N, "d": dataset.d, "D": dataset.D, "seconds": float(posterior.seconds)}
-    W, probs = posterior.W, posterior.target_probs
+    W, probs, z_pred = posterior.W, posterior.target_probs, posterior.latent_mean
     if dataset.target_unknown is not None and dataset.z is not None:
         # inferred targets name the latents only up to relabelling: align them with the truth by the MCC matching
-        _, match = mcc(posterior.latent_mean, dataset.z, return_matching=True)
-        W = W[:, match][:, :, match]
+        _, match = mcc(z_pred, dataset.z, return_matching=True)
+        W, z_pred = W[:, match][:, :, match], z_pred[:, match]
         probs = None if probs is None else probs[:, match]
     if dataset.weights is not None:
-        z = {} if dataset.z is None else {"z_pred": posterior.latent_mean, "z_true": dataset.z}
+        z = {} if dataset.z is None else {"z_pred": z_pred, "z_true": dataset.z}
         out |= structure_metrics(W, dataset.weights, **z)
     elif dataset.z is not None:
         out["mcc"] = mcc(posterior.latent_mean, dataset.z)

@@ -84,6 +84,9 @@ class Posterior:
         """
         if dataset.d != self.d:
             raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
+        if dataset.target_unknown is not None:
+            raise ValueError("heldout_nll needs the held-out rows' targets; this dataset has "
+                             f"{dataset.num_unknown_targets} unknown target entries")
         if "A" not in self.decoder and self.log_predictive is not None:
             return float(-np.mean(self.log_predictive(dataset)))
         observed = not self.decoder and self.decode is None  # identity decoder: x is z
