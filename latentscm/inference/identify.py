@@ -292,15 +292,9 @@ def _peel_start(y1, targets, values, tau, value_scale):
             on = masks[:, j]
             if not on.any() or on.all():
                 continue
-            Q, Q0 = np.zeros((m, m)), np.zeros((m, m))
-            for sel in (on, ~on):
-                Tm = np.einsum("r,rab->ab", n[sel], Theta[sel]) / n[sel].sum()
-                Dlt = Theta[sel] - Tm
-                Q += np.einsum("r,rca,rcb->ab", n[sel], Dlt, Dlt)
-                Q0 += n[sel].sum() * Tm.T @ Tm
-            lam, vec = _geigh(Q, Q0)
-            if best is None or lam[0] < best[0]:
-                best = (lam[0], j, vec[:, 0], on)
+            lam, f = split_direction(Theta, n, on)
+            if best is None or lam < best[0]:
+                best = (lam, j, f, on)
         if best is None:
             return None
         _, j, f, on = best
@@ -317,6 +311,21 @@ def _peel_start(y1, targets, values, tau, value_scale):
             basis = np.linalg.svd(f[None, :])[2][1:].T  # (m, m - 1)
             P = P @ Linv.T @ basis
     return np.array(sinks[::-1]), H
+
+
+def split_direction(Theta, n, on):
+    """The direction ``f`` under which ``Theta_r f`` is most nearly constant within the regimes ``on`` and
+    within the others (smallest generalised eigenvector of the within-group scatter against the group
+    means' size), and that ratio: (ratio, f). Theta (R, m, m) per-regime precisions, n (R,) rows."""
+    m = Theta.shape[1]
+    Q, Q0 = np.zeros((m, m)), np.zeros((m, m))
+    for sel in (on, ~on):
+        Tm = np.einsum("r,rab->ab", n[sel], Theta[sel]) / n[sel].sum()
+        Dlt = Theta[sel] - Tm
+        Q += np.einsum("r,rca,rcb->ab", n[sel], Dlt, Dlt)
+        Q0 += n[sel].sum() * Tm.T @ Tm
+    lam, vec = _geigh(Q, Q0)
+    return lam[0], vec[:, 0]
 
 
 def _random_start(y1, rng):

@@ -21,8 +21,8 @@ import numpy as np
 
 import scipy.optimize
 
-from .identify import (_closed_form_start, _fit_H, _geigh, _peel_start, _polish, _random_start, Moments,
-                       log_likelihood, pattern_moments, profile)
+from .identify import (_closed_form_start, _fit_H, _peel_start, _polish, _random_start, Moments,
+                       log_likelihood, pattern_moments, profile, split_direction)
 from ..models.collapsed import group_rows
 from .initialize import propose_order
 
@@ -121,26 +121,18 @@ def _em(problem, y1, q, H, order, fixed_order, *, rate, tau, value_scale, s2):
 
 def _two_values(Theta, n, f0_on):
     """Best split of regimes into targeted / free for a sink: alternate the direction ``f`` under which
-    ``Theta_r f`` is most nearly constant within each group (the generalised eigenproblem of
-    :func:`~latentscm.inference.identify._peel_start`) and the groups (each regime to the nearer group
+    ``Theta_r f`` is most nearly constant within each group (:func:`~latentscm.inference.identify.split_direction`)
+    and the groups (each regime to the nearer group
     mean of ``Theta_r f``). Returns (scatter ratio, f, on) or None."""
     on = f0_on.copy()
     best = None
     for _ in range(10):
         if not on.any() or on.all():
             return best
-        m = Theta.shape[1]
-        Q, Q0 = np.zeros((m, m)), np.zeros((m, m))
-        for sel in (on, ~on):
-            Tm = np.einsum("r,rab->ab", n[sel], Theta[sel]) / n[sel].sum()
-            Dlt = Theta[sel] - Tm
-            Q += np.einsum("r,rca,rcb->ab", n[sel], Dlt, Dlt)
-            Q0 += n[sel].sum() * Tm.T @ Tm
-        lam, vec = _geigh(Q, Q0)
-        if best is not None and lam[0] >= best[0] - 1e-12:
+        lam, f = split_direction(Theta, n, on)
+        if best is not None and lam >= best[0] - 1e-12:
             return best
-        f = vec[:, 0]
-        best = (lam[0], f, on)
+        best = (lam, f, on)
         a = Theta @ f  # (R, m)
         c_on, c_off = (np.average(a[sel], axis=0, weights=n[sel]) for sel in (on, ~on))
         new = ((a - c_on) ** 2).sum(1) < ((a - c_off) ** 2).sum(1)
