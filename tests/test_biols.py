@@ -29,11 +29,6 @@ def true_order(dataset):
     return tuple(int(i) for i in nx.topological_sort(dataset.true_graph()))
 
 
-def test_registered_with_both_decoders():
-    assert METHODS["biols"].config is BiolsConfig
-    assert METHODS["biols"].decoders == ("linear", "mlp")
-
-
 @pytest.mark.parametrize(
     "n, d, degree, expected",
     [

@@ -102,8 +102,23 @@ def test_to_arviz_named_dims(posterior, tmp_path):
     assert (tmp_path / "p.nc").stat().st_size > 0
 
 
-def test_methods_registry_lists_collapsed():
-    assert "collapsed" in METHODS
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_registry_entry_builds_its_settings_and_decoders(name):
+    """Each registered method's defaults validate, every decoder the registry lists is a valid setting, and
+    unknown settings and decoders are refused by name."""
+    import dataclasses
+
+    from latentscm.inference.api import make_config
+
+    spec = METHODS[name]
+    assert isinstance(make_config(name), spec.config)
+    if "decoder" in {f.name for f in dataclasses.fields(spec.config)}:
+        for decoder in spec.decoders:
+            assert make_config(name, {"decoder": decoder}).decoder == decoder
+        with pytest.raises(ValueError, match="decoder"):
+            make_config(name, {"decoder": "no_such_decoder"})
+    with pytest.raises(ValueError, match="no_such_setting"):
+        make_config(name, {"no_such_setting": 1})
 
 
 def test_run_svi_stops_on_non_finite_loss_with_step_number():

@@ -110,10 +110,6 @@ def test_sample_decoder_matches_bayesian_regression():
         np.testing.assert_allclose(c, cov, atol=0.03 * np.abs(cov).max())
 
 
-def test_registry_lists_mcmc_with_its_decoders():
-    assert METHODS["mcmc"].decoders == ("linear", "identity")
-
-
 def test_identity_log_likelihood_matches_scm_log_prob():
     data = chain_data(4, 30, 1)
     rng = np.random.default_rng(0)

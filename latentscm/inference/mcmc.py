@@ -77,14 +77,13 @@ from tqdm.auto import tqdm
 from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficient_stats
 from ..models.observed import IdentityStats, identity_log_likelihood, identity_model, identity_stats  # noqa: F401
 from ..models.priors import parse_priors
-from ..models.scm import sample_graph
+from ..models.scm import LOG_2PI, sample_graph
 from .collapsed import latent_summaries
 from .sharding import shard_leading
 from .initialize import _node_fit, initialise
 from .posterior import Posterior
 
 DECODERS = ("linear", "identity")
-LOG_2PI = math.log(2 * math.pi)  # a Python float: exact under x64 (scm.LOG_2PI is float32)
 _PERMUTED_SITES = ("edge_weight", "edge_weight_local_scale")  # tril-shaped sites the reversal permutes
 
 
@@ -172,7 +171,7 @@ class MCMCConfig:
 def _log_evidence_node(y, X, prior_scale, sigma):
     """log N(y; 0, sigma^2 I + s^2 X X^T) (Bayesian linear regression evidence), via Woodbury."""
     n, k = len(y), X.shape[1]
-    out = -0.5 * n * (math.log(2 * math.pi) + 2 * math.log(sigma)) - 0.5 * (y @ y) / sigma**2
+    out = -0.5 * n * (LOG_2PI + 2 * math.log(sigma)) - 0.5 * (y @ y) / sigma**2
     if k:
         A = np.eye(k) / prior_scale**2 + X.T @ X / sigma**2
         c = np.linalg.cholesky(A)

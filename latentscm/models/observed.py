@@ -7,16 +7,14 @@ latents, computed from :class:`IdentityStats` (O(d^3) per evaluation, whatever N
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpyro
 
-from .scm import sample_graph
+from .scm import LOG_2PI, sample_graph
 
-LOG_2PI = math.log(2 * math.pi)  # a Python float: exact under x64
 
 
 class IdentityStats(NamedTuple):
