@@ -37,11 +37,10 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
-from ..models.biols import (
-    MarginalHorseshoe, ReparamGumbelSinkhornPermutation, ReparamInterventionalLinearGaussian, SitePrior, biols_model, decode, horseshoe_global_scale, init_decoder,
-)
+from ..models.biols import (MarginalHorseshoe, SitePrior, biols_model, decode, horseshoe_global_scale,
+                             init_decoder)
 from ..models.collapsed import latent_posterior
-from ..models.permutation import order_from_matrix
+from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
 from .posterior import Posterior
@@ -155,7 +154,7 @@ def make_guide(d, config, *, extra_specs=None):
         if learn_order:
             mlp = numpyro.param("order_mlp", {})
             logits = _order_logits(mlp, l_vec, jnp.log(sigma), config.logit_constraint)
-            P = numpyro.sample("P", ReparamGumbelSinkhornPermutation(logits, temperature))
+            P = numpyro.sample("P", GumbelSinkhornPermutation(logits, temperature))
             order = order_from_matrix(jax.lax.stop_gradient(P))
         else:
             order = jnp.asarray(known)
@@ -166,7 +165,7 @@ def make_guide(d, config, *, extra_specs=None):
         W, sigma, order = global_part(temperature)
         targets, values = data["targets"], data["values"]
         with numpyro.plate("rows", targets.shape[0]), handlers.scale(scale=row_scale):
-            numpyro.sample("z", ReparamInterventionalLinearGaussian(W, sigma, targets, values, config.tau,
+            numpyro.sample("z", InterventionalLinearGaussian(W, sigma, targets, values, config.tau,
                                                                     order=order))
 
     guide.global_part = global_part

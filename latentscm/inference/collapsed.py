@@ -260,7 +260,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     d = dataset.d
     rng = np.random.default_rng(seed)
     identity = config.decoder == "identity"
-    # float64: everything under x64, as before. float32: the statistics (centred per pattern) and the
+    # float64: everything under x64. float32: the statistics (centred per pattern) and the
     # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
     x64 = config.precision == "float64" or identity
     open_rows = None if dataset.target_unknown is None else dataset.target_unknown.any(1)

@@ -91,7 +91,7 @@ def shard_stats(stats, devices):
     The row axis of the second-moment factor (``fx``, ``fg``: at most ``min(n_r, kD)`` rows per pattern,
     the data's rows while regimes are small) is split over the devices, padded with zero rows (which
     add nothing); the per-pattern arrays (R leading) are replicated. Statistics without a factor
-    (older layout) are split along the pattern axis instead, padded with empty patterns (count 0).
+    (the identity decoder's) are split along the pattern axis instead, padded with empty patterns (count 0).
     """
     if len(devices) == 1:
         return stats

@@ -41,7 +41,6 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
 
-from .permutation import GumbelSinkhornPermutation
 from .scm import InterventionalLinearGaussian, sample_graph
 
 _LOG_NORM = -0.5 * math.log(2.0 * math.pi**3)
@@ -217,26 +216,6 @@ class LinearGaussianObservation(dist.Distribution):
         quad = jnp.sum((z @ (A @ A.T)) * z, -1) + 2.0 * z @ (A @ b) + b @ b
         sq = jnp.sum(value**2, -1) - 2.0 * cross + quad
         return -0.5 * D * jnp.log(2.0 * jnp.pi * s**2) - 0.5 * sq / s**2
-
-
-class ReparamInterventionalLinearGaussian(InterventionalLinearGaussian):
-    """:class:`InterventionalLinearGaussian` whose ``sample`` is ``rsample``.
-
-    NumPyro's ``numpyro.sample`` calls ``Distribution.sample`` (there is no separate ``rsample``
-    convention), and the base class stops gradients in ``sample``; a guide site that must pass
-    reparameterised gradients needs this subclass.
-    """
-
-    def sample(self, key, sample_shape=()):
-        return self.rsample(key, sample_shape)
-
-
-class ReparamGumbelSinkhornPermutation(GumbelSinkhornPermutation):
-    """:class:`GumbelSinkhornPermutation` whose ``sample`` is the straight-through ``rsample``
-    (hard Hungarian value, Gumbel-Sinkhorn gradient), for use at a guide's sample site."""
-
-    def sample(self, key, sample_shape=()):
-        return self.rsample(key, sample_shape)
 
 
 class SitePrior:
