@@ -288,7 +288,7 @@ def normal_prior_params(prior):
         f"{prior.family}. Use a normal prior or set decoder_update='nuts'.")
 
 
-def sample_latents(key, x, targets, values, W, sigma, A, b, obs_scale, tau):
+def gibbs_latents(key, x, targets, values, W, sigma, A, b, obs_scale, tau):
     """One exact draw of the latents z (N, d) from ``p(z | x, targets, values, W, sigma, A, b, s)``,
     rows independent: through the noise coordinates ``xi | x ~ N(K^{-1} U e, s^2 K^{-1})``, then
     ``z = xi Gamma + v Gz`` (as :func:`~latentscm.models.collapsed.unit_latent_posterior`)."""
@@ -350,7 +350,7 @@ def make_augmentation(priors, tau, fixed_noise):
         sigma = params["noise_scale"] if fixed_noise is None else fixed_noise
         k_z, k_dec = jax.random.split(key)
         x, targets, values = raw
-        z = sample_latents(k_z, x, targets, values, params["W"], sigma, params["decoder_weight"],
+        z = gibbs_latents(k_z, x, targets, values, params["W"], sigma, params["decoder_weight"],
                            params["decoder_bias"], params["obs_scale"], tau)
         A, b = sample_decoder(k_dec, z, x, params["obs_scale"], wp, bp)
         return aux_from(z, A, b, raw)
