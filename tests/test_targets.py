@@ -90,6 +90,7 @@ def test_fit_infers_targets_graph_and_latents(knockouts, tmp_path):
     assert metrics["e_shd"] <= 0.5 and metrics["mcc"] > 0.98
     assert metrics["target_auroc"] > 0.99
     assert post.target_probs.shape == (len(np.unique(ds.regime)), ds.d)
+    assert not any("observational" in p for p in post.diagnostics)
     tree = post.to_arviz()
     assert tree["posterior"]["target_prob"].dims == ("chain", "draw", "regime", "node")
     write_run(tmp_path, post, metrics, ds, save_dataset=False)
@@ -109,3 +110,11 @@ def test_unknown_targets_need_the_setting_and_single_rows(knockouts):
         check_fit_inputs(ds, "collapsed", {"unknown_targets": "latent", "precision": "float32"})
     with pytest.raises(ValueError, match="target_rate"):
         check_fit_inputs(ds, "collapsed", {"unknown_targets": "latent", "target_rate": 1.0})
+
+
+def test_observational_regime_is_recognised_only_when_labelled(knockouts):
+    from latentscm.inference.collapsed import has_observational_regime
+
+    assert has_observational_regime(knockouts)
+    assert has_observational_regime(_observational_known(knockouts))
+    assert not has_observational_regime(knockouts.hide_targets())

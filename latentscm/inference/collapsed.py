@@ -326,6 +326,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     losses = np.asarray(losses, np.float64)
     anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
     diagnostics = restart_problems(-loss_tail(losses), np.stack(restart_probs), best=best, anchor=anchor)
+    if open_rows is not None and not has_observational_regime(dataset):
+        diagnostics.append("targets were inferred without a regime known to be observational: a node without "
+                           "parents fits equally well with its targeted and free regimes swapped, so its inferred "
+                           "targets may be inverted; label the control regime (targets all 0) if there is one")
     for problem in diagnostics:
         warnings.warn(f"collapsed: {problem}", FitDiagnosticWarning, stacklevel=3)  # at fit(...)
     targets = {}
@@ -353,6 +357,14 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__, "priors": priors.describe()},
         diagnostics=diagnostics, **targets,
     )
+
+
+def has_observational_regime(dataset):
+    """Whether some row is known to be observational (every target known and 0)."""
+    known_zero = dataset.targets == 0
+    if dataset.target_unknown is not None:
+        known_zero &= ~dataset.target_unknown
+    return bool(known_zero.all(1).any())
 
 
 def open_target_stats(dataset, config):
