@@ -113,7 +113,7 @@ def test_unknown_targets_need_the_setting_and_single_rows(knockouts):
 
 
 def test_observational_regime_is_recognised_only_when_labelled(knockouts):
-    from latentscm.inference.collapsed import has_observational_regime
+    from latentscm.inference.targets import has_observational_regime
 
     assert has_observational_regime(knockouts)
     assert has_observational_regime(_observational_known(knockouts))

@@ -23,7 +23,6 @@ model is :func:`~latentscm.models.observed.identity_model` and the guide has no 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,8 +38,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Trace_ELBO
 
 from ..models.collapsed import (TargetStats, Units, centered_stats, collapsed_model, group_rows, make_units,
-                                target_candidates, target_probabilities, unit_factors, unit_latent_posterior,
-                                unit_stats)
+                                unit_factors, unit_latent_posterior, unit_stats)
 from ..models.observed import identity_model, identity_stats
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..metrics import edge_probabilities
@@ -49,6 +47,7 @@ from ..models.scm import tril_size, tril_to_matrix, weights_from_order
 from ._validate import check_settings
 from .diagnostics import FitDiagnosticWarning, restart_problems
 from .initialize import initialise
+from .targets import has_observational_regime, hard_targets, open_target_stats, target_draws
 from .posterior import Posterior
 from .sharding import check_devices, resolve_devices, shard_stats, shard_units
 from .svi import init as svi_init
@@ -336,8 +335,8 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     with jax.enable_x64(True):
         if tstats is not None:  # each draw's exact target posterior; latents given the most probable sets
             targets = {"regimes": np.unique(dataset.regime),
-                       "target_draws": _target_draws(tstats, draws, config, dataset)}
-            hard = _hard_targets(dataset, targets["regimes"], targets["target_draws"].mean(0))
+                       "target_draws": target_draws(tstats, draws, config, dataset)}
+            hard = hard_targets(dataset, targets["regimes"], targets["target_draws"].mean(0))
             units = make_units(dataset.x, hard, np.where(hard > dataset.targets, np.nan, dataset.values),
                                dataset.pair if config.use_pairs else None)
         if identity:
@@ -357,53 +356,6 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__, "priors": priors.describe()},
         diagnostics=diagnostics, **targets,
     )
-
-
-def has_observational_regime(dataset):
-    """Whether some row is known to be observational (every target known and 0)."""
-    known_zero = dataset.targets == 0
-    if dataset.target_unknown is not None:
-        known_zero &= ~dataset.target_unknown
-    return bool(known_zero.all(1).any())
-
-
-def open_target_stats(dataset, config):
-    """:class:`TargetStats` of the rows whose targets are (partly) unknown, grouped by regime, with the
-    candidate target sets of :func:`target_candidates` (all of them while there are at most 1024, else
-    those that set at most ``max_targets`` unknown entries, by default the most that keep 1024 sets)."""
-    rows = dataset.target_unknown.any(1)
-    ids, first = np.unique(dataset.regime[rows], return_index=True)
-    unknown = dataset.target_unknown[rows][first]
-    known = dataset.targets[rows][first]
-    limit = config.max_targets
-    if limit is None:
-        free = int(unknown.sum(1).max())
-        limit = max(k for k in range(free + 1) if sum(math.comb(free, i) for i in range(k + 1)) <= 1024 or k == 1)
-    cands, log_prior = target_candidates(known, unknown, config.target_rate, limit)
-    units = make_units(dataset.x[rows], np.where(dataset.target_unknown[rows], 0, dataset.targets[rows]),
-                       np.full((rows.sum(), dataset.d), np.nan))[0]
-    return TargetStats(unit_stats(units, group=dataset.regime[rows]), cands, log_prior)
-
-
-def _target_draws(tstats, draws, config, dataset):
-    """Per draw, ``p(t_rj = 1 | x, theta_s)`` (S, R, d) for every regime (sorted ids; known targets 0/1)."""
-    f = jax.jit(jax.vmap(lambda W, s, A, b, o: target_probabilities(tstats, W, s, A, b, o, config.tau,
-                                                                    config.value_scale)))
-    keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    probs = np.concatenate([np.asarray(f(*(jnp.asarray(draws[k][i:i + 16], jnp.float64) for k in keys)))
-                            for i in range(0, len(draws["W"]), 16)])
-    ids = np.unique(dataset.regime)
-    _, first = np.unique(dataset.regime, return_index=True)
-    out = np.broadcast_to(dataset.targets[first].astype(np.float64), (len(probs),) + (len(ids), dataset.d)).copy()
-    open_ids = np.unique(dataset.regime[dataset.target_unknown.any(1)])
-    out[:, np.searchsorted(ids, open_ids)] = probs
-    return out
-
-
-def _hard_targets(dataset, regimes, probs):
-    """Row targets (N, d) with the unknown ones at their posterior probability > 1/2."""
-    inferred = (probs > 0.5).astype(np.int8)[np.searchsorted(regimes, dataset.regime)]
-    return np.where(dataset.target_unknown, inferred, dataset.targets)
 
 
 def _draw(guide, params, num, temperature, key, d, known):

@@ -13,6 +13,10 @@ predecessors) or as intervened rows with an unknown value (``z_j ~ N(0, tau^2 + 
 weighted by its target probabilities: the expected complete-data likelihood is linear in them). The
 search runs from several starts (every unknown entry targeted, or none, each with a data-driven and
 random ``H``) and keeps the largest EM lower bound ``E_q log p(y, t) + H(q)``.
+
+The collapsed fit's side is here too: the candidate target sets and statistics of the regimes with
+unknown targets (:func:`open_target_stats`), each posterior draw's exact target probabilities
+(:func:`target_draws`) and the most probable targets (:func:`hard_targets`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import scipy.optimize
 
 from .identify import (_closed_form_start, _fit_H, _peel_start, _polish, _random_start, Moments,
                        log_likelihood, pattern_moments, profile, split_direction)
-from ..models.collapsed import group_rows
+from ..models.collapsed import (TargetStats, group_rows, make_units, target_candidates, target_probabilities,
+                                unit_stats)
 from .initialize import propose_order
 
 _EM_ITERS = 30
@@ -259,3 +264,51 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
         _, H, cur = _polish(m, y1, t, ll, H, cur, tau=tau, value_scale=value_scale, s2=s2)
         bound, q, H, cur = _em(problem, y1, q, H, cur, False, rate=rate, tau=tau, value_scale=value_scale, s2=s2)
     return bound, H, cur, q, problem.ids
+
+
+# ---------------------------------------------------------------------- the collapsed fit's side
+def has_observational_regime(dataset):
+    """Whether some row is known to be observational (every target known and 0)."""
+    known_zero = dataset.targets == 0
+    if dataset.target_unknown is not None:
+        known_zero &= ~dataset.target_unknown
+    return bool(known_zero.all(1).any())
+
+
+def open_target_stats(dataset, config):
+    """:class:`TargetStats` of the rows whose targets are (partly) unknown, grouped by regime, with the
+    candidate target sets of :func:`target_candidates` (all of them while there are at most 1024, else
+    those that set at most ``max_targets`` unknown entries, by default the most that keep 1024 sets)."""
+    rows = dataset.target_unknown.any(1)
+    ids, first = np.unique(dataset.regime[rows], return_index=True)
+    unknown = dataset.target_unknown[rows][first]
+    known = dataset.targets[rows][first]
+    limit = config.max_targets
+    if limit is None:
+        free = int(unknown.sum(1).max())
+        limit = max(k for k in range(free + 1) if sum(math.comb(free, i) for i in range(k + 1)) <= 1024 or k == 1)
+    cands, log_prior = target_candidates(known, unknown, config.target_rate, limit)
+    units = make_units(dataset.x[rows], np.where(dataset.target_unknown[rows], 0, dataset.targets[rows]),
+                       np.full((rows.sum(), dataset.d), np.nan))[0]
+    return TargetStats(unit_stats(units, group=dataset.regime[rows]), cands, log_prior)
+
+
+def target_draws(tstats, draws, config, dataset):
+    """Per draw, ``p(t_rj = 1 | x, theta_s)`` (S, R, d) for every regime (sorted ids; known targets 0/1)."""
+    f = jax.jit(jax.vmap(lambda W, s, A, b, o: target_probabilities(tstats, W, s, A, b, o, config.tau,
+                                                                    config.value_scale)))
+    keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
+    probs = np.concatenate([np.asarray(f(*(jnp.asarray(draws[k][i:i + 16], jnp.float64) for k in keys)))
+                            for i in range(0, len(draws["W"]), 16)])
+    ids = np.unique(dataset.regime)
+    _, first = np.unique(dataset.regime, return_index=True)
+    out = np.broadcast_to(dataset.targets[first].astype(np.float64), (len(probs),) + (len(ids), dataset.d)).copy()
+    open_ids = np.unique(dataset.regime[dataset.target_unknown.any(1)])
+    out[:, np.searchsorted(ids, open_ids)] = probs
+    return out
+
+
+def hard_targets(dataset, regimes, probs):
+    """Row targets (N, d) with the unknown ones at their posterior probability > 1/2."""
+    inferred = (probs > 0.5).astype(np.int8)[np.searchsorted(regimes, dataset.regime)]
+    return np.where(dataset.target_unknown, inferred, dataset.targets)
