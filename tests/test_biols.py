@@ -12,7 +12,7 @@ from numpyro import handlers
 from scipy import integrate, stats
 
 from latentscm.data import SimulationConfig, simulate
-from latentscm.inference import METHODS, Posterior, fit
+from latentscm.inference import Posterior, fit
 from latentscm.inference.biols import BiolsConfig, make_guide
 from latentscm.metrics import structure_metrics
 from latentscm.models.biols import LinearGaussianObservation, MarginalHorseshoe, decode, horseshoe_global_scale, init_decoder, log_scaled_exp1

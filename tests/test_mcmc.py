@@ -11,12 +11,11 @@ from scipy.stats import multivariate_normal
 from latentscm.data import SimulationConfig, simulate
 from latentscm.data.scm import topological_order
 from latentscm.data.simulate import observed_chain as chain_data
-from latentscm.inference import METHODS, Posterior, fit
+from latentscm.inference import Posterior, fit
 from latentscm.inference.mcmc import (
-    MCMCConfig,
     exact_order_posterior,
     sample_decoder,
-    sample_latents,
+    gibbs_latents,
     identity_log_likelihood,
     identity_stats,
     order_total_variation,
@@ -69,7 +68,7 @@ def _moments(draws):
     return draws.mean(0), np.cov(draws, rowvar=False)
 
 
-def test_sample_latents_matches_exact_latent_posterior():
+def test_gibbs_latents_matches_exact_latent_posterior():
     """Draws of z given everything have the closed-form posterior's mean and covariance (per row)."""
     rng = np.random.default_rng(0)
     d, D, n = 3, 4, 3
@@ -80,7 +79,7 @@ def test_sample_latents_matches_exact_latent_posterior():
     v = np.array([[0, 0, 0], [1.5, 0, 0], [0, -1.0, 0.5]])
     args = (jnp.asarray(W), jnp.asarray(sigma), jnp.asarray(A), jnp.asarray(b), 0.5, 0.1)
     with jax.enable_x64(True):
-        draw = jax.jit(jax.vmap(lambda k: sample_latents(k, jnp.asarray(x), jnp.asarray(t), jnp.asarray(v), *args)))
+        draw = jax.jit(jax.vmap(lambda k: gibbs_latents(k, jnp.asarray(x), jnp.asarray(t), jnp.asarray(v), *args)))
         z = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 40000)))
         mean, cov = (np.asarray(a) for a in latent_posterior(jnp.asarray(x), jnp.asarray(t), jnp.asarray(v), *args))
     for i in range(n):

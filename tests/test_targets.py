@@ -10,7 +10,7 @@ from latentscm.data.simulate import SimulationConfig, simulate
 from latentscm.inference.api import check_fit_inputs, fit
 from latentscm.inference.identify import project
 from latentscm.inference.targets import search_targets
-from latentscm.metrics import mcc, regime_table, target_auroc
+from latentscm.metrics import mcc, regime_table
 from latentscm.models import collapsed as C
 
 

@@ -21,6 +21,10 @@ unknown targets (:func:`open_target_stats`), each posterior draw's exact target 
 
 from __future__ import annotations
 
+import math
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import scipy.optimize
