@@ -34,6 +34,20 @@ def test_candidates_agree_with_known_entries_and_carry_the_bernoulli_prior():
         assert row1 == pytest.approx(k1 * np.log(0.2) + (3 - k1) * np.log(0.8)) if k1 <= 1 else row1 == -np.inf
 
 
+def test_candidates_near_a_start_pool_each_regimes_set_and_its_one_entry_flips():
+    known = np.array([[0, 0, 1], [0, 0, 0]], np.int8)
+    unknown = np.array([[True, True, False], [True, True, True]])
+    near = np.array([[1, 0, 0], [0, 1, 1]], np.int8)  # regime 0's known entry wins over near's 0
+    cands, lp = C.target_candidates(known, unknown, 0.2, near=near)
+    # regime 0: centre (1, 0, 1), flips (0, 0, 1), (1, 1, 1); regime 1: centre (0, 1, 1), flips (1, 1, 1),
+    # (0, 0, 1), (0, 1, 0)
+    assert {tuple(c) for c in cands} == {(1, 0, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1), (0, 1, 0)}
+    for c, row0, row1 in zip(cands, lp[0], lp[1]):
+        k0 = int(c[:2].sum())
+        assert row0 == (pytest.approx(k0 * np.log(0.2) + (2 - k0) * np.log(0.8)) if c[2] == 1 else -np.inf)
+        assert row1 == pytest.approx(c.sum() * np.log(0.2) + (3 - c.sum()) * np.log(0.8))
+
+
 def test_target_table_is_the_collapsed_density_of_each_candidate():
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
@@ -118,3 +132,19 @@ def test_observational_regime_is_recognised_only_when_labelled(knockouts):
     assert has_observational_regime(knockouts)
     assert has_observational_regime(_observational_known(knockouts))
     assert not has_observational_regime(knockouts.hide_targets())
+
+
+def test_candidate_sets_are_all_sets_for_small_d_and_the_starts_neighbourhood_otherwise(knockouts):
+    from latentscm.inference.collapsed import CollapsedConfig
+    from latentscm.inference.targets import open_target_stats
+
+    ds = knockouts.hide_targets()  # every regime's targets unknown: 2^4 = 16 sets each
+    truth = regime_table(ds.regime, ds.true_targets)[1]
+    full = open_target_stats(ds, CollapsedConfig(unknown_targets="latent"), ds.true_targets)
+    assert len(full.candidates) == 16  # "auto": at most ALL_SETS (64) sets per regime, so all of them
+    near = open_target_stats(ds, CollapsedConfig(unknown_targets="latent", target_sets="near_start"),
+                             ds.true_targets)
+    expected = {tuple(t) for t in truth} | {tuple(np.where(np.arange(4) == j, 1 - t, t)) for t in truth
+                                             for j in range(4)}
+    assert {tuple(c) for c in near.candidates} == expected
+    assert near.log_prior.shape == (len(truth), len(expected)) and np.isfinite(near.log_prior).all()

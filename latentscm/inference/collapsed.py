@@ -78,6 +78,7 @@ class CollapsedConfig:
     unknown_targets: str = "error"
     target_rate: float = 0.2
     max_targets: int | None = None
+    target_sets: str = "auto"
     order_init: str = "proposal"
     init_scale: str = "auto"
     known_order: tuple[int, ...] | None = None
@@ -97,7 +98,7 @@ class CollapsedConfig:
                   "checkpoint_every": 1},
             positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
             choices={"order_init": ("proposal", "random"), "unknown_values": ("error", "latent"),
-                     "unknown_targets": ("error", "latent"),
+                     "unknown_targets": ("error", "latent"), "target_sets": ("auto", "all", "near_start"),
                      "init_scale": ("auto", "fixed", "data"),
                      "use_pairs": (True, False), "decoder": ("linear", "identity"),
                      "precision": ("float32", "float64")},
@@ -277,7 +278,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
             stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
         else:  # numpy statistics, computed in float64 in either precision
             stats = tuple(unit_stats(u) if x64 else centered_stats(u, np.float32) for u in units)
-        tstats = None if open_rows is None else open_target_stats(dataset, config)
+        tstats = None if open_rows is None else open_target_stats(dataset, config, ini.targets)
     with jax.enable_x64(x64):
         if not identity:  # to (sharded) device arrays, in the precision of the steps
             stats = tuple(shard_stats(jax.tree.map(jnp.asarray, st), devices) for st in stats)

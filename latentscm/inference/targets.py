@@ -36,6 +36,7 @@ from ..models.collapsed import (TargetStats, group_rows, make_units, target_cand
 from .initialize import propose_order
 
 _EM_ITERS = 30
+ALL_SETS = 64  # target_sets = "auto": every candidate set up to this many per regime (d <= 6)
 _TOL = 1e-3
 
 
@@ -210,6 +211,25 @@ def _flip(q, free, j):
     return out
 
 
+def _swap(q, free, j, k):
+    out = q.copy()
+    both = free[:, j] & free[:, k]
+    out[both, j], out[both, k] = q[both, k], q[both, j]
+    return out
+
+
+def _climb(problem, y1, best, moves, fixed_order, kw):
+    """Repeat: EM from each perturbed ``q`` of ``moves(q, order)``; keep the best while the bound rises."""
+    for _ in range(problem.d):
+        bound, q, H, cur = best
+        tries = [_em(problem, y1, q2, H, cur, fixed_order, **kw) for q2 in moves(q, cur)]
+        top = max(tries, key=lambda r: r[0], default=None)
+        if top is None or top[0] <= bound + 1e-6 * abs(bound):
+            break
+        best = top
+    return best
+
+
 def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scale, s2, order=None,
                    num_random=4, seed=0):
     """Best (bound, H, order, q) of EM runs over the unknown targets, with ``q`` (G, d) the target
@@ -217,6 +237,7 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
     order. Targets known in ``targets`` (where ``unknown`` is False) stay fixed."""
     rng = np.random.default_rng(seed)
     problem = _Problem(y1, targets, values, unknown, group)
+    kw = dict(rate=rate, tau=tau, value_scale=value_scale, s2=s2)
     starts = []
     # the peel sees every regime: those with known targets fix the labels (an observational one, which
     all_ids, first, g_all = np.unique(np.asarray(group), return_index=True, return_inverse=True)
@@ -249,24 +270,24 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
             starts.append((q0, H, own))
     best = None
     for q0, H, own in starts:
-        res = _em(problem, y1, q0, H, own, order is not None, rate=rate, tau=tau, value_scale=value_scale, s2=s2)
+        res = _em(problem, y1, q0, H, own, order is not None, **kw)
         if best is None or res[0] > best[0]:
             best = res
-    bound, q, H, cur = best
-    for _ in range(problem.d):  # label flips: a node's targeted and free regimes swapped, then EM again
-        flips = [_em(problem, y1, _flip(q, problem.free, j), H, cur,
-                     order is not None, rate=rate, tau=tau, value_scale=value_scale, s2=s2)
-                 for j in range(problem.d) if problem.free[:, j].any()]
-        top = max(flips, key=lambda r: r[0], default=None)
-        if top is None or top[0] <= bound + 1e-6 * abs(bound):
-            break
-        bound, q, H, cur = top
-    if order is None:  # order moves with H re-fitted, at the final target probabilities
-        t, _ = problem.hard(q)
+    free, fixed_order = problem.free, order is not None
+    # label flips: a node's targeted and free regimes swapped, EM again, kept while the bound rises
+    best = _climb(problem, y1, best, lambda q, cur: [_flip(q, free, j) for j in range(problem.d) if free[:, j].any()],
+                  fixed_order, kw)
+    if not fixed_order:  # order moves with H re-fitted, at the final target probabilities
+        _, q, H, cur = best
         m = problem.moments(q)
-        ll = log_likelihood(m, H, cur, tau, value_scale, s2)
-        _, H, cur = _polish(m, y1, t, ll, H, cur, tau=tau, value_scale=value_scale, s2=s2)
-        bound, q, H, cur = _em(problem, y1, q, H, cur, False, rate=rate, tau=tau, value_scale=value_scale, s2=s2)
+        _, H, cur = _polish(m, y1, problem.hard(q)[0], log_likelihood(m, H, cur, tau, value_scale, s2), H, cur,
+                            tau=tau, value_scale=value_scale, s2=s2)
+        best = _em(problem, y1, q, H, cur, False, **kw)
+    # swaps of two nodes' targets, for nodes adjacent in the order: EM can stall at a state that any such
+    # shake leaves for a better one (at d = 10, 864 nats higher, with every target right)
+    best = _climb(problem, y1, best, lambda q, cur: [_swap(q, free, j, k) for j, k in zip(cur[:-1], cur[1:])
+                                                     if (free[:, j] & free[:, k]).any()], fixed_order, kw)
+    bound, q, H, cur = best
     return bound, H, cur, q, problem.ids
 
 
@@ -279,19 +300,28 @@ def has_observational_regime(dataset):
     return bool(known_zero.all(1).any())
 
 
-def open_target_stats(dataset, config):
+def open_target_stats(dataset, config, start=None):
     """:class:`TargetStats` of the rows whose targets are (partly) unknown, grouped by regime, with the
-    candidate target sets of :func:`target_candidates` (all of them while there are at most 1024, else
-    those that set at most ``max_targets`` unknown entries, by default the most that keep 1024 sets)."""
+    candidate target sets of :func:`target_candidates`. ``target_sets = "all"``: every set while there
+    are at most 1024, else those that set at most ``max_targets`` unknown entries (by default the most
+    that keep 1024 sets). ``"near_start"``: each regime's set in ``start`` (N, d), the start's row
+    targets, and every set one entry away, pooled over regimes. ``"auto"``: all while a regime has at
+    most :data:`ALL_SETS` sets, else near the start."""
     rows = dataset.target_unknown.any(1)
     ids, first = np.unique(dataset.regime[rows], return_index=True)
     unknown = dataset.target_unknown[rows][first]
     known = dataset.targets[rows][first]
+    free = int(unknown.sum(1).max())
+    mode = config.target_sets
+    if mode == "auto":
+        mode = "all" if 2**free <= ALL_SETS or start is None else "near_start"
     limit = config.max_targets
-    if limit is None:
-        free = int(unknown.sum(1).max())
-        limit = max(k for k in range(free + 1) if sum(math.comb(free, i) for i in range(k + 1)) <= 1024 or k == 1)
-    cands, log_prior = target_candidates(known, unknown, config.target_rate, limit)
+    if mode == "near_start":
+        cands, log_prior = target_candidates(known, unknown, config.target_rate, limit, near=start[rows][first])
+    else:
+        if limit is None:
+            limit = max(k for k in range(free + 1) if sum(math.comb(free, i) for i in range(k + 1)) <= 1024 or k == 1)
+        cands, log_prior = target_candidates(known, unknown, config.target_rate, limit)
     units = make_units(dataset.x[rows], np.where(dataset.target_unknown[rows], 0, dataset.targets[rows]),
                        np.full((rows.sum(), dataset.d), np.nan))[0]
     return TargetStats(unit_stats(units, group=dataset.regime[rows]), cands, log_prior)

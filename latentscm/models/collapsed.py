@@ -342,23 +342,34 @@ class TargetStats(NamedTuple):
     log_prior: np.ndarray
 
 
-def target_candidates(known, unknown, rate, max_size=None):
+def target_candidates(known, unknown, rate, max_size=None, near=None):
     """Candidate target sets for regimes with known entries ``known`` (R, d) 0/1 and unknown entries
     ``unknown`` (R, d) bool: every set that agrees with a regime's known entries and sets at most
-    ``max_size`` (default: all) of its unknown entries, each regime's log prior
-    ``sum_unknown t log(rate) + (1 - t) log(1 - rate)`` (``-inf`` elsewhere; unnormalised when truncated).
-    Returns candidates (C, d) int8 and log_prior (R, C)."""
+    ``max_size`` (default: all) of its unknown entries, or with ``near`` (R, d) 0/1 (say, a start's
+    target sets) the union over regimes of ``near[r]`` and the sets one unknown entry away from it; each
+    regime's log prior ``sum_unknown t log(rate) + (1 - t) log(1 - rate)`` (``-inf`` where a set
+    contradicts its known entries; unnormalised when truncated). Returns candidates (C, d) int8 and
+    log_prior (R, C)."""
     known, unknown = np.asarray(known, np.int8), np.asarray(unknown, bool)
     R, d = known.shape
     out = {}
     for r in range(R):
         free = np.flatnonzero(unknown[r])
-        limit = len(free) if max_size is None else min(max_size, len(free))
-        for size in range(limit + 1):
-            for subset in itertools.combinations(free, size):
-                c = known[r] * ~unknown[r]
-                c[list(subset)] = 1
-                out.setdefault(c.tobytes(), c)
+        base = known[r] * ~unknown[r]
+        if near is not None:
+            centre = np.where(unknown[r], np.asarray(near[r], np.int8), base)
+            subsets = [centre] + [np.where(np.arange(d) == j, 1 - centre, centre) for j in free]
+        else:
+            limit = len(free) if max_size is None else min(max_size, len(free))
+            subsets = []
+            for size in range(limit + 1):
+                for subset in itertools.combinations(free, size):
+                    c = base.copy()
+                    c[list(subset)] = 1
+                    subsets.append(c)
+        for c in subsets:
+            c = np.asarray(c, np.int8)
+            out.setdefault(c.tobytes(), c)
     cands = np.stack(list(out.values())).astype(np.int8)
     agree = ((cands[None] == known[:, None]) | unknown[:, None]).all(-1)  # (R, C)
     size = (cands[None] * unknown[:, None]).sum(-1)
