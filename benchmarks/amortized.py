@@ -36,7 +36,7 @@ COLS = ["set", "case", "seed", "d", "D", "n", "e_shd", "e_shd_double", "auroc", 
 NOTES = {
     "mlp": "Acceptance (mean E-SHD <= 1, AUROC >= 0.95, MCC >= 0.9): met on all five seeds. The only non-zero "
            "E-SHD (seed 2, 0.025) is 5 of 200 draws with one extra/missing edge. For comparison, the linear "
-           "latent estimate of `initialize.py` on the same data has MCC 0.89-0.95 and its order proposal E-SHD "
+           "latent estimate of `initialise.py` on the same data has MCC 0.89-0.95 and its order proposal E-SHD "
            "1-8; the intervention-supervised encoder pretraining alone gives MCC 0.999 and a correct order on "
            "all seeds (see docs/amortized.md). Fit times are inflated: the machine's load average was 5-8 "
            "during the runs.",

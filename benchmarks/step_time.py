@@ -60,7 +60,7 @@ from numpyro.infer import Trace_ELBO
 from latentscm._io import atomic_write
 from latentscm.data import SimulationConfig, simulate
 from latentscm.inference.collapsed import CollapsedConfig, _initial_params, _site_specs, make_guide
-from latentscm.inference.initialize import initialise
+from latentscm.inference.initialise import initialise
 from latentscm.inference.svi import geometric_schedule, make_step
 from latentscm.inference.svi import init as svi_init
 from latentscm.models.collapsed import centered_stats, collapsed_model, make_units, unit_stats

@@ -9,7 +9,7 @@ import scipy.stats
 
 from latentscm.data import SimulationConfig, simulate
 from latentscm.inference.identify import Moments, _objective, anchored, log_likelihood, project, search
-from latentscm.inference.initialize import initialise
+from latentscm.inference.initialise import initialise
 from latentscm.metrics import mcc
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from latentscm.data import DataError, SimulationConfig, simulate
 from latentscm.inference import METHODS, Posterior, fit
-from latentscm.inference.initialize import initialise, order_score
+from latentscm.inference.initialise import initialise, order_score
 from latentscm.metrics import mcc, structure_metrics
 from latentscm.models.priors import PriorError
 

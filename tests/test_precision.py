@@ -8,7 +8,7 @@ import pytest
 from latentscm.data import SimulationConfig, simulate
 from latentscm.inference import fit
 from latentscm.inference.collapsed import CollapsedConfig
-from latentscm.inference.initialize import initialise
+from latentscm.inference.initialise import initialise
 from latentscm.models.collapsed import (centered_log_likelihood, centered_stats, collapsed_log_likelihood, make_units,
                                         unit_stats)
 

@@ -16,9 +16,9 @@ Gaussian (registered in :mod:`latentscm.models.amortized`), scaled by ``N / batc
 Initialisation ("supervised", the default): interventions label the latents, since where node j is
 targeted ``z_j = v_j + eta``. The encoder (fed ``x`` only, with ``m`` and ``v`` zeroed) is first fitted
 by regression of ``v_j`` on ``x`` over those rows; its output ``z_hat`` (every row, every node) then
-gives the order proposal and ``L``, ``sigma`` (:mod:`latentscm.inference.initialize`), and the decoder is
+gives the order proposal and ``L``, ``sigma`` (:mod:`latentscm.inference.initialise`), and the decoder is
 fitted by regression of ``x`` on ``z_hat``. The encoder's inputs for ``m`` and ``v`` start at zero
-weight. ``latent_init = "linear"`` uses the principal-subspace estimate of ``initialize`` instead.
+weight. ``latent_init = "linear"`` uses the principal-subspace estimate of ``initialise`` instead.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ..models.collapsed import make_units
 from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_from_order
 from .collapsed import _draw, _initial_params, _site_specs, make_guide
-from .initialize import Initialisation, _node_fit, estimate_latents, order_score, propose_order
+from .initialise import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
 from ._validate import check_settings
 from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, ordered_elbo_loss, run_svi

@@ -10,7 +10,7 @@ Guide (site names as in :mod:`latentscm.models.collapsed`):
 
 The Sinkhorn temperature anneals geometrically from ``temperature[0]`` to ``temperature[1]``.
 Variational parameters start from the data-driven initialisation of
-:mod:`latentscm.inference.initialize` (order proposal included: the MLP's output bias starts at
+:mod:`latentscm.inference.initialise` (order proposal included: the MLP's output bias starts at
 ``logit_scale`` times the proposed permutation); ``num_restarts`` optimisations run vectorised, the
 others from random orders, and the best final ELBO wins. ``logit_scale = None`` (the default) means 4,
 or 8 with ``use_pairs``: the paired likelihood is so sharp that the wrong orders a margin of 4 still
@@ -46,7 +46,7 @@ from ..models.priors import parse_priors
 from ..models.scm import tril_size, tril_to_matrix, weights_from_order
 from ._validate import check_settings
 from .diagnostics import FitDiagnosticWarning, restart_problems
-from .initialize import initialise
+from .initialise import initialise
 from .targets import has_observational_regime, hard_targets, open_target_stats, target_draws
 from .posterior import Posterior
 from .sharding import check_devices, resolve_devices, shard_stats, shard_units

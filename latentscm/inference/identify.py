@@ -32,7 +32,7 @@ aligned, see there).
 
 Search: closed-form starts (value regressions, knockout eigenvectors) and a few random ones; for
 each, L-BFGS on ``H`` for the current order alternates with the insertion hill climbing of
-:func:`~latentscm.inference.initialize.propose_order` on ``z = y1 H``; the best log-likelihood wins.
+:func:`~latentscm.inference.initialise.propose_order` on ``z = y1 H``; the best log-likelihood wins.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import scipy.optimize
 
 from ..models.collapsed import group_rows
 from ..models.scm import LOG_2PI
-from .initialize import _best_insertions, node_grams, propose_order
+from .initialise import _best_insertions, node_grams, propose_order
 
 _OUTER_ROUNDS = 6  # alternations of (H | order) and (order | H) per start
 _LBFGS_ITERS = 300

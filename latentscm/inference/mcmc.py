@@ -42,7 +42,7 @@ used because its Gibbs function may only return the Gibbs sites, while the adjac
 moves ``L``; the loop here is numpyro's functional ``hmc(..., algo="NUTS")`` kernel plus a
 ``lax.fori_loop`` of order moves, run in jitted chunks of ``chunk`` iterations under a progress bar.
 
-Initialisation: the data-driven initialisation (:func:`~latentscm.inference.initialize.initialise`;
+Initialisation: the data-driven initialisation (:func:`~latentscm.inference.initialise.initialise`;
 for the identity decoder the order proposal and regressions on ``x`` itself) in every chain, with
 Gaussian jitter ``init_jitter`` on ``L`` and ``log sigma``; ``order_init="random"`` starts each chain
 from a random order instead (weights refitted in that order), and ``svi_init_steps > 0`` starts chain
@@ -80,7 +80,7 @@ from ..models.priors import parse_priors
 from ..models.scm import LOG_2PI, sample_graph
 from .collapsed import latent_summaries
 from .sharding import shard_leading
-from .initialize import _node_fit, initialise
+from .initialise import _node_fit, initialise
 from .posterior import Posterior
 
 DECODERS = ("linear", "identity")

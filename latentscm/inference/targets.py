@@ -33,7 +33,7 @@ from .identify import (_closed_form_start, _fit_H, _peel_start, _polish, _random
                        log_likelihood, pattern_moments, profile, split_direction)
 from ..models.collapsed import (TargetStats, group_rows, make_units, target_candidates, target_probabilities,
                                 unit_stats)
-from .initialize import propose_order
+from .initialise import propose_order
 
 _EM_ITERS = 30
 ALL_SETS = 64  # target_sets = "auto": every candidate set up to this many per regime (d <= 6)
