@@ -148,3 +148,13 @@ def test_candidate_sets_are_all_sets_for_small_d_and_the_starts_neighbourhood_ot
                                              for j in range(4)}
     assert {tuple(c) for c in near.candidates} == expected
     assert near.log_prior.shape == (len(truth), len(expected)) and np.isfinite(near.log_prior).all()
+
+
+def test_swap_exchanges_two_nodes_unknown_targets_only():
+    from latentscm.inference.targets import _swap
+
+    q = np.array([[0.9, 0.1, 0.5], [0.2, 0.7, 0.0], [0.3, 0.6, 0.4]])
+    free = np.array([[True, True, True], [True, False, True], [True, True, False]])
+    out = _swap(q, free, 0, 1)
+    np.testing.assert_array_equal(out, [[0.1, 0.9, 0.5], [0.2, 0.7, 0.0], [0.6, 0.3, 0.4]])  # row 1: node 1 known
+    np.testing.assert_array_equal(q[0], [0.9, 0.1, 0.5])  # the input is not changed

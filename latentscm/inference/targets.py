@@ -37,6 +37,8 @@ from .initialise import propose_order
 
 _EM_ITERS = 30
 ALL_SETS = 64  # target_sets = "auto": every candidate set up to this many per regime (d <= 6)
+MAX_SETS = 1024  # target_sets = "all": every set up to this many, else sets of at most max_targets entries
+_DRAW_CHUNK = 16  # posterior draws per call of the jitted target probabilities
 _TOL = 1e-3
 
 
@@ -274,19 +276,23 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
         if best is None or res[0] > best[0]:
             best = res
     free, fixed_order = problem.free, order is not None
-    # label flips: a node's targeted and free regimes swapped, EM again, kept while the bound rises
-    best = _climb(problem, y1, best, lambda q, cur: [_flip(q, free, j) for j in range(problem.d) if free[:, j].any()],
-                  fixed_order, kw)
+
+    def flips(q, cur):  # a node's targeted and free regimes swapped
+        return [_flip(q, free, j) for j in range(problem.d) if free[:, j].any()]
+
+    def swaps(q, cur):  # two nodes adjacent in the order exchange their targets
+        return [_swap(q, free, j, k) for j, k in zip(cur[:-1], cur[1:]) if (free[:, j] & free[:, k]).any()]
+
+    best = _climb(problem, y1, best, flips, fixed_order, kw)
     if not fixed_order:  # order moves with H re-fitted, at the final target probabilities
         _, q, H, cur = best
         m = problem.moments(q)
         _, H, cur = _polish(m, y1, problem.hard(q)[0], log_likelihood(m, H, cur, tau, value_scale, s2), H, cur,
                             tau=tau, value_scale=value_scale, s2=s2)
         best = _em(problem, y1, q, H, cur, False, **kw)
-    # swaps of two nodes' targets, for nodes adjacent in the order: EM can stall at a state that any such
-    # shake leaves for a better one (at d = 10, 864 nats higher, with every target right)
-    best = _climb(problem, y1, best, lambda q, cur: [_swap(q, free, j, k) for j, k in zip(cur[:-1], cur[1:])
-                                                     if (free[:, j] & free[:, k]).any()], fixed_order, kw)
+    # EM can stall at a state that a swap leaves for a better one (at d = 10, 864 nats higher, with every
+    # target right where two nodes' targets had been exchanged)
+    best = _climb(problem, y1, best, swaps, fixed_order, kw)
     bound, q, H, cur = best
     return bound, H, cur, q, problem.ids
 
@@ -303,8 +309,8 @@ def has_observational_regime(dataset):
 def open_target_stats(dataset, config, start=None):
     """:class:`TargetStats` of the rows whose targets are (partly) unknown, grouped by regime, with the
     candidate target sets of :func:`target_candidates`. ``target_sets = "all"``: every set while there
-    are at most 1024, else those that set at most ``max_targets`` unknown entries (by default the most
-    that keep 1024 sets). ``"near_start"``: each regime's set in ``start`` (N, d), the start's row
+    are at most :data:`MAX_SETS`, else those that set at most ``max_targets`` unknown entries (by default
+    the most that keep that many). ``"near_start"``: each regime's set in ``start`` (N, d), the start's row
     targets, and every set one entry away, pooled over regimes. ``"auto"``: all while a regime has at
     most :data:`ALL_SETS` sets, else near the start."""
     rows = dataset.target_unknown.any(1)
@@ -320,7 +326,8 @@ def open_target_stats(dataset, config, start=None):
         cands, log_prior = target_candidates(known, unknown, config.target_rate, limit, near=start[rows][first])
     else:
         if limit is None:
-            limit = max(k for k in range(free + 1) if sum(math.comb(free, i) for i in range(k + 1)) <= 1024 or k == 1)
+            sets = np.cumsum([math.comb(free, i) for i in range(free + 1)])  # sets of at most k entries
+            limit = max(k for k in range(free + 1) if sets[k] <= MAX_SETS or k == 1)
         cands, log_prior = target_candidates(known, unknown, config.target_rate, limit)
     units = make_units(dataset.x[rows], np.where(dataset.target_unknown[rows], 0, dataset.targets[rows]),
                        np.full((rows.sum(), dataset.d), np.nan))[0]
@@ -332,8 +339,8 @@ def target_draws(tstats, draws, config, dataset):
     f = jax.jit(jax.vmap(lambda W, s, A, b, o: target_probabilities(tstats, W, s, A, b, o, config.tau,
                                                                     config.value_scale)))
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    probs = np.concatenate([np.asarray(f(*(jnp.asarray(draws[k][i:i + 16], jnp.float64) for k in keys)))
-                            for i in range(0, len(draws["W"]), 16)])
+    probs = np.concatenate([np.asarray(f(*(jnp.asarray(draws[k][i:i + _DRAW_CHUNK], jnp.float64) for k in keys)))
+                            for i in range(0, len(draws["W"]), _DRAW_CHUNK)])
     ids = np.unique(dataset.regime)
     _, first = np.unique(dataset.regime, return_index=True)
     out = np.broadcast_to(dataset.targets[first].astype(np.float64), (len(probs),) + (len(ids), dataset.d)).copy()
