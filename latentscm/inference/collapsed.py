@@ -314,13 +314,15 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
                                 desc="collapsed", checkpoint=checkpoint)
         best, tail_loss = best_restart(losses)
         params = jax.tree.map(lambda a: a[best], state.params)
-        draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known)
-        # the other restarts' graphs, from a few draws each (own keys: the posterior's draws are unchanged)
+        sampler = _sampler(guide, schedule(steps))  # one compilation for every restart's draws
+        draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known,
+                      sampler)
+        # the other restarts' graphs (own keys: the posterior's draws are unchanged)
         restart_probs = []
         for r in range(config.num_restarts):
             W_r = draws["W"] if r == best else _draw(
-                guide, jax.tree.map(lambda a: a[r], state.params), 32, schedule(steps),
-                jax.random.fold_in(jax.random.PRNGKey(seed + 2), r), d, known)["W"]
+                guide, jax.tree.map(lambda a: a[r], state.params), config.num_draws, schedule(steps),
+                jax.random.fold_in(jax.random.PRNGKey(seed + 2), r), d, known, sampler)["W"]
             restart_probs.append(edge_probabilities(np.asarray(W_r, np.float64)))
     draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
     losses = np.asarray(losses, np.float64)
@@ -359,13 +361,19 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     )
 
 
-def _draw(guide, params, num, temperature, key, d, known):
-    """Posterior draws from the fitted guide, as numpy arrays (W and order derived)."""
+def _sampler(guide, temperature):
+    """The jitted draw function ``(keys (S, 2), params) -> {site: (S, ...)}`` of a fitted guide: build it
+    once and pass it to every :func:`_draw` of the fit (a new one compiles again)."""
     def one(k, params):
         tr = handlers.trace(handlers.seed(handlers.substitute(guide, params), k)).get_trace(temperature)
         return {name: site["value"] for name, site in tr.items() if site["type"] == "sample"}
 
-    samples = jax.jit(jax.vmap(one, in_axes=(0, None)))(jax.random.split(key, num), params)
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+def _draw(guide, params, num, temperature, key, d, known, sampler=None):
+    """Posterior draws from the fitted guide, as numpy arrays (W and order derived)."""
+    samples = (sampler or _sampler(guide, temperature))(jax.random.split(key, num), params)
     P = samples.pop("P", None)
     if P is None:
         P = jnp.broadcast_to(jnp.eye(d)[known], (num, d, d))
