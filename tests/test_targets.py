@@ -83,10 +83,11 @@ def test_em_search_recovers_unknown_knockout_targets(knockouts):
     ds = _observational_known(knockouts)
     y, _, _, s2 = project(ds.x, ds.d)
     y1 = np.c_[y, np.ones(len(y))]
-    _, H, order, q, ids = search_targets(y1, ds.targets, ds.values, ds.target_unknown, ds.regime, rate=0.2,
+    _, H, order, q, ids, rival = search_targets(y1, ds.targets, ds.values, ds.target_unknown, ds.regime, rate=0.2,
                                          tau=0.1, value_scale=2.0, s2=s2)
     score, match = mcc(y1 @ H, knockouts.z, return_matching=True)
     assert score > 0.99
+    assert rival is None  # no EM end near the best bound disagrees on the latents: nothing to warn about
     truth = regime_table(knockouts.regime, knockouts.targets)[1]
     open_truth = truth[np.searchsorted(np.unique(knockouts.regime), ids)]
     np.testing.assert_array_equal(q[:, match] > 0.5, open_truth > 0)
@@ -158,3 +159,21 @@ def test_swap_exchanges_two_nodes_unknown_targets_only():
     out = _swap(q, free, 0, 1)
     np.testing.assert_array_equal(out, [[0.1, 0.9, 0.5], [0.2, 0.7, 0.0], [0.6, 0.3, 0.4]])  # row 1: node 1 known
     np.testing.assert_array_equal(q[0], [0.9, 0.1, 0.5])  # the input is not changed
+
+
+def test_rival_is_a_close_em_end_with_different_latents():
+    from latentscm.inference.targets import RIVAL_NATS, _rival, rival_problem
+
+    rng = np.random.default_rng(0)
+    y1 = np.c_[rng.normal(size=(500, 3)), np.ones(500)]
+    H = np.vstack([np.eye(3), np.zeros((1, 3))])
+    mixed = H.copy()
+    mixed[:3, :2] = [[1.0, 1.0], [1.0, -1.0], [0.0, 0.0]]  # latents 0 and 1 rotated by 45 degrees
+    permuted = H[:, [2, 0, 1]] * [1.0, -2.0, 0.5]  # the same latents relabelled and rescaled: MCC 1
+    best = (-100.0, None, H, None)
+    assert _rival([best, (-101.0, None, permuted, None)], best, y1) is None
+    assert _rival([best, (-100.0 - RIVAL_NATS - 1, None, mixed, None)], best, y1) is None  # too far below
+    gap, m, n = _rival([best, (-103.0, None, mixed, None), (-101.0, None, permuted, None)], best, y1)
+    # two latents correlate 1/sqrt(2) with their best match, the third 1 (up to sampling noise)
+    assert gap == pytest.approx(3.0) and m == pytest.approx((np.sqrt(2) + 1) / 3, abs=0.03) and n == 3
+    assert f"MCC {m:.3f}" in rival_problem((gap, m, n)) and rival_problem(None) is None

@@ -328,6 +328,8 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     losses = np.asarray(losses, np.float64)
     anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
     diagnostics = restart_problems(-loss_tail(losses), np.stack(restart_probs), best=best, anchor=anchor)
+    if ini.problem:  # the start's own evidence (inferred targets)
+        diagnostics.append(ini.problem)
     if open_rows is not None and not has_observational_regime(dataset):
         diagnostics.append("targets were inferred without a regime known to be observational: a node without "
                            "parents fits equally well with its targeted and free regimes swapped, so its inferred "

@@ -33,12 +33,14 @@ class Initialisation(NamedTuple):
     sigma: np.ndarray  # (d,)
     score: float  # profile log-likelihood of the proposed order
     targets: np.ndarray  # (N, d): the targets used, inferred (probability > 1/2) where unknown
+    problem: str | None = None  # a diagnostic sentence about the start (inferred targets), or None
 
 
 def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None, seed=0, unknown=None,
                      regime=None, target_rate=0.2):
-    """Latent estimate ``z_hat`` (N, d), the order when the likelihood search ran (else None), and the
-    targets (N, d) with unknown ones inferred.
+    """Latent estimate ``z_hat`` (N, d), the order when the likelihood search ran (else None), the
+    targets (N, d) with unknown ones inferred, and a diagnostic sentence about the targets' search (None
+    when there is nothing to say; see :func:`latentscm.inference.targets.rival_problem`).
 
     Every node with known, varying intervention values in at least d + 2 rows is anchored by them:
     ``z_hat_j`` is the regression of ``v_j`` on the top-d principal coordinates of x (the seed paper's
@@ -49,7 +51,7 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
     the EM search of :mod:`latentscm.inference.targets` infers them too.
     """
     from .identify import anchored, project, search  # identify builds on this module: imported here
-    from .targets import search_targets
+    from .targets import rival_problem, search_targets
 
     t = np.asarray(targets)
     v = np.where(t > 0, np.asarray(values, np.float64), 0.0)
@@ -57,18 +59,18 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
     y, _, _, s2 = project(x, d)
     y1 = np.c_[y, np.ones(len(y))]
     if unknown is not None and np.any(unknown):
-        _, H, order, q, ids = search_targets(y1, t, v, unknown, regime, rate=target_rate, tau=tau,
-                                             value_scale=value_scale, s2=s2, order=order, seed=seed)
+        found = search_targets(y1, t, v, unknown, regime, rate=target_rate, tau=tau, value_scale=value_scale,
+                               s2=s2, order=order, seed=seed)
         rows = np.asarray(unknown).any(1)
-        g = np.searchsorted(ids, np.asarray(regime)[rows])
+        g = np.searchsorted(found.ids, np.asarray(regime)[rows])
         t = t.copy()
-        t[rows] = np.where(np.asarray(unknown)[rows], q[g] > 0.5, t[rows])
-        return y1 @ H, order, t
+        t[rows] = np.where(np.asarray(unknown)[rows], found.q[g] > 0.5, t[rows])
+        return y1 @ found.H, found.order, t, rival_problem(found.rival)
     H = anchored(y1, t, v)
     if H is not None:
-        return y1 @ H, None, t
+        return y1 @ H, None, t, None
     _, H, order = search(y1, t, v, tau=tau, value_scale=value_scale, s2=s2, order=order, seed=seed)
-    return y1 @ H, order, t
+    return y1 @ H, order, t, None
 
 
 def _node_fit(z, targets, j, parents):
@@ -256,12 +258,13 @@ def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value
     targets = np.asarray(targets)
     values = np.where(targets > 0, np.asarray(values, np.float64), 0.0)  # NaN: unknown value
     x = np.asarray(x, np.float64)
-    found = None
+    found = problem = None
     if observed:
         z = x
     else:
-        z, found, inferred = estimate_latents(x, targets, values, tau=tau, value_scale=value_scale, order=order,
-                                              seed=seed, unknown=unknown, regime=regime, target_rate=target_rate)
+        z, found, inferred, problem = estimate_latents(x, targets, values, tau=tau, value_scale=value_scale,
+                                                       order=order, seed=seed, unknown=unknown, regime=regime,
+                                                       target_rate=target_rate)
         if unknown is not None and np.any(unknown):  # inferred targets: their values are unknown
             values = np.where(inferred > targets, np.nan, values)
             targets = inferred
@@ -286,4 +289,5 @@ def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value
         coef_j, rss = _regress(G[j], j, order[:p])
         sigma[j] = np.sqrt(max(rss / n[j], 1e-8))
         W[order[:p], j] = coef_j
-    return Initialisation(z, A, b, max(obs_scale, 1e-3), np.asarray(order), W, sigma, float(score), targets)
+    return Initialisation(z, A, b, max(obs_scale, 1e-3), np.asarray(order), W, sigma, float(score), targets,
+                          problem)

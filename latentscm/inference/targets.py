@@ -22,6 +22,7 @@ unknown targets (:func:`open_target_stats`), each posterior draw's exact target 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +35,23 @@ from .identify import (_closed_form_start, _fit_H, _peel_start, _polish, _random
 from ..models.collapsed import (TargetStats, group_rows, make_units, target_candidates, target_probabilities,
                                 unit_stats)
 from .initialise import propose_order
+from ..metrics import mcc
 
 _EM_ITERS = 30
 ALL_SETS = 64  # target_sets = "auto": every candidate set up to this many per regime (d <= 6)
 MAX_SETS = 1024  # target_sets = "all": every set up to this many, else sets of at most max_targets entries
 _DRAW_CHUNK = 16  # posterior draws per call of the jitted target probabilities
+RIVAL_NATS, RIVAL_MCC = 10.0, 0.97  # an EM end this close to the best, with latents this different: a warning
+
+
+class TargetSearch(NamedTuple):
+    bound: float  # EM lower bound of the best end
+    H: np.ndarray  # (d + 1, d): z = y1 H
+    order: np.ndarray  # (d,)
+    q: np.ndarray  # (G, d): target probabilities of the regimes ``ids`` with unknown entries
+    ids: np.ndarray  # (G,)
+    rival: tuple | None  # (gap in nats, MCC with the best's latents, number of EM ends) of the most
+    # different end within RIVAL_NATS of the best whose latents match it below RIVAL_MCC; None if none
 _TOL = 1e-3
 
 
@@ -220,11 +233,13 @@ def _swap(q, free, j, k):
     return out
 
 
-def _climb(problem, y1, best, moves, fixed_order, kw):
-    """Repeat: EM from each perturbed ``q`` of ``moves(q, order)``; keep the best while the bound rises."""
+def _climb(problem, y1, best, moves, fixed_order, kw, ends):
+    """Repeat: EM from each perturbed ``q`` of ``moves(q, order)``; keep the best while the bound rises.
+    Every EM end is appended to ``ends``."""
     for _ in range(problem.d):
         bound, q, H, cur = best
         tries = [_em(problem, y1, q2, H, cur, fixed_order, **kw) for q2 in moves(q, cur)]
+        ends += tries
         top = max(tries, key=lambda r: r[0], default=None)
         if top is None or top[0] <= bound + 1e-6 * abs(bound):
             break
@@ -270,11 +285,8 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
         for H in Hs:
             own = np.asarray(order) if order is not None else _order_move(problem, y1, q0, H, rng.permutation(problem.d))
             starts.append((q0, H, own))
-    best = None
-    for q0, H, own in starts:
-        res = _em(problem, y1, q0, H, own, order is not None, **kw)
-        if best is None or res[0] > best[0]:
-            best = res
+    ends = [_em(problem, y1, q0, H, own, order is not None, **kw) for q0, H, own in starts]
+    best = max(ends, key=lambda r: r[0])
     free, fixed_order = problem.free, order is not None
 
     def flips(q, cur):  # a node's targeted and free regimes swapped
@@ -283,18 +295,38 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
     def swaps(q, cur):  # two nodes adjacent in the order exchange their targets
         return [_swap(q, free, j, k) for j, k in zip(cur[:-1], cur[1:]) if (free[:, j] & free[:, k]).any()]
 
-    best = _climb(problem, y1, best, flips, fixed_order, kw)
+    best = _climb(problem, y1, best, flips, fixed_order, kw, ends)
     if not fixed_order:  # order moves with H re-fitted, at the final target probabilities
         _, q, H, cur = best
         m = problem.moments(q)
         _, H, cur = _polish(m, y1, problem.hard(q)[0], log_likelihood(m, H, cur, tau, value_scale, s2), H, cur,
                             tau=tau, value_scale=value_scale, s2=s2)
         best = _em(problem, y1, q, H, cur, False, **kw)
+        ends.append(best)
     # EM can stall at a state that a swap leaves for a better one (at d = 10, 864 nats higher, with every
     # target right where two nodes' targets had been exchanged)
-    best = _climb(problem, y1, best, swaps, fixed_order, kw)
+    best = _climb(problem, y1, best, swaps, fixed_order, kw, ends)
     bound, q, H, cur = best
-    return bound, H, cur, q, problem.ids
+    return TargetSearch(bound, H, cur, q, problem.ids, _rival(ends, best, y1))
+
+
+def _rival(ends, best, y1):
+    """The EM end that most disagrees with ``best`` on the latents among those within :data:`RIVAL_NATS`
+    of its bound, as (gap, MCC, number of ends) when its MCC is below :data:`RIVAL_MCC`, else None."""
+    z = y1 @ best[2]
+    close = [(best[0] - e[0], mcc(y1 @ e[2], z)) for e in ends if best[0] - e[0] <= RIVAL_NATS]
+    gap, m = min(close, key=lambda c: c[1], default=(0.0, 1.0))
+    return (float(max(gap, 0.0)), float(m), len(ends)) if m < RIVAL_MCC else None
+
+
+def rival_problem(rival):
+    """The diagnostic sentence for :attr:`TargetSearch.rival` (None when there is none)."""
+    if rival is None:
+        return None
+    gap, m, n = rival
+    return (f"the targets' start barely separates different latents: of {n} EM runs, one ended {gap:.1f} nats "
+            f"below the best with latents that match the kept start's only to MCC {m:.3f}; these data weakly "
+            "identify the latents and so the graph, and the posterior's confidence overstates what they say")
 
 
 # ---------------------------------------------------------------------- the collapsed fit's side
