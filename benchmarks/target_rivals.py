@@ -9,7 +9,7 @@ labelled; ``benchmarks/identification.py``), rerun only the start's EM search
 
 Usage::
 
-    python benchmarks/target_rivals.py                  # both generators, a few minutes
+    python benchmarks/target_rivals.py                  # both generators, a few minutes (one core each: taskset)
     python benchmarks/target_rivals.py --generators package
 """
 
@@ -52,11 +52,11 @@ def rival(cell: Cell, work: Path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--generators", default=",".join(GENERATORS))
-    p.add_argument("--out", default=str(RESULTS / "target-rivals"))
+    p.add_argument("--out", default=str(RESULTS / "target-rivals"), help="stem: OUT-{generator}.csv / .md")
     args = p.parse_args(argv)
-    rows = []
     for gen in args.generators.split(","):
         fits = pd.read_csv(RESULTS / f"identification-targets-{gen}.csv")
+        rows = []
         for cell in plan("acceptance"):
             if cell.generator != gen or cell.given != "unknown":
                 continue
@@ -67,8 +67,10 @@ def main(argv=None):
             row |= {k: float(fit[k].iloc[0]) if len(fit) else np.nan for k in ("e_shd", "mcc", "target_auroc")}
             print(row, flush=True)
             rows.append(row)
-    table = pd.DataFrame(rows)
-    out = Path(args.out)
+        write(pd.DataFrame(rows), Path(f"{args.out}-{gen}"))
+
+
+def write(table, out):
     atomic_write(out.with_suffix(".csv"), lambda tmp: table.to_csv(tmp, index=False))
     bad = table.e_shd > 1
     text = (f"# The unknown-target start's rival warning\n\nWritten by `benchmarks/target_rivals.py`: an EM end "
