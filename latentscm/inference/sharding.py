@@ -1,13 +1,14 @@
 """Spreading the collapsed likelihood and the MCMC chains over several JAX devices.
 
-The collapsed likelihood is a sum over *units* (here: the rows of the sufficient statistics, one per
-distinct pattern of targets; or the data's units when latents are summarised). Placing the leading
-axis of those arrays with a :class:`jax.sharding.NamedSharding` over a one-axis :class:`Mesh` makes
-``jit`` partition the computation: each device evaluates its share of the units, the sum becomes an
-all-reduce, and parameters stay replicated. Nothing else changes, so the result equals the
+The collapsed likelihood is a sum over the leading axis of its arrays: the rows of the sufficient
+statistics (one per distinct pattern of targets) while fitting, the data's units (single rows or
+pairs, :func:`latentscm.models.collapsed.make_units`) when latents are summarised. Placing that axis
+with a :class:`jax.sharding.NamedSharding` over a one-axis :class:`Mesh` makes ``jit`` partition the
+computation: each device evaluates its share of the rows, the sum becomes an all-reduce, and
+parameters stay replicated. Nothing else changes, so the result equals the
 one-device result up to the order of floating-point additions.
 
-The axis is padded to a multiple of the device count with empty units (count 0 and all statistics
+The axis is padded to a multiple of the device count with empty rows (count 0 and all statistics
 0), which contribute exactly 0 to the log-likelihood.
 
 Multi-GPU: ``devices="all"`` uses ``jax.devices()``. Multi-host: call ``jax.distributed.initialize()``
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-AXIS = "units"
+AXIS = "rows"
 
 
 def check_devices(value, owner):
@@ -50,7 +51,7 @@ def resolve_devices(devices):
 
 
 def mesh(devices):
-    """A one-axis mesh (axis ``"units"``) over ``devices`` (a list of JAX devices)."""
+    """A one-axis mesh (axis ``"rows"``) over ``devices`` (a list of JAX devices)."""
     return Mesh(np.array(devices), (AXIS,))
 
 
