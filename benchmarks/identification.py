@@ -195,12 +195,18 @@ def weak_edges(path):
     return int(((w != 0) & (np.abs(w) <= DEFAULT_THRESHOLD)).sum())
 
 
-def run_cell(cell, work, *, progress=True):
-    """Generate (once) and fit one cell in its own process; returns its record."""
+def ensure_data(cell, work):
+    """The cell's data file, generated on first use."""
     data = data_path(cell, work)
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
         cell.dataset().save(data)
+    return data
+
+
+def run_cell(cell, work, *, progress=True):
+    """Generate (once) and fit one cell in its own process; returns its record."""
+    data = ensure_data(cell, work)
     fits = work / "fits"
     shutil.rmtree(fits / f"run-{cell.name}", ignore_errors=True)  # a fresh run folder: no checkpoint to resume
     config = cell.config()

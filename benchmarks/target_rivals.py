@@ -24,26 +24,24 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from identification import GENERATORS, RESULTS, WORK, Cell, data_path, plan  # noqa: E402
+from identification import GENERATORS, RESULTS, WORK, Cell, ensure_data, plan  # noqa: E402
 
 from latentscm._io import atomic_write  # noqa: E402
 from latentscm.data import Dataset  # noqa: E402
+from latentscm.inference.collapsed import CollapsedConfig  # noqa: E402
 from latentscm.inference.identify import project  # noqa: E402
 from latentscm.inference.targets import RIVAL_MCC, RIVAL_NATS, search_targets  # noqa: E402
 
 
 def rival(cell: Cell, work: Path):
-    path = data_path(cell, work)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cell.dataset().save(path)
-    ds = Dataset.load(path)
-    v = np.where(ds.targets > 0, np.nan_to_num(ds.values), 0.0)
+    ds = Dataset.load(ensure_data(cell, work))
+    cfg = CollapsedConfig()  # the fit's defaults; the arguments as latentscm.inference.initialise passes them
+    v = np.where(ds.targets > 0, ds.values, 0.0)
     y, _, _, s2 = project(ds.x, ds.d)
     y1 = np.c_[y, np.ones(len(y))]
     start = time.perf_counter()
-    found = search_targets(y1, ds.targets, v, ds.target_unknown, ds.regime, rate=0.2, tau=0.1, value_scale=2.0,
-                           s2=s2, seed=cell.seed)
+    found = search_targets(y1, ds.targets, v, ds.target_unknown, ds.regime, rate=cfg.target_rate, tau=cfg.tau,
+                           value_scale=cfg.value_scale, s2=s2, seed=cell.seed)
     gap, mcc, ends = found.rival if found.rival is not None else (np.nan, np.nan, np.nan)
     return {"warns": found.rival is not None, "rival_gap": gap, "rival_mcc": mcc, "em_ends": ends,
             "search_s": time.perf_counter() - start}

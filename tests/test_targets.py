@@ -83,8 +83,8 @@ def test_em_search_recovers_unknown_knockout_targets(knockouts):
     ds = _observational_known(knockouts)
     y, _, _, s2 = project(ds.x, ds.d)
     y1 = np.c_[y, np.ones(len(y))]
-    _, H, order, q, ids, rival = search_targets(y1, ds.targets, ds.values, ds.target_unknown, ds.regime, rate=0.2,
-                                         tau=0.1, value_scale=2.0, s2=s2)
+    _, H, order, q, ids, rival = search_targets(y1, ds.targets, ds.values, ds.target_unknown, ds.regime,
+                                                rate=0.2, tau=0.1, value_scale=2.0, s2=s2)
     score, match = mcc(y1 @ H, knockouts.z, return_matching=True)
     assert score > 0.99
     assert rival is None  # no EM end near the best bound disagrees on the latents: nothing to warn about
@@ -149,6 +149,8 @@ def test_candidate_sets_are_all_sets_for_small_d_and_the_starts_neighbourhood_ot
                                              for j in range(4)}
     assert {tuple(c) for c in near.candidates} == expected
     assert near.log_prior.shape == (len(truth), len(expected)) and np.isfinite(near.log_prior).all()
+    with pytest.raises(ValueError, match="near_start"):  # no start to be near
+        open_target_stats(ds, CollapsedConfig(unknown_targets="latent", target_sets="near_start"))
 
 
 def test_swap_exchanges_two_nodes_unknown_targets_only():
@@ -177,3 +179,4 @@ def test_rival_is_a_close_em_end_with_different_latents():
     # two latents correlate 1/sqrt(2) with their best match, the third 1 (up to sampling noise)
     assert gap == pytest.approx(3.0) and m == pytest.approx((np.sqrt(2) + 1) / 3, abs=0.03) and n == 3
     assert f"MCC {m:.3f}" in rival_problem((gap, m, n)) and rival_problem(None) is None
+    assert "2.0 nats above the best" in rival_problem((-2.0, 0.8, 5))  # an end above the kept one is named so

@@ -38,6 +38,7 @@ from .initialise import propose_order
 from ..metrics import mcc
 
 _EM_ITERS = 30
+_TOL = 1e-3
 ALL_SETS = 64  # target_sets = "auto": every candidate set up to this many per regime (d <= 6)
 MAX_SETS = 1024  # target_sets = "all": every set up to this many, else sets of at most max_targets entries
 _DRAW_CHUNK = 16  # posterior draws per call of the jitted target probabilities
@@ -52,7 +53,6 @@ class TargetSearch(NamedTuple):
     ids: np.ndarray  # (G,)
     rival: tuple | None  # (gap in nats, MCC with the best's latents, number of EM ends) of the most
     # different end within RIVAL_NATS of the best whose latents match it below RIVAL_MCC; None if none
-_TOL = 1e-3
 
 
 class _Problem:
@@ -312,11 +312,12 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
 
 def _rival(ends, best, y1):
     """The EM end that most disagrees with ``best`` on the latents among those within :data:`RIVAL_NATS`
-    of its bound, as (gap, MCC, number of ends) when its MCC is below :data:`RIVAL_MCC`, else None."""
+    of its bound (or above it), as (gap, MCC, number of ends) when its MCC is below :data:`RIVAL_MCC`,
+    else None; ``gap`` is the best's bound minus the end's (negative for an end above it)."""
     z = y1 @ best[2]
     close = [(best[0] - e[0], mcc(y1 @ e[2], z)) for e in ends if best[0] - e[0] <= RIVAL_NATS]
     gap, m = min(close, key=lambda c: c[1], default=(0.0, 1.0))
-    return (float(max(gap, 0.0)), float(m), len(ends)) if m < RIVAL_MCC else None
+    return (float(gap), float(m), len(ends)) if m < RIVAL_MCC else None
 
 
 def rival_problem(rival):
@@ -324,9 +325,10 @@ def rival_problem(rival):
     if rival is None:
         return None
     gap, m, n = rival
-    return (f"the targets' start barely separates different latents: of {n} EM runs, one ended {gap:.1f} nats "
-            f"below the best with latents that match the kept start's only to MCC {m:.3f}; these data weakly "
-            "identify the latents and so the graph, and the posterior's confidence overstates what they say")
+    side = "below" if gap >= 0 else "above"
+    return (f"the targets' start barely separates different latents: of {n} EM runs, one ended {abs(gap):.1f} "
+            f"nats {side} the best with latents that match the kept start's only to MCC {m:.3f}; these data "
+            "weakly identify the latents and so the graph, and the posterior's confidence overstates what they say")
 
 
 # ---------------------------------------------------------------------- the collapsed fit's side
@@ -354,6 +356,8 @@ def open_target_stats(dataset, config, start=None):
     if mode == "auto":
         mode = "all" if 2**free <= ALL_SETS or start is None else "near_start"
     limit = config.max_targets
+    if mode == "near_start" and start is None:
+        raise ValueError('target_sets = "near_start" needs the start\'s row targets (start=...)')
     if mode == "near_start":
         cands, log_prior = target_candidates(known, unknown, config.target_rate, limit, near=start[rows][first])
     else:
