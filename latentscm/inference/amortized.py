@@ -37,18 +37,17 @@ import optax
 from jax.scipy.special import logsumexp
 from numpyro import handlers
 from numpyro.contrib.module import eqx_module
-from numpyro.infer import TraceMeanField_ELBO
 
 from ..models.amortized import (amortized_model, intervention_scale, pair_noise_guide, pair_second,
                                 unit_batches)
 from ..models.collapsed import make_units
 from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_from_order
-from .collapsed import _draw, _initial_params, _site_specs, make_guide
+from .collapsed import _draw, _initial_params, _site_specs, make_guide, make_sampler
 from .initialise import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
 from ._validate import check_settings
-from .svi import best_restart, checkpoint_for, geometric_schedule, make_step, ordered_elbo_loss, run_svi
+from .svi import best_restart, checkpoint_for, elbo_loss, geometric_schedule, make_step, run_svi, seed_keys
 from .svi import init as svi_init
 
 _INIT_Z_SCALE = 0.05
@@ -275,7 +274,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     priors = parse_priors(priors)
     d, N = dataset.d, dataset.N
     rng = np.random.default_rng(seed)
-    key_init, key_svi, key_draw = jax.random.split(jax.random.PRNGKey(seed), 3)
+    key_init, key_svi, key_draw, key_predictive = seed_keys(seed, 4)
     x = jnp.asarray(dataset.x, jnp.float32)
     x_loc, x_scale = x.mean(0), x.std(0) + 1e-6
     units = pair_units(dataset) if config.use_pairs else None  # pair ids validated by check_fit_inputs
@@ -335,10 +334,10 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
                 numpyro.sample("u", _noise_guide(enc, data["x_std"][b], t[b], v[b], None if miss is None else miss[b],
                                                  W, sigma, t[a], scale[b]))
 
-    elbo_loss = ordered_elbo_loss(TraceMeanField_ELBO, config.num_particles)
+    neg_elbo = elbo_loss(config.num_particles, mean_field=True)
 
     def loss_fn(params, key, temperature, data):
-        return elbo_loss(key, params, model, guide, temperature, data)
+        return neg_elbo(key, params, model, guide, temperature, data)
 
     steps = config.steps
     schedule = geometric_schedule(*config.temperature, steps)
@@ -359,7 +358,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
                             desc="amortized", checkpoint=checkpoint)
     best, tail_loss = best_restart(losses)
     params = jax.tree.map(lambda a: a[best], state.params)
-    draws = _draw(guide, params, config.num_draws, schedule(steps), key_draw, d, known)
+    draws = _draw(make_sampler(guide, config.temperature[1], config.num_draws, d, known), params, key_draw)
     encoder = eqx.combine(params["encoder$params"], encoder0)
     missing = data["missing"] if latent_values else None
     latent_mean, latent_sd = _encode(encoder, data["x_std"], targets, values, missing)
@@ -376,7 +375,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
         log_predictive = functools.partial(
             _importance_log_predictive, encoder, net, (np.asarray(x_loc), np.asarray(x_scale)),
             {"W": draws["W"], "noise_scale": draws["noise_scale"], "obs_scale": draws["obs_scale"]},
-            config.tau, config.heldout_draws, config.heldout_particles, seed,
+            config.tau, config.heldout_draws, config.heldout_particles, key_predictive,
             config.value_scale if latent_values else None)
     return Posterior(
         method="amortized", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
@@ -392,7 +391,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     )
 
 
-def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, seed, value_scale,
+def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, key, value_scale,
                                dataset, chunk=256):
     """Per-row estimate (N,) of ``log p(x_n | m_n, v_n, data)`` for a nonlinear decoder.
 
@@ -430,7 +429,6 @@ def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, 
         ll = jax.lax.map(lambda a: per_draw(*a), (W, sigma, s))  # (S, B)
         return logsumexp(ll, axis=0) - jnp.log(S)
 
-    key = jax.random.PRNGKey(seed + 7)
     out = []
     for i in range(0, len(x), chunk):
         key, k = jax.random.split(key)

@@ -35,7 +35,6 @@ import numpyro.distributions as dist
 import optax
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer import Trace_ELBO
 
 from ..models.biols import (MarginalHorseshoe, SitePrior, biols_model, decode, horseshoe_global_scale,
                              init_decoder)
@@ -46,7 +45,7 @@ from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix
 from .posterior import Posterior
 from ._validate import check_settings
 from .svi import init as svi_init
-from .svi import checkpoint_for, make_step, ordered_elbo_loss, run_svi
+from .svi import checkpoint_for, elbo_loss, make_step, run_svi, seed_keys
 
 
 @dataclass(frozen=True)
@@ -248,22 +247,23 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
 
     extra = _extra_sites(model, data)
     guide = make_guide(d, config, extra_specs=extra)
-    elbo_loss = ordered_elbo_loss(Trace_ELBO, config.num_particles)
+    neg_elbo = elbo_loss(config.num_particles)
 
     def loss_fn(params, key, temperature, data):
         if batch is not None:  # one minibatch per step, shared by the particles (x A^T computed once)
             key, k_rows = jax.random.split(key)
             idx = jax.random.choice(k_rows, N, (batch,), replace=False)
             data = jax.tree.map(lambda a: a[idx], data)
-        return elbo_loss(key, params, model, guide, temperature, data, N / (batch or N)) / N
+        return neg_elbo(key, params, model, guide, temperature, data, N / (batch or N)) / N
 
     optimizer = optax.adabelief(config.learning_rate, eps=1e-8)
-    state = svi_init(jax.random.PRNGKey(seed), _initial_params(d, D, config, rng, extra), optimizer)
+    key_svi, key_draw, key_latents = seed_keys(seed, 3)
+    state = svi_init(key_svi, _initial_params(d, D, config, rng, extra), optimizer)
     step_fn = make_step(loss_fn, optimizer, lambda step: config.temperature)
     state, losses = run_svi(step_fn, state, data, config.steps, chunk=config.chunk, progress=progress, desc="biols",
                             checkpoint=checkpoint_for("biols", config, priors, seed, dataset))
     params = jax.tree.map(lambda a: a[0], state.params)
-    draws = _draw(guide, params, config.num_draws, config.temperature, jax.random.PRNGKey(seed + 1))
+    draws = _draw(guide, params, config.num_draws, config.temperature, key_draw)
     S = config.num_draws
     dec = {k: np.asarray(v) for k, v in params["decoder"].items()}
     if config.decoder == "linear":
@@ -271,7 +271,7 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
         latent_mean, latent_sd = _linear_latents(data, draws, dec, config)
     else:
         decoder = {k: np.broadcast_to(v, (S,) + v.shape) for k, v in dec.items()}
-        latent_mean, latent_sd = _map_latents(data, draws, dec, config, jax.random.PRNGKey(seed + 2))
+        latent_mean, latent_sd = _map_latents(data, draws, dec, config, key_latents)
     decoder["obs_scale"] = np.full(S, config.obs_scale, np.float32)
     return Posterior(
         method="biols", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"], decoder=decoder,

@@ -23,6 +23,7 @@ model is :func:`~latentscm.models.observed.identity_model` and the guide has no 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,7 +36,6 @@ import numpyro.distributions as dist
 import optax
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer import Trace_ELBO
 
 from ..models.collapsed import (TargetStats, Units, centered_stats, collapsed_model, group_rows, make_units,
                                 unit_factors, unit_latent_posterior, unit_stats)
@@ -51,10 +51,11 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 from .posterior import Posterior
 from .sharding import check_devices, resolve_devices, shard_stats, shard_units
 from .svi import init as svi_init
-from .svi import (best_restart, checkpoint_for, geometric_schedule, loss_tail, make_step, ordered_elbo_loss,
-                  run_svi)
+from .svi import (best_restart, checkpoint_for, elbo_loss, geometric_schedule, loss_tail, make_step, run_svi,
+                  seed_keys)
 
 _INIT_SCALE = 0.01
+_SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _initial_params(specs, ini, d, config, rng):
                 "w2": rng.normal(size=(hidden, d * d)) * 0.01, "b2": config.logit_scale * P0.reshape(-1),
             }
         out[r] = params
-    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *out.values())
+    return jax.tree.map(lambda *xs: jax.device_put(np.stack(xs)), *out.values())
 
 
 def _decoder_scales(ini, config):
@@ -281,9 +282,9 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         tstats = None if open_rows is None else open_target_stats(dataset, config, ini.targets)
     with jax.enable_x64(x64):
         if not identity:  # to (sharded) device arrays, in the precision of the steps
-            stats = tuple(shard_stats(jax.tree.map(jnp.asarray, st), devices) for st in stats)
+            stats = tuple(shard_stats(jax.device_put(st), devices) for st in stats)
         if tstats is not None:
-            tstats = TargetStats(jax.tree.map(jnp.asarray, tstats.stats), tstats.candidates, tstats.log_prior)
+            tstats = TargetStats(jax.device_put(tstats.stats), tstats.candidates, tstats.log_prior)
         known = None if config.known_order is None else jnp.asarray(config.known_order)
 
         def model(temperature, stats):
@@ -295,10 +296,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
 
         specs = _site_specs(model, stats)
         guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
-        elbo_loss = ordered_elbo_loss(Trace_ELBO, config.num_particles)
+        neg_elbo = elbo_loss(config.num_particles)
 
         def loss_fn(params, key, temperature, stats):
-            return elbo_loss(key, params, model, guide, temperature, stats)
+            return neg_elbo(key, params, model, guide, temperature, stats)
 
         steps = config.steps
         schedule = geometric_schedule(*config.temperature, steps)
@@ -307,23 +308,20 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction))
         if config.init_scale == "data":
             optimizer = optax.chain(optimizer, _scale_updates(_step_factors(params0, ini, config)))
-        state = svi_init(jax.random.PRNGKey(seed), params0, optimizer)
+        keys = seed_keys(seed, 2 + config.num_restarts)  # SVI, the posterior's draws, each restart's check
+        state = svi_init(keys[0], params0, optimizer)
         step_fn = make_step(loss_fn, optimizer, schedule)
         checkpoint = checkpoint_for("collapsed", config, priors, seed, dataset)
         state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress,
                                 desc="collapsed", checkpoint=checkpoint)
         best, tail_loss = best_restart(losses)
-        params = jax.tree.map(lambda a: a[best], state.params)
-        sampler = _sampler(guide, schedule(steps))  # one compilation for every restart's draws
-        draws = _draw(guide, params, config.num_draws, schedule(steps), jax.random.PRNGKey(seed + 1), d, known,
-                      sampler)
+        fitted = jax.tree.map(np.asarray, state.params)  # restart axis first
+        sampler = make_sampler(guide, config.temperature[1], config.num_draws, d, known)  # one compilation
+        draws = _draw(sampler, jax.tree.map(lambda a: a[best], fitted), keys[1])
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
-        restart_probs = []
-        for r in range(config.num_restarts):
-            W_r = draws["W"] if r == best else _draw(
-                guide, jax.tree.map(lambda a: a[r], state.params), config.num_draws, schedule(steps),
-                jax.random.fold_in(jax.random.PRNGKey(seed + 2), r), d, known, sampler)["W"]
-            restart_probs.append(edge_probabilities(np.asarray(W_r, np.float64)))
+        restart_probs = [edge_probabilities(np.asarray(
+            draws["W"] if r == best else _draw(sampler, jax.tree.map(lambda a: a[r], fitted), keys[2 + r])["W"],
+            np.float64)) for r in range(config.num_restarts)]
     draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
     losses = np.asarray(losses, np.float64)
     anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
@@ -363,28 +361,25 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     )
 
 
-def _sampler(guide, temperature):
-    """The jitted draw function ``(keys (S, 2), params) -> {site: (S, ...)}`` of a fitted guide: build it
-    once and pass it to every :func:`_draw` of the fit (a new one compiles again)."""
+def make_sampler(guide, temperature, num, d, known=None):
+    """The jitted draw function ``(key, params) -> {site: (num, ...)}`` of a fitted guide, with the
+    graph's ``W`` (num, d, d) and ``order`` (num, d) derived inside it (``P`` is not returned; ``known``:
+    a fixed order, else the guide's ``P``). Build it once per fit: a new one compiles again."""
     def one(k, params):
         tr = handlers.trace(handlers.seed(handlers.substitute(guide, params), k)).get_trace(temperature)
-        return {name: site["value"] for name, site in tr.items() if site["type"] == "sample"}
+        out = {name: site["value"] for name, site in tr.items() if site["type"] == "sample"}
+        P = out.pop("P", None)
+        P = jnp.eye(d)[jnp.asarray(known)] if P is None else jnp.round(P)  # straight-through: hard in value
+        out["W"] = weights_from_order(tril_to_matrix(out["edge_weight"], d), P)
+        out["order"] = order_from_matrix(P)
+        return out
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+    return jax.jit(lambda key, params: jax.vmap(one, in_axes=(0, None))(jax.random.split(key, num), params))
 
 
-def _draw(guide, params, num, temperature, key, d, known, sampler=None):
-    """Posterior draws from the fitted guide, as numpy arrays (W and order derived)."""
-    samples = (sampler or _sampler(guide, temperature))(jax.random.split(key, num), params)
-    P = samples.pop("P", None)
-    if P is None:
-        P = jnp.broadcast_to(jnp.eye(d)[known], (num, d, d))
-    P = jnp.round(P)  # the straight-through sample equals the hard one in value
-    L = tril_to_matrix(samples["edge_weight"], d)
-    out = {k: np.asarray(v) for k, v in samples.items()}
-    out["W"] = np.asarray(weights_from_order(L, P))
-    out["order"] = np.asarray(order_from_matrix(P))
-    return out
+def _draw(sampler, params, key):
+    """Posterior draws of a :func:`make_sampler` as numpy arrays."""
+    return {k: np.asarray(v) for k, v in sampler(key, params).items()}
 
 
 def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=8, devices=None):
@@ -412,7 +407,7 @@ def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=
         rows = u.rows.reshape(-1)
         arrays = Units(*shard_units(tuple(np.asarray(a, np.float64) for a in u[:4]), devices or jax.devices()[:1]), None)
         for i in range(0, S, chunk):
-            a, b_ = f(*(jnp.asarray(draws[k][i:i + chunk]) for k in keys), arrays)
+            a, b_ = f(*(draws[k][i:i + chunk] for k in keys), arrays)
             m1[rows] += np.asarray(a.sum(0))[: len(u.x)].reshape(len(rows), -1)
             m2[rows] += np.asarray(b_.sum(0))[: len(u.x)].reshape(len(rows), -1)
     mean = m1 / S
@@ -455,8 +450,12 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
     compile; as many draws per call as keep the arrays small). Cost O(S (R d^3 + N D d)) instead of
     O(S N d^3)."""
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    f = jax.jit(jax.vmap(_pattern_moments, in_axes=(0,) * 5 + (None,) * 4 + (None, None)),
-                static_argnums=(9, 10))
+    moments = jax.vmap(_pattern_moments, in_axes=(0,) * 5 + (None,) * 4 + (None, None))
+
+    @functools.partial(jax.jit, static_argnums=(10, 11))
+    def f(weight, *args):  # sums over a chunk of draws, each weighted (0: padding)
+        return tuple(jnp.einsum("s,s...->...", weight, m) for m in moments(*args))
+
     S = len(draws["W"])
     m1, m2 = np.zeros(dataset.targets.shape), np.zeros(dataset.targets.shape)
     for u in units:
@@ -469,15 +468,19 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
             X = np.zeros((size,) + u.x.shape[1:])
             V = np.zeros((size,) + u.values.shape[1:])
             X[: len(idx)], V[: len(idx)] = u.x[idx], u.values[idx]
-            masks = jnp.asarray(pattern[: k * d].reshape(1, k, d), jnp.float64)
-            known = jnp.asarray(pattern[k * d:].reshape(1, k, d), jnp.float64)
+            masks = np.asarray(pattern[: k * d].reshape(1, k, d), np.float64)
+            known = np.asarray(pattern[k * d:].reshape(1, k, d), np.float64)
             rows = u.rows[idx].reshape(-1)
-            # (draws, rows, k (D + d)) arrays (the residuals e are k D wide) of <= 5e6 numbers
-            step = max(1, min(S, int(5e6 // (size * k * (u.x.shape[2] + d)))))
-            for i in range(0, S, step):
-                a, b_ = f(*(jnp.asarray(draws[key][i:i + step]) for key in keys), masks, known,
-                          jnp.asarray(X), jnp.asarray(V), float(tau), float(value_scale))
-                m1[rows] += np.asarray(a.sum(0))[: len(idx)].reshape(len(rows), -1)
-                m2[rows] += np.asarray(b_.sum(0))[: len(idx)].reshape(len(rows), -1)
+            # chunks of equal size (the last padded with weight 0): one shape per pattern size
+            step = max(1, min(S, int(_SUMMARY_NUMBERS // (size * k * (u.x.shape[2] + d)))))
+            padded = -(-S // step) * step
+            weight = np.arange(padded) < S
+            chunks = {key: np.concatenate([draws[key], np.repeat(draws[key][-1:], padded - S, 0)])
+                      for key in keys}
+            for i in range(0, padded, step):
+                a, b_ = f(weight[i:i + step].astype(np.float64), *(chunks[key][i:i + step] for key in keys),
+                          masks, known, X, V, float(tau), float(value_scale))
+                m1[rows] += np.asarray(a)[: len(idx)].reshape(len(rows), -1)
+                m2[rows] += np.asarray(b_)[: len(idx)].reshape(len(rows), -1)
     mean = m1 / S
     return mean, np.sqrt(np.maximum(m2 / S - mean**2, 0.0))

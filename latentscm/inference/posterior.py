@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from jax.scipy.special import logsumexp
+from scipy.special import logsumexp
 
 from ..metrics import edge_probabilities, order_probabilities
 from ..models.collapsed import row_log_likelihood
 from ..models.scm import InterventionalLinearGaussian
+
+_NLL_DRAWS = 16  # posterior draws per call of the held-out likelihood
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +99,7 @@ class Posterior:
             raise ValueError(f"heldout_nll needs a linear decoder; method {self.method!r} has {sorted(self.decoder)}")
         value_scale = float(self.info.get("config", {}).get("value_scale", 1.0))  # prior sd of unknown values
         with jax.enable_x64(True):
-            x, t, v = (jnp.asarray(a, jnp.float64) for a in (dataset.x, dataset.targets, dataset.values))
+            x, t, v = (np.asarray(a, np.float64) for a in (dataset.x, dataset.targets, dataset.values))
             if observed:
                 def scm_rows(x, t, v, W, sigma):
                     return InterventionalLinearGaussian(W, sigma, t, jnp.nan_to_num(v), self.tau).log_prob(x)
@@ -108,10 +110,13 @@ class Posterior:
                 f = jax.jit(jax.vmap(partial(row_log_likelihood, tau=self.tau, value_scale=value_scale),
                                      in_axes=(None,) * 3 + (0,) * 5))
                 draws = (self.W, self.noise_scales, self.decoder["A"], self.decoder["b"], self.decoder["obs_scale"])
-            chunk = 16  # draws per call: memory stays O(chunk * N * D * d)
-            ll = jnp.concatenate([f(x, t, v, *(jnp.asarray(a[i:i + chunk]) for a in draws))
-                                  for i in range(0, self.num_draws, chunk)])
-            return float(-jnp.mean(logsumexp(ll, axis=0) - jnp.log(ll.shape[0])))
+            S = self.num_draws
+            chunk = min(S, _NLL_DRAWS)  # draws per call (the last chunk padded: one shape): memory O(chunk N D d)
+            padded = -(-S // chunk) * chunk
+            draws = [np.concatenate([a, np.repeat(a[-1:], padded - S, 0)]) for a in draws]
+            ll = np.concatenate([np.asarray(f(x, t, v, *(a[i:i + chunk] for a in draws)))
+                                 for i in range(0, padded, chunk)])[:S]
+        return float(-np.mean(logsumexp(ll, axis=0) - np.log(S)))
 
     def predict(self, targets, values=None, *, num_samples=None, seed=0):
         """Posterior predictive samples of z and x under a (new) intervention.

@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from numpyro.handlers import replay, seed
+from numpyro.infer import TraceMeanField_ELBO
+from numpyro.infer.util import compute_log_probs
 from tqdm.auto import tqdm
 
 from .._io import atomic_write
@@ -37,11 +40,20 @@ class SVIInfo(NamedTuple):
     loss: jax.Array  # (chunk, R) negative ELBO
 
 
+def seed_keys(seed, num):
+    """``num`` PRNG keys (num, 2), a numpy array, from one split of ``seed``'s key: a fit takes every key it
+    uses from here (key i for job i), so no two jobs, nor two seeds, share a key."""
+    return np.asarray(jax.random.split(jax.random.PRNGKey(seed), num))
+
+
 def init(rng_key, params, optimizer):
-    """State for stacked initial parameters (leading restart axis R)."""
-    R = jax.tree.leaves(params)[0].shape[0]
-    opt_state = jax.vmap(optimizer.init)(params)
-    return SVIState(params, opt_state, jax.random.split(rng_key, R), jnp.zeros((), jnp.int32))
+    """State for stacked initial parameters (leading restart axis R); one compiled call."""
+    def build(rng_key, params):
+        R = jax.tree.leaves(params)[0].shape[0]
+        return SVIState(params, jax.vmap(optimizer.init)(params), jax.random.split(rng_key, R),
+                        jnp.zeros((), jnp.int32))
+
+    return jax.jit(build)(rng_key, params)
 
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedule: Callable):
@@ -71,18 +83,40 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedu
     return jax.jit(step, static_argnums=2)
 
 
-def ordered_elbo_loss(elbo_class, num_particles):
-    """``loss(key, params, model, guide, *args)``: the negative ELBO of a NumPyro ``elbo_class``
-    (``Trace_ELBO``, ``TraceMeanField_ELBO``) with vectorised particles, its per-site terms summed in
-    sorted site order. NumPyro sums them in the order of a Python set, which follows the string-hash
-    seed, so the same seed gave results that differed in their last bits from process to process.
-    (The compiled step still misses JAX's persistent cache in a new process, for a reason not found
-    yet: benchmarks/results/overhead.md.)"""
-    elbo = elbo_class(num_particles=num_particles, vectorize_particles=True, sum_sites=False)
+def elbo_loss(num_particles, mean_field=False):
+    """``loss(key, params, model, guide, *args)``: the negative ELBO, averaged over ``num_particles``
+    vectorised particles, with the per-site terms computed and summed in sorted site order.
+
+    ``mean_field=False``: ``log p - log q`` at every site, NumPyro's ``Trace_ELBO`` estimator with its
+    key use (one particle: the key itself; several: ``random.split``). Written here because ``Trace_ELBO``
+    (NumPyro 0.22) subtracts the terms in the order of a Python ``set`` of site names, which follows the
+    string-hash seed: the traced program then differs from process to process, so the compiled SVI step
+    missed JAX's persistent compilation cache in every new process, and the sum differed in its last
+    bits. ``mean_field=True``: ``TraceMeanField_ELBO`` (closed-form KL where one is registered), whose
+    terms already follow the trace's order.
+    """
+    if mean_field:
+        elbo = TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, sum_sites=False)
+
+        def loss(key, params, model, guide, *args):
+            terms = elbo.loss(key, params, model, guide, *args)
+            return functools.reduce(operator.add, (terms[name] for name in sorted(terms)))
+
+        return loss
+
+    def particle(key, params, model, guide, args):
+        model_key, guide_key = jax.random.split(key)
+        guide_lp, guide_trace = compute_log_probs(seed(guide, guide_key), args, {}, params)
+        model_lp, _ = compute_log_probs(replay(seed(model, model_key), guide_trace), args, {}, params)
+        zero = jnp.zeros(())
+        return functools.reduce(operator.add, (model_lp.get(n, zero) - guide_lp.get(n, zero)
+                                               for n in sorted(set(model_lp) | set(guide_lp))))
 
     def loss(key, params, model, guide, *args):
-        terms = elbo.loss(key, params, model, guide, *args)
-        return functools.reduce(operator.add, (terms[name] for name in sorted(terms)))
+        if num_particles == 1:
+            return -particle(key, params, model, guide, args)
+        keys = jax.random.split(key, num_particles)
+        return -jnp.mean(jax.vmap(lambda k: particle(k, params, model, guide, args))(keys))
 
     return loss
 
