@@ -66,4 +66,4 @@ def test_heldout_nll_of_observed_variables_is_the_scm_density():
         ref = InterventionalLinearGaussian(jnp.asarray(W[0]), jnp.asarray(sigma[0]), jnp.asarray(data.targets, jnp.float64),
                                            jnp.asarray(data.values, jnp.float64), 0.1).log_prob(
             jnp.asarray(data.x, jnp.float64))
-    np.testing.assert_allclose(post.heldout_nll(data), -float(np.mean(ref)), rtol=1e-6)  # draws kept in float32
+    np.testing.assert_allclose(post.heldout_nll(data), -float(np.mean(np.asarray(ref))), rtol=1e-6)  # draws kept in float32
