@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
+from .precision_form import projected_moments, single_row_log_likelihood
 from .scm import LOG_2PI, sample_graph
 
 _BLOCK_ROWS = 128  # rows per block of the second-moment factor
@@ -286,15 +287,23 @@ def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=
     on each of the k rows): Woodbury and the determinant lemma on ``K = s^2 I_r + U^T U``. Every term is
     formed in latent space: the data enter only through their sufficient statistics projected by A
     (``A S A^T`` from the factor blocks, ``A sx``, ``A sxv``), so no (R, r, kD) array exists and one
-    evaluation costs ``O(M B kD d + R kD (kd)^2)`` plus ``O(R r^3)``.
+    evaluation costs ``O(M B kD d + R kD (kd)^2)`` plus ``O(R r^3)``. Single rows (``k = 1``) are scored by
+    :func:`~latentscm.models.precision_form.single_row_log_likelihood` (``W`` a DAG): the same density and
+    gradient without the inverse of ``I - W``.
     """
+    score = single_row_log_likelihood if stats.masks.shape[-2] == 1 else factor_log_likelihood
+    return score(stats, W, sigma, A, b, obs_scale, tau, value_scale)
+
+
+def factor_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
+    """:func:`collapsed_log_likelihood` in factor form, for units of any number of rows."""
     gamma, gz = unit_factors(W, sigma, tau, value_scale, stats.masks, stats.known)
     R, r, k, d = gamma.shape
     D, kd = A.shape[-1], k * d
     s2, n = obs_scale**2, stats.n
     gam, gzm = gamma.reshape(R, r, kd), gz.reshape(R, kd, kd)  # noise -> latents, known values -> latents
     AAk = jnp.kron(jnp.eye(k, dtype=A.dtype), A @ A.T)  # (kd, kd): A A^T on each of the k rows
-    Qb, tr_xx = _projected_moments(stats, A, b)
+    Qb, tr_xx = projected_moments(stats, A, b)
     Ab = jnp.tile(A @ b, k)
     Axv = (jnp.einsum("rkDq,dD->rkdq", stats.sxv.reshape(R, k, D, kd), A).reshape(R, kd, kd)
            - Ab[None, :, None] * stats.sv[:, None, :])  # A (sxv - b sv^T)
@@ -309,23 +318,6 @@ def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=
     quad = (trE - jnp.einsum("rpq,rql,rpl->r", LG, AEA, LG)) / s2
     logdet = (k * D - r) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
     return jnp.sum(-0.5 * (n * k * D * LOG_2PI + n * logdet + quad))
-
-
-def _projected_moments(stats, A, b):
-    """Per pattern, the centred rows' ``A S A^T`` (R, kd, kd) with ``S = sum_n (X_n - b)^T (X_n - b)``
-    (from the factor blocks) and its trace before projection, ``tr S`` (R,)."""
-    R, k, _ = stats.masks.shape
-    D, kd = A.shape[-1], k * A.shape[0]
-    n = stats.n
-    Ab = jnp.tile(A @ b, k)
-    M, B = stats.fx.shape[:2]
-    Af = jnp.einsum("mbkD,dD->mbkd", stats.fx.reshape(M, B, k, D), A).reshape(M, B, kd)
-    Q = jax.ops.segment_sum(jnp.einsum("mbp,mbq->mpq", Af, Af), stats.fg, num_segments=R)
-    Ax = jnp.einsum("rkD,dD->rkd", stats.sx.reshape(R, k, D), A).reshape(R, kd)
-    Qb = (Q - Ax[:, :, None] * Ab[None, None, :] - Ab[None, :, None] * Ax[:, None, :]
-          + n[:, None, None] * Ab[None, :, None] * Ab[None, None, :])
-    tr = stats.tr_sxx - 2 * stats.sx @ jnp.tile(b, k) + n * k * (b @ b)
-    return Qb, tr
 
 
 class TargetStats(NamedTuple):
@@ -394,7 +386,7 @@ def target_table(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
     LG = jax.scipy.linalg.solve_triangular(L, gam, lower=True)
     Mc = jnp.swapaxes(LG, -1, -2) @ LG  # (C, d, d): Gamma^T K^-1 Gamma
     logdet = (D - gam.shape[1]) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
-    Qb, tr = _projected_moments(st, A, b)
+    Qb, tr = projected_moments(st, A, b)
     quad = (tr[:, None] - jnp.einsum("cpq,rpq->rc", Mc, Qb)) / s2
     return -0.5 * (st.n[:, None] * (D * LOG_2PI + logdet[None]) + quad)
 
