@@ -175,10 +175,12 @@ def _set_xla_optimisation(environ=None) -> None:
 @dataclasses.dataclass(frozen=True)
 class _Settings:
     method: str
-    fit: dict
+    fit: dict  # the method's settings as read: the [fit] table, or the resumed run's
     priors: dict
     d: int | None
-    described: dict | None = None  # resolved settings and priors, for run.json (set by _resolve)
+    described: dict | None = None  # settings and priors as run.json records them (set by _resolve)
+    config: object = None  # the method's settings object, built once by _resolve
+    prior_spec: object = None  # the parsed priors (PriorSpec), built by _resolve
 
 
 def _settings(args, quick: bool = False, default_method: str = DEFAULT_METHOD) -> _Settings:
@@ -194,19 +196,21 @@ def _settings(args, quick: bool = False, default_method: str = DEFAULT_METHOD) -
 
 
 def _resolve(args, settings: _Settings) -> _Settings:
-    """Validate the method's settings and the priors: the first JAX work, after the compilation cache is on."""
+    """Build the method's settings object and the priors, once: the first JAX work, after the compilation
+    cache is on. A resumed run keeps the description its run.json holds."""
     enable_compilation_cache()
     from latentscm.inference.api import make_config
     from latentscm.models.priors import parse_priors
 
     try:
-        resolved = make_config(settings.method, settings.fit)
+        config = make_config(settings.method, settings.fit)
         prior_spec = parse_priors(settings.priors)
     except (ValueError, TypeError) as e:
         where = f" (from {args.config})" if args.config else ""
         raise UsageError(f"{e}{where}") from None
-    described = {"method": settings.method, "config": dataclasses.asdict(resolved), "priors": prior_spec.describe()}
-    return dataclasses.replace(settings, described=described)
+    described = settings.described or {"method": settings.method, "config": dataclasses.asdict(config),
+                                       "priors": prior_spec.describe()}
+    return dataclasses.replace(settings, config=config, prior_spec=prior_spec, described=described)
 
 
 def _check_d(settings: _Settings, dataset, source: str) -> None:
@@ -237,7 +241,7 @@ def _check_fit_inputs(dataset, settings: _Settings) -> None:
     from latentscm.inference.api import check_fit_inputs
 
     try:
-        check_fit_inputs(dataset, settings.method, settings.fit)
+        check_fit_inputs(dataset, settings.method, settings.config)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -251,7 +255,7 @@ def _fit(dataset, settings: _Settings, seed: int):
     try:
         with warnings.catch_warnings():  # printed as "warning: ..." lines after the metrics (see _finish)
             warnings.simplefilter("ignore", FitDiagnosticWarning)
-            return fit(dataset, settings.method, config=settings.fit, priors=settings.priors, seed=seed,
+            return fit(dataset, settings.method, config=settings.config, priors=settings.prior_spec, seed=seed,
                        progress=sys.stderr.isatty())
     except ValueError as e:  # DataError, PriorError and invalid settings are ValueErrors
         raise UsageError(str(e)) from None
@@ -367,20 +371,16 @@ def _cmd_fit(args) -> int:
             raise UsageError(f"--test {args.test} has d = {test.d}, D = {test.D} but --data {args.data} has "
                              f"d = {dataset.d}, D = {dataset.D}; they must match")
     # everything above needs no JAX; from here on it is imported
-    if args.resume:
-        enable_compilation_cache()
-    else:
-        settings = _resolve(args, settings)
+    settings = _resolve(args, settings)
     _check_fit_inputs(dataset, settings)
-    from latentscm.inference.api import make_config
     from latentscm.runs import run_metrics, write_json
 
     out = Path(args.out) if args.out else _default_out(settings.method, args.seed)
     args.out = str(out)
     info = {"command": "fit", "argv": args.argv, "seed": args.seed, "data": str(Path(args.data).resolve()),
             "test": None if args.test is None else str(Path(args.test).resolve()), **settings.described}
-    if "checkpoint_dir" in dataclasses.asdict(make_config(settings.method, settings.fit)):
-        settings = dataclasses.replace(settings, fit={**settings.fit, "checkpoint_dir": str(out)})
+    if "checkpoint_dir" in {f.name for f in dataclasses.fields(settings.config)}:
+        settings = dataclasses.replace(settings, config=dataclasses.replace(settings.config, checkpoint_dir=str(out)))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run.json", info)  # written first, so that --resume can find the run
     print(f"run folder: {out}" + (" (resuming)" if args.resume else ""), flush=True)

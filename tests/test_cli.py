@@ -289,31 +289,41 @@ def test_write_run_without_truth_or_elbo(tiny, tmp_path):
 
 
 def test_fit_command_plumbing(tiny_file, tmp_path, capsys, fake_fit):
+    from latentscm.inference.collapsed import CollapsedConfig
+    from latentscm.models.priors import parse_priors
+
     config = write_toml(tmp_path / "c.toml", 'method = "collapsed"\nd = 3\n[fit]\nsteps = 123\n'
                                             '[priors]\nedge_weight = {dist = "horseshoe", scale = 0.1}\n')
     code, out, _ = run_cli(["fit", "--data", tiny_file, "--config", config, "--seed", 7, "--out", tmp_path / "run",
                             "--json", tmp_path / "m.json"], capsys)
     assert code == 0
     (call,) = fake_fit
-    # the run folder doubles as the checkpoint folder, so that `fit --resume` can continue the run
-    assert call["config"] == {"steps": 123, "checkpoint_dir": str(tmp_path / "run")}
+    # the settings are built once and passed on; the run folder doubles as the checkpoint folder, so that
+    # `fit --resume` can continue the run
+    assert call["config"] == CollapsedConfig(steps=123, checkpoint_dir=str(tmp_path / "run"))
     assert call["seed"] == 7 and call["method"] == "collapsed"
-    assert call["priors"] == {"edge_weight": {"dist": "horseshoe", "scale": 0.1}}
+    assert call["priors"] == parse_priors({"edge_weight": {"dist": "horseshoe", "scale": 0.1}})
     assert "e_shd" in out and "run folder" in out
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert {"method", "seconds", "n", "d", "D"} | TRUTH_KEYS <= set(metrics)
     assert {p.name for p in (tmp_path / "run").iterdir()} == RUN_FILES
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["config"]["steps"] == 123 and info["priors"]["edge_weight"]["dist"] == "horseshoe"
+    # --resume builds the same settings from run.json (JSON lists become tuples)
+    code, out, _ = run_cli(["fit", "--resume", tmp_path / "run"], capsys)
+    assert code == 0 and "(resuming)" in out
+    assert fake_fit[1]["config"] == call["config"] and fake_fit[1]["priors"] == call["priors"]
 
 
 def test_run_command_plumbing(tmp_path, capsys, fake_fit, monkeypatch):
+    from latentscm.inference.collapsed import CollapsedConfig
+
     monkeypatch.chdir(tmp_path)
     config = write_toml(tmp_path / "c.toml", "[fit]\nsteps = 5000\nlearning_rate = 0.02\n")
     code, out, _ = run_cli(["run", "--quick", "--seed", 2, "--config", config], capsys)
     assert code == 0
     (call,) = fake_fit
-    assert call["config"] == {"steps": QUICK_FIT["steps"], "learning_rate": 0.02}  # --quick beats the file
+    assert call["config"] == CollapsedConfig(steps=QUICK_FIT["steps"], learning_rate=0.02)  # --quick beats the file
     data = call["dataset"]
     assert (data.N, data.d, data.D) == (4000, 5, 100) and data.pair is not None
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -511,6 +521,7 @@ def test_rough_inputs_get_one_line_errors(tmp_path, capsys):
     junk.write_bytes(np.random.default_rng(0).bytes(2000))
     for argv, says in ((["fit", "--data", str(junk)], "neither a NumPy .npz archive nor a .npy array"),
                        (["fit", "--data", str(junk), "--seed", "-1"], "expected a non-negative integer"),
+                       (["fit", "--data", str(junk), "--seed", "abc"], "expected a non-negative integer, got 'abc'"),
                        (["simulate", "--out", str(tmp_path / "s.npz"), "--n-test-regimes", "0", "--test-out",
                          str(tmp_path / "t.npz")], "--n-test-regimes 1 or more")):
         with pytest.raises(SystemExit) as stop:

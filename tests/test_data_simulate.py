@@ -68,12 +68,12 @@ def test_test_masks_are_new_and_seed_reproducible():
     "kwargs, match",
     [
         (dict(n_pairs=100), "n_pairs == n_regimes"),
-        (dict(design="x"), "design must be one of"),
+        (dict(design="x"), "design must be 'paired' or 'iid'"),
         (dict(projection="so"), "D == d"),
         (dict(targets="single", n_regimes=3, n_pairs=30), "n_regimes >= 4"),
-        (dict(d=1), "d must be >= 2"),
+        (dict(d=1), "d must be an integer >= 2"),
         (dict(weight_range=(2.0, 1.0)), "weight_range"),
-        (dict(tau=-1.0), "tau must be >= 0"),
+        (dict(tau=-1.0), "tau must be a finite number >= 0"),
     ],
 )
 def test_config_validation(kwargs, match):

@@ -218,12 +218,12 @@ def test_svi_checkpoint_resume_is_exact_and_validated(tmp_path):
 
 
 def test_collapsed_order_margin_defaults_wider_with_pairs():
-    """logit_scale None -> 4, or 8 with use_pairs (the paired likelihood is much sharper); explicit wins."""
-    from latentscm.inference.collapsed import CollapsedConfig
+    """logit_scale None -> a margin of 4, or 8 with use_pairs (the paired likelihood is much sharper); explicit wins."""
+    from latentscm.inference.collapsed import CollapsedConfig, order_margin
 
-    assert CollapsedConfig().logit_scale == 4.0
-    assert CollapsedConfig(use_pairs=True).logit_scale == 8.0
-    assert CollapsedConfig(use_pairs=True, logit_scale=5.0).logit_scale == 5.0
+    assert CollapsedConfig().logit_scale is None and order_margin(CollapsedConfig()) == 4.0
+    assert order_margin(CollapsedConfig(use_pairs=True)) == 8.0
+    assert order_margin(CollapsedConfig(use_pairs=True, logit_scale=5.0)) == 5.0
     with pytest.raises(ValueError, match="logit_scale"):
         CollapsedConfig(logit_scale=0.0)
 

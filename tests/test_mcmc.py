@@ -31,7 +31,7 @@ NORMAL_EDGES = {"edge_weight": {"dist": "normal", "scale": 1.0}}
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"decoder": "mlp"}, "decoder 'mlp' is not supported"),
+        ({"decoder": "mlp"}, "decoder must be 'linear' or 'identity'"),
         ({"num_chains": 0}, "num_chains must be an integer >= 1"),
         ({"swap_prob": 1.5}, "swap_prob"),
         ({"chain_method": "threads"}, "chain_method"),

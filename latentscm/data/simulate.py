@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validate import check_fields, integer, interval, number, one_of, setting
 from .dags import Seed, as_rng, random_dag, random_noise_scales, random_weights
 from .dataset import Dataset
 from .images import IMAGE_LAYOUTS, IMAGE_SHAPE, check_fits, chemistry_projection, render
@@ -22,6 +23,10 @@ _MAX_RESAMPLES = 1000
 @dataclass(frozen=True)
 class SimulationConfig:
     """Configuration of :func:`simulate`; defaults follow the paper's linear-projection setting.
+
+    Each field's bounds are declared with it and checked on construction (``ValueError`` naming the
+    field); so are the rules between fields (the paired design's ``n_pairs``, the image and ``so``
+    projections' ``D``, enough regimes to intervene on every node).
 
     Attributes
     ----------
@@ -55,47 +60,27 @@ class SimulationConfig:
         Regimes of the test set (``rows_per_regime`` iid rows each), new target masks where possible.
     """
 
-    d: int = 5
-    D: int = 100
-    graph: str = "er"
-    edges_per_node: float = 1.0
-    weight_range: tuple[float, float] = (0.5, 2.0)
-    noise_log_range: tuple[float, float] = (0.0, math.log(2.0))
-    design: str = "paired"
-    n_pairs: int = 2000
-    n_rows: int = 4000
-    n_regimes: int = 20
-    rows_per_regime: int = 100
-    targets: str = "multi"
-    values: str = "gaussian"
-    value_scale: float = 2.0
-    tau: float = 0.1
-    projection: str = "linear"
-    obs_noise: float = 0.1
-    n_test_regimes: int = 5
+    d: int = setting(5, integer(2), why="interventions target 1..d-1 nodes")
+    D: int = setting(100, integer(1))
+    graph: str = setting("er", one_of("er", "sf"))
+    edges_per_node: float = setting(1.0, number(ge=0))
+    weight_range: tuple[float, float] = setting((0.5, 2.0), interval(ge=0))
+    noise_log_range: tuple[float, float] = setting((0.0, math.log(2.0)), interval())
+    design: str = setting("paired", one_of("paired", "iid"))
+    n_pairs: int = setting(2000, integer(1))
+    n_rows: int = setting(4000, integer(1))
+    n_regimes: int = setting(20, integer(1))
+    rows_per_regime: int = setting(100, integer(1))
+    targets: str = setting("multi", one_of("multi", "single"))
+    values: str = setting("gaussian", one_of("gaussian", "uniform", "zero"))
+    value_scale: float = setting(2.0, number(ge=0))
+    tau: float = setting(0.1, number(ge=0))
+    projection: str = setting("linear", one_of("linear", "mlp", "so", *IMAGE_LAYOUTS))
+    obs_noise: float = setting(0.1, number(ge=0))
+    n_test_regimes: int = setting(5, integer(0))
 
     def __post_init__(self):
-        choices = {"graph": ("er", "sf"), "design": ("paired", "iid"), "targets": ("multi", "single"),
-                   "values": ("gaussian", "uniform", "zero"),
-                   "projection": ("linear", "mlp", "so") + IMAGE_LAYOUTS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"SimulationConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("d", "D", "n_pairs", "n_rows", "n_regimes", "rows_per_regime"):
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
-                raise ValueError(f"SimulationConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.d < 2:
-            raise ValueError(f"SimulationConfig.d must be >= 2 (interventions target 1..d-1 nodes), got {self.d}")
-        if self.n_test_regimes < 0:
-            raise ValueError(f"SimulationConfig.n_test_regimes must be >= 0, got {self.n_test_regimes}")
-        for name in ("edges_per_node", "value_scale", "tau", "obs_noise"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"SimulationConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        lo, hi = self.weight_range
-        if not 0 <= lo <= hi:
-            raise ValueError(f"SimulationConfig.weight_range must satisfy 0 <= lo <= hi, got {self.weight_range}")
-        if not self.noise_log_range[0] <= self.noise_log_range[1]:
-            raise ValueError(f"SimulationConfig.noise_log_range must satisfy lo <= hi, got {self.noise_log_range}")
+        check_fields(self, "SimulationConfig")
         if self.design == "paired" and self.n_pairs != self.n_regimes * self.rows_per_regime:
             raise ValueError(
                 f"paired design needs n_pairs == n_regimes * rows_per_regime, got n_pairs={self.n_pairs}, "

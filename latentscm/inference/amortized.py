@@ -38,6 +38,8 @@ from jax.scipy.special import logsumexp
 from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 
+from .._validate import (KNOWN_ORDER, TEMPERATURES, check_fields, flag, integer, number, one_of, optional, path,
+                         setting)
 from ..models.amortized import (amortized_model, intervention_scale, pair_noise_guide, pair_second,
                                 unit_batches)
 from ..models.collapsed import make_units
@@ -46,7 +48,7 @@ from ..models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_f
 from .collapsed import _draw, _initial_params, _site_specs, make_guide, make_sampler
 from .initialise import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
-from ._validate import check_settings
+from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .svi import best_restart, checkpoint_for, elbo_loss, geometric_schedule, make_step, run_svi, seed_keys
 from .svi import init as svi_init
 
@@ -55,7 +57,7 @@ _INIT_Z_SCALE = 0.05
 
 @dataclass(frozen=True)
 class AmortizedConfig:
-    """Settings of the ``amortized`` method (all validated in ``__post_init__``).
+    """Settings of the ``amortized`` method (bounds declared per field, checked in ``__post_init__``).
 
     Besides the settings shared with ``collapsed`` (``steps``, ``learning_rate``, ``num_particles``,
     ``num_restarts``, ``num_draws``, ``temperature``, ``gumbel_scale``, ``logit_scale``, ``mlp_hidden``,
@@ -71,48 +73,45 @@ class AmortizedConfig:
     ``pairs``; ``batch_size`` then counts rows over pairs and single rows).
     """
 
-    steps: int = 2000
-    learning_rate: float = 0.003
-    batch_size: int = 256
-    num_particles: int = 2
-    num_restarts: int = 1
-    num_draws: int = 200
-    decoder: str = "mlp"
-    decoder_width: int = 64
-    decoder_depth: int = 2
-    encoder_width: int = 64
-    encoder_depth: int = 2
-    encoder_covariance: str = "diag"
-    latent_init: str = "supervised"
-    pretrain_steps: int = 1500
-    temperature: tuple[float, float] = (1.0, 0.2)
-    gumbel_scale: float = 1.0
-    logit_scale: float = 4.0
-    mlp_hidden: int = 32
-    tau: float = 0.1
-    order_init: str = "proposal"
-    known_order: tuple[int, ...] | None = None
-    heldout_draws: int = 50
-    heldout_particles: int = 64
-    chunk: int = 100
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 200
-    unknown_values: str = "error"
-    value_scale: float = 2.0
-    use_pairs: bool = False
+    steps: int = setting(2000, integer(1))
+    learning_rate: float = setting(0.003, number(gt=0))
+    batch_size: int = setting(256, integer(1))
+    num_particles: int = setting(2, integer(1))
+    num_restarts: int = setting(1, integer(1))
+    num_draws: int = setting(200, integer(2))
+    decoder: str = setting("mlp", one_of("mlp", "linear"))
+    decoder_width: int = setting(64, integer(1))
+    decoder_depth: int = setting(2, integer(1))
+    encoder_width: int = setting(64, integer(1))
+    encoder_depth: int = setting(2, integer(1))
+    encoder_covariance: str = setting("diag", one_of("diag", "full"))
+    latent_init: str = setting("supervised", one_of("supervised", "linear"))
+    pretrain_steps: int = setting(1500, integer(0))
+    temperature: tuple[float, float] = setting((1.0, 0.2), TEMPERATURES)
+    gumbel_scale: float = setting(1.0, number(gt=0))
+    logit_scale: float = setting(4.0, number(gt=0))
+    mlp_hidden: int = setting(32, integer(1))
+    tau: float = setting(0.1, number(gt=0))
+    order_init: str = setting("proposal", one_of("proposal", "random"))
+    known_order: tuple[int, ...] | None = setting(None, KNOWN_ORDER)
+    heldout_draws: int = setting(50, integer(1))
+    heldout_particles: int = setting(64, integer(1))
+    chunk: int = setting(100, integer(1))
+    checkpoint_dir: str | None = setting(None, optional(path(), "for no checkpoints"))
+    checkpoint_every: int = setting(200, integer(1))
+    unknown_values: str = setting("error", one_of("error", "latent"))
+    value_scale: float = setting(2.0, number(gt=0))
+    use_pairs: bool = setting(False, flag())
 
     def __post_init__(self):
-        check_settings(
-            self, "amortized",
-            ints={"steps": 1, "batch_size": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2,
-                  "decoder_width": 1, "decoder_depth": 1, "encoder_width": 1, "encoder_depth": 1,
-                  "pretrain_steps": 0, "mlp_hidden": 1, "heldout_draws": 1, "heldout_particles": 1, "chunk": 1,
-                  "checkpoint_every": 1},
-            positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
-            choices={"decoder": ("mlp", "linear"), "encoder_covariance": ("diag", "full"),
-                     "latent_init": ("supervised", "linear"), "order_init": ("proposal", "random"),
-                     "unknown_values": ("error", "latent"), "use_pairs": (True, False)},
-            pair=("temperature",))
+        check_fields(self, "amortized")
+
+    def check_dataset(self, dataset):
+        """Refuse, before any work, a dataset these settings cannot fit (DataError / ValueError)."""
+        check_decoder("amortized", self.decoder, dataset)
+        check_known_order("amortized", self.known_order, dataset.d)
+        check_pairs("amortized", self.use_pairs, dataset)
+        check_unknowns("amortized", dataset, values=self.unknown_values == "latent")
 
 
 class GaussianEncoder(eqx.Module):

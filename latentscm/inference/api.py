@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .._validate import normalise
 from ..data import DataError, Dataset
 from ..models.priors import parse_priors
 from .amortized import AmortizedConfig, fit_amortized
@@ -32,7 +33,11 @@ METHODS = {
 
 
 def make_config(method, config=None):
-    """Validate ``method`` and turn ``config`` (None, dict, or the method's dataclass) into its settings."""
+    """Validate ``method`` and turn ``config`` (None, dict, or the method's dataclass) into its settings.
+
+    A dict's values may come from TOML or JSON: lists become tuples and numpy scalars Python numbers
+    (:func:`latentscm._validate.normalise`) before the dataclass checks them.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available methods: {sorted(METHODS)}")
     cls = METHODS[method].config
@@ -46,13 +51,15 @@ def make_config(method, config=None):
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown} for method {method!r}; known settings: {sorted(known)}")
-    return cls(**config)
+    return cls(**{name: normalise(value) for name, value in config.items()})
 
 
 def check_fit_inputs(dataset, method, config=None):
     """Validate a dataset against a method and its settings before any work; returns the settings.
 
-    Raises DataError / ValueError with a message that says what is wrong and how to fix it.
+    The rules every method shares (a Dataset, enough rows) are checked here, the method's own by its
+    settings' ``check_dataset``. Raises DataError / ValueError with a message that says what is wrong
+    and how to fix it.
     """
     if not isinstance(dataset, Dataset):
         raise DataError(f"fit expects a latentscm.data.Dataset; got {type(dataset).__name__}. "
@@ -61,43 +68,7 @@ def check_fit_inputs(dataset, method, config=None):
     if dataset.N < dataset.d + 2:
         raise DataError(f"{method}: {dataset.N} row{'s' if dataset.N != 1 else ''} cannot identify d = {dataset.d} "
                         f"latents; fitting needs at least d + 2 = {dataset.d + 2} rows")
-    if getattr(cfg, "decoder", "linear") == "linear" and dataset.D < dataset.d:
-        raise DataError(f"{method}: x has D = {dataset.D} dimensions, fewer than the d = {dataset.d} latents, so a "
-                        "linear decoder cannot identify them; fit fewer latents or give more observed dimensions")
-    order = getattr(cfg, "known_order", None)
-    if order is not None and sorted(order) != list(range(dataset.d)):
-        raise ValueError(f"{method}: known_order must be a permutation of 0..{dataset.d - 1}; got {order}")
-    if getattr(cfg, "decoder", None) == "identity" and dataset.D != dataset.d:
-        raise ValueError(f"{method}: decoder='identity' needs x to be the latents themselves (D == d); the "
-                         f"dataset has D={dataset.D}, d={dataset.d}. Use decoder='linear'.")
-    if getattr(cfg, "use_pairs", False) is True:  # every method with use_pairs: the same checks, before work
-        if dataset.pair is None:
-            raise DataError(f"{method}: use_pairs = true needs pair ids (dataset.pair: rows that share their "
-                            "exogenous noise carry the same id); this dataset has none. Fit with use_pairs = false")
-        _, counts = np.unique(dataset.pair, return_counts=True)  # at most two rows each: Dataset checks it
-        if counts.max() < 2:
-            raise DataError(f"{method}: use_pairs = true, but no pair id is shared by two rows; fit with "
-                            "use_pairs = false")
-    if dataset.num_unknown_targets:
-        if getattr(cfg, "unknown_targets", "error") != "latent":
-            supported = sorted(m for m, spec in METHODS.items()
-                               if "unknown_targets" in {f.name for f in dataclasses.fields(spec.config)})
-            raise DataError(f"{dataset.num_unknown_targets} intervention targets (row, node) are unknown. Give "
-                            f"them, or infer them with the setting unknown_targets = \"latent\" (methods that "
-                            f"support it: {supported})")
-        if getattr(cfg, "use_pairs", False) is True:
-            raise DataError(f"{method}: use_pairs = true cannot be combined with unknown targets (a pair's two "
-                            "regimes would have to be enumerated jointly); fit with use_pairs = false")
-        if getattr(cfg, "precision", "float64") != "float64":
-            raise ValueError(f"{method}: unknown targets need precision = \"float64\" (the enumerated target "
-                             "sets' densities differ by amounts float32 does not resolve)")
-    if dataset.num_unknown_values and getattr(cfg, "unknown_values", "error") != "latent":
-        first = int(np.argwhere(np.isnan(dataset.values))[0, 0])
-        supported = sorted(m for m, spec in METHODS.items()
-                           if "unknown_values" in {f.name for f in dataclasses.fields(spec.config)})
-        raise DataError(f"{dataset.num_unknown_values} intervention values are missing where targets are 1 "
-                        f"(first in row {first}). Provide them, or infer them as latent variables with the "
-                        f"setting unknown_values = \"latent\" (methods that support it: {supported})")
+    cfg.check_dataset(dataset)
     return cfg
 
 

@@ -36,6 +36,7 @@ import optax
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
+from .._validate import KNOWN_ORDER, check_fields, flag, integer, number, one_of, optional, path, sequence, setting
 from ..models.biols import (MarginalHorseshoe, SitePrior, biols_model, decode, horseshoe_global_scale,
                              init_decoder)
 from ..models.collapsed import latent_posterior
@@ -43,14 +44,14 @@ from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
 from .posterior import Posterior
-from ._validate import check_settings
+from ._datarules import check_decoder, check_known_order, check_unknowns
 from .svi import init as svi_init
 from .svi import checkpoint_for, elbo_loss, make_step, run_svi, seed_keys
 
 
 @dataclass(frozen=True)
 class BiolsConfig:
-    """Settings of the ``biols`` method (validated in ``__post_init__``).
+    """Settings of the ``biols`` method (bounds declared per field, checked in ``__post_init__``).
 
     steps, learning_rate: AdaBelief optimisation; num_particles: posterior samples per step (the
     reference used 64); batch_size: rows per step (None: all rows; the reference used all);
@@ -68,52 +69,40 @@ class BiolsConfig:
     (:func:`~latentscm.inference.svi.checkpoint_for`; ``latentscm fit`` sets the run folder).
     """
 
-    steps: int = 2000
-    learning_rate: float = 0.01
-    num_particles: int = 16
-    batch_size: int | None = 500
-    decoder: str = "linear"
-    decoder_hidden: tuple[int, ...] = (16, 64, 64, 64)
-    order_hidden: int = 128
-    known_order: tuple[int, ...] | None = None
-    horseshoe: bool = True
-    expected_degree: float = 1.0
-    noise_prior_scale: float | None = 3.0
-    obs_scale: float = 0.1
-    temperature: float = 0.2
-    logit_constraint: float = 10.0
-    log_std_max: float = 5.0
-    tau: float = 0.1
-    num_draws: int = 200
-    chunk: int = 100
-    latent_draws: int = 4
-    latent_steps: int = 300
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 200
+    steps: int = setting(2000, integer(1))
+    learning_rate: float = setting(0.01, number(gt=0))
+    num_particles: int = setting(16, integer(1))
+    batch_size: int | None = setting(500, optional(integer(1), "for all rows"))
+    decoder: str = setting("linear", one_of("linear", "mlp"))
+    decoder_hidden: tuple[int, ...] = setting((16, 64, 64, 64),
+                                              sequence(integer(1), "a non-empty tuple of integers >= 1", min_length=1))
+    order_hidden: int = setting(128, integer(1))
+    known_order: tuple[int, ...] | None = setting(None, KNOWN_ORDER)
+    horseshoe: bool = setting(True, flag())
+    expected_degree: float = setting(1.0, number(gt=0))
+    noise_prior_scale: float | None = setting(3.0, optional(number(gt=0), "for the priors spec's noise_scale"))
+    obs_scale: float = setting(0.1, number(gt=0))
+    temperature: float = setting(0.2, number(gt=0))
+    logit_constraint: float = setting(10.0, number(gt=0))
+    log_std_max: float = setting(5.0, number(gt=0))
+    tau: float = setting(0.1, number(gt=0))
+    num_draws: int = setting(200, integer(2))
+    chunk: int = setting(100, integer(1))
+    latent_draws: int = setting(4, integer(1))
+    latent_steps: int = setting(300, integer(1))
+    checkpoint_dir: str | None = setting(None, optional(path(), "for no checkpoints"))
+    checkpoint_every: int = setting(200, integer(1))
 
     def __post_init__(self):
-        check_settings(
-            self, "biols",
-            ints={"steps": 1, "num_particles": 1, "order_hidden": 1, "num_draws": 2, "chunk": 1,
-                  "latent_draws": 1, "latent_steps": 1, "checkpoint_every": 1},
-            positive=("learning_rate", "expected_degree", "obs_scale", "temperature", "logit_constraint",
-                      "log_std_max", "tau"))
-        b = self.batch_size
-        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-            raise ValueError(f"biols: batch_size must be an integer >= 1, or None for all rows; got {b!r}")
-        s = self.noise_prior_scale
-        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0):
-            raise ValueError(f"biols: noise_prior_scale must be > 0, or None for the priors spec's "
-                             f"noise_scale; got {s!r}")
-        if self.decoder not in ("linear", "mlp"):
-            raise ValueError(f"biols: decoder must be 'linear' or 'mlp'; got {self.decoder!r}")
-        hidden = tuple(self.decoder_hidden)
-        if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
-            raise ValueError(f"biols: decoder_hidden must be a non-empty tuple of integers >= 1; "
-                             f"got {self.decoder_hidden!r}")
-        object.__setattr__(self, "decoder_hidden", hidden)
-        if not isinstance(self.horseshoe, bool):
-            raise ValueError(f"biols: horseshoe must be True or False; got {self.horseshoe!r}")
+        check_fields(self, "biols")
+
+    def check_dataset(self, dataset):
+        """Refuse, before any work, a dataset these settings cannot fit (DataError / ValueError)."""
+        if dataset.d < 2:
+            raise ValueError(f"biols: needs at least 2 latent nodes; the dataset has d={dataset.d}")
+        check_decoder("biols", self.decoder, dataset)
+        check_known_order("biols", self.known_order, dataset.d)
+        check_unknowns("biols", dataset)
 
 
 def _order_logits(mlp, l_vec, log_sigma, c):
@@ -230,8 +219,6 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
     start = time.perf_counter()
     spec = parse_priors(priors)
     N, d, D = dataset.N, dataset.d, dataset.D
-    if d < 2:
-        raise ValueError(f"biols: needs at least 2 latent nodes; the dataset has d={d}")
     batch = None if config.batch_size is None or config.batch_size >= N else config.batch_size
     rng = np.random.default_rng(seed)
     edge_prior, noise_prior, prior_desc = _priors_for(config, spec, N, d)

@@ -37,6 +37,8 @@ import optax
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
+from .._validate import (KNOWN_ORDER, TEMPERATURES, check_fields, flag, integer, integer_or, number, one_of,
+                         optional, path, setting)
 from ..models.collapsed import (TargetStats, Units, centered_stats, collapsed_model, group_rows, make_units,
                                 unit_factors, unit_latent_posterior, unit_stats)
 from ..models.observed import identity_model, identity_stats
@@ -44,12 +46,12 @@ from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..metrics import edge_probabilities
 from ..models.priors import parse_priors
 from ..models.scm import tril_size, tril_to_matrix, weights_from_order
-from ._validate import check_settings
+from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .diagnostics import FitDiagnosticWarning, restart_problems
 from .initialise import initialise
 from .targets import has_observational_regime, hard_targets, open_target_stats, target_draws
 from .posterior import Posterior
-from .sharding import check_devices, resolve_devices, shard_stats, shard_units
+from .sharding import resolve_devices, shard_stats, shard_units
 from .svi import init as svi_init
 from .svi import (best_restart, checkpoint_for, elbo_loss, geometric_schedule, loss_tail, make_step, run_svi,
                   seed_keys)
@@ -60,61 +62,50 @@ _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (res
 
 @dataclass(frozen=True)
 class CollapsedConfig:
-    """Settings of the ``collapsed`` method (all validated in ``__post_init__``)."""
+    """Settings of the ``collapsed`` method (bounds declared per field; ``logit_scale`` None: :func:`order_margin`)."""
 
-    steps: int = 1000
-    learning_rate: float = 0.01
-    lr_final_fraction: float = 0.05
-    num_particles: int = 4
-    num_restarts: int = 2
-    num_draws: int = 200
-    temperature: tuple[float, float] = (1.0, 0.2)
-    gumbel_scale: float = 1.0
-    logit_scale: float | None = None
-    mlp_hidden: int = 32
-    tau: float = 0.1
-    use_pairs: bool = False
-    unknown_values: str = "error"
-    value_scale: float = 2.0
-    unknown_targets: str = "error"
-    target_rate: float = 0.2
-    max_targets: int | None = None
-    target_sets: str = "auto"
-    order_init: str = "proposal"
-    init_scale: str = "auto"
-    known_order: tuple[int, ...] | None = None
-    chunk: int = 100
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 200
-    devices: int | str = 1
-    decoder: str = "linear"
-    precision: str = "float64"
+    steps: int = setting(1000, integer(1))
+    learning_rate: float = setting(0.01, number(gt=0))
+    lr_final_fraction: float = setting(0.05, number(gt=0, le=1))
+    num_particles: int = setting(4, integer(1))
+    num_restarts: int = setting(2, integer(1))
+    num_draws: int = setting(200, integer(2))
+    temperature: tuple[float, float] = setting((1.0, 0.2), TEMPERATURES)
+    gumbel_scale: float = setting(1.0, number(gt=0))
+    logit_scale: float | None = setting(None, optional(number(gt=0), "for the default margin"))
+    mlp_hidden: int = setting(32, integer(1))
+    tau: float = setting(0.1, number(gt=0))
+    use_pairs: bool = setting(False, flag())
+    unknown_values: str = setting("error", one_of("error", "latent"))
+    value_scale: float = setting(2.0, number(gt=0))
+    unknown_targets: str = setting("error", one_of("error", "latent"))
+    target_rate: float = setting(0.2, number(gt=0, lt=1))
+    max_targets: int | None = setting(None, optional(integer(1), "for no limit"))
+    target_sets: str = setting("auto", one_of("auto", "all", "near_start"))
+    order_init: str = setting("proposal", one_of("proposal", "random"))
+    init_scale: str = setting("auto", one_of("auto", "fixed", "data"))
+    known_order: tuple[int, ...] | None = setting(None, KNOWN_ORDER)
+    chunk: int = setting(100, integer(1))
+    checkpoint_dir: str | None = setting(None, optional(path(), "for no checkpoints"))
+    checkpoint_every: int = setting(200, integer(1))
+    devices: int | str = setting(1, integer_or(1, "all"))
+    decoder: str = setting("linear", one_of("linear", "identity"))
+    precision: str = setting("float64", one_of("float32", "float64"))
 
     def __post_init__(self):
-        if self.logit_scale is None:  # the default margin: wider for the much sharper paired likelihood
-            object.__setattr__(self, "logit_scale", 8.0 if self.use_pairs is True else 4.0)
-        check_settings(
-            self, "collapsed",
-            ints={"steps": 1, "num_particles": 1, "num_restarts": 1, "num_draws": 2, "mlp_hidden": 1, "chunk": 1,
-                  "checkpoint_every": 1},
-            positive=("learning_rate", "gumbel_scale", "logit_scale", "tau", "value_scale"),
-            choices={"order_init": ("proposal", "random"), "unknown_values": ("error", "latent"),
-                     "unknown_targets": ("error", "latent"), "target_sets": ("auto", "all", "near_start"),
-                     "init_scale": ("auto", "fixed", "data"),
-                     "use_pairs": (True, False), "decoder": ("linear", "identity"),
-                     "precision": ("float32", "float64")},
-            pair=("temperature",))
-        if not 0 < self.target_rate < 1:
-            raise ValueError(f"collapsed: target_rate must be in (0, 1); got {self.target_rate!r}")
-        if self.max_targets is not None:
-            check_settings(self, "collapsed", ints={"max_targets": 1})
-        if not 0 < self.lr_final_fraction <= 1:
-            raise ValueError(f"collapsed: lr_final_fraction must be in (0, 1]; got {self.lr_final_fraction!r}")
-        check_devices(self.devices, "collapsed")
+        check_fields(self, "collapsed")
         if self.decoder == "identity" and (self.use_pairs or self.unknown_values != "error"
                                            or self.unknown_targets != "error"):
             raise ValueError("collapsed: decoder='identity' (x is z) supports neither use_pairs nor "
                              "unknown_values='latent' nor unknown_targets='latent'; use decoder='linear' for those")
+
+    def check_dataset(self, dataset):
+        """Refuse, before any work, a dataset these settings cannot fit (DataError / ValueError)."""
+        check_decoder("collapsed", self.decoder, dataset)
+        check_known_order("collapsed", self.known_order, dataset.d)
+        check_pairs("collapsed", self.use_pairs, dataset)
+        check_unknowns("collapsed", dataset, targets=self.unknown_targets == "latent",
+                       values=self.unknown_values == "latent", use_pairs=self.use_pairs, precision=self.precision)
 
 
 def _mlp_logits(mlp, l_vec, sigma):
@@ -161,6 +152,12 @@ def _softplus_inv(y):
     return np.log(np.expm1(y))
 
 
+def order_margin(config) -> float:
+    """The order logits' starting margin of a ``collapsed`` or ``amortized`` config: its ``logit_scale``, or
+    when that is None 8 with ``use_pairs`` (the paired likelihood is much sharper), else 4."""
+    return config.logit_scale if config.logit_scale is not None else 8.0 if config.use_pairs else 4.0
+
+
 def _initial_params(specs, ini, d, config, rng):
     """Stacked (restart axis first) initial variational parameters."""
     R = config.num_restarts
@@ -187,7 +184,7 @@ def _initial_params(specs, ini, d, config, rng):
             P0 = np.eye(d)[order]
             params["order_mlp"] = {
                 "w1": rng.normal(size=(n_in, hidden)) / np.sqrt(n_in), "b1": np.zeros(hidden),
-                "w2": rng.normal(size=(hidden, d * d)) * 0.01, "b2": config.logit_scale * P0.reshape(-1),
+                "w2": rng.normal(size=(hidden, d * d)) * 0.01, "b2": order_margin(config) * P0.reshape(-1),
             }
         out[r] = params
     return jax.tree.map(lambda *xs: jax.device_put(np.stack(xs)), *out.values())

@@ -74,22 +74,26 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
+from .._validate import KNOWN_ORDER, check_fields, flag, integer, number, one_of, optional, sequence, setting
 from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficient_stats
 from ..models.observed import IdentityStats, identity_log_likelihood, identity_model, identity_stats  # noqa: F401
 from ..models.priors import parse_priors
 from ..models.scm import LOG_2PI, sample_graph
+from ._datarules import check_decoder, check_known_order, check_unknowns
 from .collapsed import latent_summaries
 from .sharding import shard_leading
 from .initialise import _node_fit, initialise
 from .posterior import Posterior
 
 DECODERS = ("linear", "identity")
+_DECODER_WHY = ("mcmc integrates z out exactly, which needs a linear decoder ('identity': x is z itself); for a "
+                "nonlinear decoder such as 'mlp' use a variational method")
 _PERMUTED_SITES = ("edge_weight", "edge_weight_local_scale")  # tril-shaped sites the reversal permutes
 
 
 @dataclass(frozen=True)
 class MCMCConfig:
-    """Settings of the ``mcmc`` method (validated in ``__post_init__``, before any work).
+    """Settings of the ``mcmc`` method (bounds declared per field, checked in ``__post_init__``).
 
     num_warmup, num_samples: iterations per chain (draws kept: ``num_chains * num_samples``);
     num_chains; chain_method: ``"vectorized"``, ``"sequential"`` or ``"parallel"`` (over devices); decoder: ``"linear"`` (collapsed
@@ -103,64 +107,39 @@ class MCMCConfig:
     draws (linear decoder only); chunk: iterations per jitted call (progress-bar granularity).
     """
 
-    num_warmup: int = 500
-    num_samples: int = 500
-    num_chains: int = 4
-    chain_method: str = "vectorized"
-    decoder: str = "linear"
-    decoder_update: str = "gibbs"
-    order_moves: int | None = None
-    swap_prob: float = 0.5
-    target_accept_prob: float = 0.8
-    max_tree_depth: int = 8
-    dense_mass: bool = False
-    tau: float = 0.1
-    fixed_noise_scales: tuple[float, ...] | None = None
-    known_order: tuple[int, ...] | None = None
-    order_init: str = "proposal"
-    init_jitter: float = 0.1
-    svi_init_steps: int = 0
-    chunk: int = 50
+    num_warmup: int = setting(500, integer(0))
+    num_samples: int = setting(500, integer(1))
+    num_chains: int = setting(4, integer(1))
+    chain_method: str = setting("vectorized", one_of("vectorized", "sequential", "parallel"))
+    decoder: str = setting("linear", one_of(*DECODERS), why=_DECODER_WHY)
+    decoder_update: str = setting("gibbs", one_of("gibbs", "nuts"))
+    order_moves: int | None = setting(None, optional(integer(0), "for d moves"))
+    swap_prob: float = setting(0.5, number(ge=0, le=1))
+    target_accept_prob: float = setting(0.8, number(gt=0, lt=1))
+    max_tree_depth: int = setting(8, integer(1))
+    dense_mass: bool = setting(False, flag())
+    tau: float = setting(0.1, number(gt=0))
+    fixed_noise_scales: tuple[float, ...] | None = setting(None, optional(
+        sequence(number(gt=0), "positive finite numbers, one per latent"), "to sample the noise scales"))
+    known_order: tuple[int, ...] | None = setting(None, KNOWN_ORDER)
+    order_init: str = setting("proposal", one_of("proposal", "random"))
+    init_jitter: float = setting(0.1, number(ge=0))
+    svi_init_steps: int = setting(0, integer(0))
+    chunk: int = setting(50, integer(1))
 
     def __post_init__(self):
-        ints = {"num_warmup": 0, "num_samples": 1, "num_chains": 1, "max_tree_depth": 1, "svi_init_steps": 0,
-                "chunk": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"mcmc: {name} must be an integer >= {low}; got {value!r}")
-        if self.order_moves is not None and (isinstance(self.order_moves, bool)
-                                             or not isinstance(self.order_moves, int) or self.order_moves < 0):
-            raise ValueError(f"mcmc: order_moves must be None (= d) or an integer >= 0; got {self.order_moves!r}")
-        if self.decoder not in DECODERS:
-            raise ValueError(
-                f"mcmc: decoder {self.decoder!r} is not supported; mcmc integrates z out exactly and needs a "
-                f"linear decoder: choose one of {DECODERS} ('identity' when x is z itself). For a nonlinear "
-                "(e.g. 'mlp') decoder use a variational method.")
-        if self.decoder_update not in ("gibbs", "nuts"):
-            raise ValueError(f"mcmc: decoder_update must be 'gibbs' or 'nuts'; got {self.decoder_update!r}")
-        if self.chain_method not in ("vectorized", "sequential", "parallel"):
-            raise ValueError(f"mcmc: chain_method must be 'vectorized', 'sequential' or 'parallel'; "
-                             f"got {self.chain_method!r}")
-        if self.order_init not in ("proposal", "random"):
-            raise ValueError(f"mcmc: order_init must be 'proposal' or 'random'; got {self.order_init!r}")
-        if not 0.0 <= self.swap_prob <= 1.0:
-            raise ValueError(f"mcmc: swap_prob must lie in [0, 1]; got {self.swap_prob!r}")
-        if not 0.0 < self.target_accept_prob < 1.0:
-            raise ValueError(f"mcmc: target_accept_prob must lie in (0, 1); got {self.target_accept_prob!r}")
-        if not self.tau > 0:
-            raise ValueError(f"mcmc: tau (intervention noise scale) must be > 0; got {self.tau!r}")
-        if not self.init_jitter >= 0:
-            raise ValueError(f"mcmc: init_jitter must be >= 0; got {self.init_jitter!r}")
-        if self.fixed_noise_scales is not None:
-            scales = tuple(float(s) for s in self.fixed_noise_scales)
-            if not all(math.isfinite(s) and s > 0 for s in scales):
-                raise ValueError(f"mcmc: fixed_noise_scales must be positive numbers; got {self.fixed_noise_scales!r}")
-            object.__setattr__(self, "fixed_noise_scales", scales)
-        if self.known_order is not None:
-            object.__setattr__(self, "known_order", tuple(int(i) for i in self.known_order))
+        check_fields(self, "mcmc")
         if self.svi_init_steps and self.decoder != "linear":
             raise ValueError("mcmc: svi_init_steps needs decoder='linear' (the collapsed SVI fit)")
+
+    def check_dataset(self, dataset):
+        """Refuse, before any work, a dataset these settings cannot fit (DataError / ValueError)."""
+        check_decoder("mcmc", self.decoder, dataset)
+        check_known_order("mcmc", self.known_order, dataset.d)
+        if self.fixed_noise_scales is not None and len(self.fixed_noise_scales) != dataset.d:
+            raise ValueError(f"mcmc: fixed_noise_scales needs {dataset.d} values (one per latent); got "
+                             f"{len(self.fixed_noise_scales)}")
+        check_unknowns("mcmc", dataset)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -556,9 +535,6 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
     start = time.perf_counter()
     priors = parse_priors(priors)
     d = dataset.d
-    if config.fixed_noise_scales is not None and len(config.fixed_noise_scales) != d:
-        raise ValueError(f"mcmc: fixed_noise_scales needs {d} values (one per latent); got "
-                         f"{len(config.fixed_noise_scales)}")
     gibbs = config.decoder == "linear" and config.decoder_update == "gibbs"
     fixed = None if config.fixed_noise_scales is None else np.asarray(config.fixed_noise_scales, np.float64)
     # built before any work: it checks that the decoder priors are normal (conjugate given z)

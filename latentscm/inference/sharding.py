@@ -26,13 +26,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "rows"
 
 
-def check_devices(value, owner):
-    """Validate a ``devices`` setting: an integer >= 1 or ``"all"``. Raises ValueError naming ``owner``."""
-    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return
-    raise ValueError(f"{owner}: devices must be an integer >= 1 or 'all'; got {value!r}")
-
-
 def resolve_devices(devices):
     """The list of JAX devices for a ``devices`` setting (1, n or "all").
 
