@@ -10,9 +10,9 @@ Both steps here are built from the same pieces, so that the *likelihood* is the 
 
 * the same NumPyro sites and priors (``sample_graph``: ``edge_weight``, ``noise_scale``, ``P``;
   ``decoder_weight``, ``decoder_bias``, ``obs_scale``), the same guide
-  (``inference.collapsed.make_guide``: mean-field Gaussians plus ``q(P | L, sigma)`` with Hungarian
+  (``inference.guide.mean_field_guide``: mean-field Gaussians plus ``q(P | L, sigma)`` with Hungarian
   samples through ``jax.pure_callback`` and straight-through Gumbel-Sinkhorn gradients), the same
-  ``Trace_ELBO`` with vectorised particles, the same Adam optimiser and the same engine
+  ELBO estimator (``inference.svi.elbo_loss``: ``Trace_ELBO``'s, vectorised particles), the same Adam optimiser and the same engine
   (``inference.svi.make_step``: steps in a jitted ``lax.scan``), the same data-driven start;
 * ``ours``: the model is ``models.collapsed.collapsed_model`` on the sufficient statistics, with the
   shipped settings (4 particles x 2 restarts) in float32 (``precision = "float32"``: centred
@@ -40,7 +40,6 @@ Usage: ``taskset -c 0 python benchmarks/step_time.py [--quick]`` writes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -55,15 +54,15 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
-from numpyro.infer import Trace_ELBO
 
 from latentscm._io import atomic_write
 from latentscm.data import SimulationConfig, simulate
-from latentscm.inference.collapsed import CollapsedConfig, _initial_params, _site_specs, make_guide
+from latentscm.inference.collapsed import CollapsedConfig, build_collapsed
+from latentscm.inference.guide import initial_params, mean_field_guide, site_specs
 from latentscm.inference.initialise import initialise
-from latentscm.inference.svi import geometric_schedule, make_step
+from latentscm.inference.svi import SVIProblem, geometric_schedule, make_step
 from latentscm.inference.svi import init as svi_init
-from latentscm.models.collapsed import centered_stats, collapsed_model, make_units, unit_stats
+from latentscm.models.collapsed import centered_stats, make_units, unit_stats
 from latentscm.models.priors import parse_priors
 from latentscm.models.scm import sample_graph
 
@@ -78,41 +77,18 @@ def problem(n_rows, d=5, D=100, seed=0):
     return simulate(cfg, seed=seed)[0]
 
 
-def _setup(dataset, model, data, *, particles, restarts, dtype):
-    """Guide, loss and initial SVI state shared by both implementations (as ``fit_collapsed``)."""
-    config = CollapsedConfig(num_particles=particles, num_restarts=restarts)
-    d = dataset.d
-    with jax.enable_x64(True):  # as fit: the data-driven start in float64 whatever the step's precision
-        ini = initialise(dataset.x, dataset.targets, dataset.values)
-    specs = _site_specs(model, data)
-    guide = make_guide(specs, d, learn_order=True, gumbel_scale=config.gumbel_scale)
-    elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True)
-
-    def loss_fn(params, key, temperature, data):
-        return elbo.loss(key, params, model, guide, temperature, data)
-
-    schedule = geometric_schedule(*config.temperature, config.steps)
-    optimizer = optax.adam(config.learning_rate)
-    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), _initial_params(specs, ini, d, config, np.random.default_rng(0)))
-    state = svi_init(jax.random.PRNGKey(0), params, optimizer)
-    return make_step(loss_fn, optimizer, schedule), state
+def _compiled(problem):
+    """(step_fn, state) of an SVI problem, as :func:`latentscm.inference.svi.solve` builds them."""
+    return (make_step(problem.loss_fn(), problem.optimizer, problem.schedule),
+            svi_init(jax.random.PRNGKey(0), problem.params, problem.optimizer))
 
 
 def build_ours(dataset, particles=4, restarts=2, precision="float64"):
-    """(step_fn, state, data) of the collapsed step (call under ``jax.enable_x64(precision == "float64")``)."""
-    priors = parse_priors(None)
-    units = make_units(dataset.x, dataset.targets, dataset.values)
-    if precision == "float64":
-        stats = tuple(jax.tree.map(jnp.asarray, unit_stats(u)) for u in units)
-    else:
-        stats = tuple(jax.tree.map(jnp.asarray, centered_stats(u, np.float32)) for u in units)
-
-    def model(temperature, stats):
-        collapsed_model(stats, priors=priors, tau=0.1, value_scale=2.0)
-
-    dtype = jnp.float64 if precision == "float64" else jnp.float32
-    step, state = _setup(dataset, model, stats, particles=particles, restarts=restarts, dtype=dtype)
-    return step, state, stats
+    """(step_fn, state, data) of the shipped collapsed step (``build_collapsed``; call under
+    ``jax.enable_x64(precision == "float64")``)."""
+    config = CollapsedConfig(num_particles=particles, num_restarts=restarts, precision=precision, value_scale=2.0)
+    problem = build_collapsed(dataset, config, parse_priors(None), 0).problem
+    return (*_compiled(problem), problem.data)
 
 
 def reference_model(temperature, data, *, priors, tau=0.1):
@@ -138,7 +114,8 @@ def reference_model(temperature, data, *, priors, tau=0.1):
 
 
 def build_reference(dataset, particles=64, restarts=1):
-    """(step_fn, state, data) of the reference design's step, float32."""
+    """(step_fn, state, data) of the reference design's step, float32: its model with the shipped guide,
+    start, optimiser and ELBO estimator."""
     priors = parse_priors(None)
     data = (jnp.asarray(dataset.x, jnp.float32), jnp.asarray(dataset.targets, jnp.float32),
             jnp.asarray(np.nan_to_num(dataset.values), jnp.float32))
@@ -146,8 +123,16 @@ def build_reference(dataset, particles=64, restarts=1):
     def model(temperature, data):
         reference_model(temperature, data, priors=priors)
 
-    step, state = _setup(dataset, model, data, particles=particles, restarts=restarts, dtype=jnp.float32)
-    return step, state, data
+    config = CollapsedConfig(num_particles=particles, num_restarts=restarts)
+    with jax.enable_x64(True):  # as fit: the data-driven start in float64 whatever the step's precision
+        ini = initialise(dataset.x, dataset.targets, dataset.values)
+    specs = site_specs(model, 1.0, data)
+    guide = mean_field_guide(specs, dataset.d, learn_order=True, gumbel_scale=config.gumbel_scale)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32),
+                          initial_params(specs, ini, dataset.d, config, np.random.default_rng(0)))
+    problem = SVIProblem(model, guide, params, optax.adam(config.learning_rate),
+                         geometric_schedule(*config.temperature, config.steps), data, particles)
+    return (*_compiled(problem), data)
 
 
 class Timed:

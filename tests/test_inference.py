@@ -219,7 +219,8 @@ def test_svi_checkpoint_resume_is_exact_and_validated(tmp_path):
 
 def test_collapsed_order_margin_defaults_wider_with_pairs():
     """logit_scale None -> a margin of 4, or 8 with use_pairs (the paired likelihood is much sharper); explicit wins."""
-    from latentscm.inference.collapsed import CollapsedConfig, order_margin
+    from latentscm.inference.collapsed import CollapsedConfig
+    from latentscm.inference.guide import order_margin
 
     assert CollapsedConfig().logit_scale is None and order_margin(CollapsedConfig()) == 4.0
     assert order_margin(CollapsedConfig(use_pairs=True)) == 8.0

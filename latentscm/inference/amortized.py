@@ -5,7 +5,7 @@ Guide:
 
 * the global sites (``edge_weight``, ``noise_scale``, ``obs_scale``, and ``decoder_weight`` /
   ``decoder_bias`` for a linear decoder) and the order ``P``: exactly the guide of ``collapsed``
-  (:func:`latentscm.inference.collapsed.make_guide`: mean-field Gaussians, Gumbel-matching order
+  (:func:`latentscm.inference.guide.mean_field_guide`: mean-field Gaussians, Gumbel-matching order
   distribution with logits from an MLP of ``(L, log sigma)``, straight-through gradients);
 * ``z``: ``q(z_n | x_n, m_n, v_n)``, Gaussian with mean and scale (diagonal, or a full Cholesky factor)
   from an equinox MLP of ``[standardised x_n, m_n, v_n]`` (site param ``encoder$params``).
@@ -45,12 +45,11 @@ from ..models.amortized import (amortized_model, intervention_scale, pair_noise_
 from ..models.collapsed import make_units
 from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_from_order
-from .collapsed import _draw, _initial_params, _site_specs, make_guide, make_sampler
+from .guide import draw, initial_params, make_sampler, mean_field_guide, site_specs
 from .initialise import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
-from .svi import best_restart, checkpoint_for, elbo_loss, geometric_schedule, make_step, run_svi, seed_keys
-from .svi import init as svi_init
+from .svi import SVIProblem, checkpoint_for, geometric_schedule, seed_keys, solve
 
 _INIT_Z_SCALE = 0.05
 
@@ -299,8 +298,8 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
         amortized_model(data["x"], priors=priors, decoder=decoder_arg, order=known, batch_size=batch,
                         **scm_kwargs(data))
 
-    specs = {k: v for k, v in _site_specs(model, data).items() if k not in ("z", "z_pair", "u")}
-    base_guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
+    specs = site_specs(model, 1.0, data, exclude=("P", "z", "z_pair", "u"))
+    base_guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
 
     def guide(temperature, data=None):
         tr = handlers.trace(base_guide).get_trace(temperature)
@@ -333,15 +332,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
                 numpyro.sample("u", _noise_guide(enc, data["x_std"][b], t[b], v[b], None if miss is None else miss[b],
                                                  W, sigma, t[a], scale[b]))
 
-    neg_elbo = elbo_loss(config.num_particles, mean_field=True)
-
-    def loss_fn(params, key, temperature, data):
-        return neg_elbo(key, params, model, guide, temperature, data)
-
-    steps = config.steps
-    schedule = geometric_schedule(*config.temperature, steps)
-
-    params0 = _initial_params(specs, ini, d, config, rng)
+    params0 = initial_params(specs, ini, d, config, rng)
     R = config.num_restarts
     nets = {"encoder$params": eqx.filter(encoder0, eqx.is_inexact_array)}
     if decoder0 is not None:
@@ -350,14 +341,12 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     params0 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params0)
     # A short warm-up keeps the first Adam steps from knocking the pretrained networks off their fit.
     optimizer = optax.adam(optax.linear_schedule(config.learning_rate / 100, config.learning_rate, 100))
-    state = svi_init(key_svi, params0, optimizer)
-    step_fn = make_step(loss_fn, optimizer, schedule)
-    checkpoint = checkpoint_for("amortized", config, priors, seed, dataset)
-    state, losses = run_svi(step_fn, state, data, steps, chunk=config.chunk, progress=progress,
-                            desc="amortized", checkpoint=checkpoint)
-    best, tail_loss = best_restart(losses)
-    params = jax.tree.map(lambda a: a[best], state.params)
-    draws = _draw(make_sampler(guide, config.temperature[1], config.num_draws, d, known), params, key_draw)
+    problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
+                         data, config.num_particles, mean_field=True)
+    svi = solve(problem, key_svi, config.steps, chunk=config.chunk, progress=progress, desc="amortized",
+                checkpoint=checkpoint_for("amortized", config, priors, seed, dataset))
+    losses, best, tail_loss, params = svi.losses, svi.best, svi.tail, svi.restart(svi.best)
+    draws = draw(make_sampler(guide, config.temperature[1], config.num_draws, d, known), params, key_draw)
     encoder = eqx.combine(params["encoder$params"], encoder0)
     missing = data["missing"] if latent_values else None
     latent_mean, latent_sd = _encode(encoder, data["x_std"], targets, values, missing)

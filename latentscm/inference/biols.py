@@ -45,8 +45,8 @@ from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
 from .posterior import Posterior
 from ._datarules import check_decoder, check_known_order, check_unknowns
-from .svi import init as svi_init
-from .svi import checkpoint_for, elbo_loss, make_step, run_svi, seed_keys
+from .guide import site_specs
+from .svi import SVIProblem, checkpoint_for, elbo_loss, seed_keys, solve
 
 
 @dataclass(frozen=True)
@@ -179,22 +179,6 @@ def _priors_for(config, spec, n, d):
     return edge, noise, {"edge_weight": edge_desc, "noise_scale": noise_desc}
 
 
-def _extra_sites(model_fn, data):
-    """Continuous latent sites of the model other than edge_weight, noise_scale, P and z."""
-    specs = {}
-
-    def record():
-        tr = handlers.trace(handlers.seed(model_fn, 0)).get_trace(1.0, data)
-        for name, site in tr.items():
-            if (site["type"] == "sample" and not site["is_observed"]
-                    and name not in ("edge_weight", "noise_scale", "P", "z")):
-                specs[name] = (tuple(site["value"].shape), site["fn"].support)
-        return 0.0
-
-    jax.eval_shape(record)
-    return specs
-
-
 def _initial_params(d, D, config, rng, extra_specs):
     """Initial variational and decoder parameters, with a leading restart axis of size 1."""
     T = tril_size(d)
@@ -232,7 +216,7 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
                     noise_prior=noise_prior, tau=config.tau, obs_scale=config.obs_scale, order=order,
                     row_scale=row_scale)
 
-    extra = _extra_sites(model, data)
+    extra = site_specs(model, 1.0, data, exclude=("edge_weight", "noise_scale", "P", "z"))
     guide = make_guide(d, config, extra_specs=extra)
     neg_elbo = elbo_loss(config.num_particles)
 
@@ -243,13 +227,13 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
             data = jax.tree.map(lambda a: a[idx], data)
         return neg_elbo(key, params, model, guide, temperature, data, N / (batch or N)) / N
 
-    optimizer = optax.adabelief(config.learning_rate, eps=1e-8)
     key_svi, key_draw, key_latents = seed_keys(seed, 3)
-    state = svi_init(key_svi, _initial_params(d, D, config, rng, extra), optimizer)
-    step_fn = make_step(loss_fn, optimizer, lambda step: config.temperature)
-    state, losses = run_svi(step_fn, state, data, config.steps, chunk=config.chunk, progress=progress, desc="biols",
-                            checkpoint=checkpoint_for("biols", config, priors, seed, dataset))
-    params = jax.tree.map(lambda a: a[0], state.params)
+    optimizer = optax.adabelief(config.learning_rate, eps=1e-8)
+    problem = SVIProblem(model, guide, _initial_params(d, D, config, rng, extra), optimizer,
+                         lambda step: config.temperature, data, config.num_particles, loss=loss_fn)
+    svi = solve(problem, key_svi, config.steps, chunk=config.chunk, progress=progress, desc="biols",
+                checkpoint=checkpoint_for("biols", config, priors, seed, dataset))
+    losses, params = svi.losses, svi.restart(0)
     draws = _draw(guide, params, config.num_draws, config.temperature, key_draw)
     S = config.num_draws
     dec = {k: np.asarray(v) for k, v in params["decoder"].items()}

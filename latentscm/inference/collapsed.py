@@ -27,36 +27,30 @@ import functools
 import time
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
-from numpyro import handlers
-from numpyro.distributions.transforms import biject_to
 
 from .._validate import (KNOWN_ORDER, TEMPERATURES, check_fields, flag, integer, integer_or, number, one_of,
                          optional, path, setting)
+from ..metrics import edge_probabilities
 from ..models.collapsed import (TargetStats, Units, centered_stats, collapsed_model, group_rows, make_units,
                                 unit_factors, unit_latent_posterior, unit_stats)
 from ..models.observed import identity_model, identity_stats
-from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
-from ..metrics import edge_probabilities
 from ..models.priors import parse_priors
-from ..models.scm import tril_size, tril_to_matrix, weights_from_order
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .diagnostics import FitDiagnosticWarning, restart_problems
+from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
+                    step_factors)
 from .initialise import initialise
-from .targets import has_observational_regime, hard_targets, open_target_stats, target_draws
 from .posterior import Posterior
 from .sharding import resolve_devices, shard_stats, shard_units
-from .svi import init as svi_init
-from .svi import (best_restart, checkpoint_for, elbo_loss, geometric_schedule, loss_tail, make_step, run_svi,
-                  seed_keys)
+from .svi import SVIProblem, checkpoint_for, geometric_schedule, loss_tail, seed_keys, solve
+from .targets import has_observational_regime, hard_targets, open_target_stats, target_draws
 
-_INIT_SCALE = 0.01
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 
 
@@ -108,126 +102,6 @@ class CollapsedConfig:
                        values=self.unknown_values == "latent", use_pairs=self.use_pairs, precision=self.precision)
 
 
-def _mlp_logits(mlp, l_vec, sigma):
-    """Order logits (d, d) from the (L, sigma) sample: one hidden tanh layer."""
-    h = jnp.tanh(jnp.concatenate([l_vec, jnp.log(sigma)]) @ mlp["w1"] + mlp["b1"])
-    d = sigma.shape[-1]
-    return (h @ mlp["w2"] + mlp["b2"]).reshape(d, d)
-
-
-def _site_specs(model, *args):
-    """Shapes and supports of the model's continuous latent sites (P excluded), traced abstractly."""
-    specs = {}
-
-    def record():
-        tr = handlers.trace(handlers.seed(model, 0)).get_trace(1.0, *args)
-        for name, site in tr.items():
-            if site["type"] == "sample" and not site["is_observed"] and name != "P":
-                specs[name] = (tuple(site["value"].shape), site["fn"].support)
-        return 0.0
-
-    jax.eval_shape(record)
-    return specs
-
-
-def make_guide(specs, d, *, learn_order, gumbel_scale):
-    """The guide: mean-field Gaussians for ``specs`` and, when ``learn_order``, q(P | L, sigma)."""
-
-    def guide(temperature, *args):
-        values = {}
-        for name, (shape, support) in specs.items():
-            loc = numpyro.param(f"{name}_loc", jnp.zeros(shape))
-            scale = jax.nn.softplus(numpyro.param(f"{name}_rawscale", jnp.zeros(shape)))
-            base = dist.Normal(loc, scale).to_event(len(shape))
-            values[name] = numpyro.sample(name, dist.TransformedDistribution(base, biject_to(support)))
-        if learn_order:
-            mlp = numpyro.param("order_mlp", {})
-            logits = _mlp_logits(mlp, values["edge_weight"], values["noise_scale"])
-            numpyro.sample("P", GumbelSinkhornPermutation(logits, temperature, gumbel_scale))
-
-    return guide
-
-
-def _softplus_inv(y):
-    return np.log(np.expm1(y))
-
-
-def order_margin(config) -> float:
-    """The order logits' starting margin of a ``collapsed`` or ``amortized`` config: its ``logit_scale``, or
-    when that is None 8 with ``use_pairs`` (the paired likelihood is much sharper), else 4."""
-    return config.logit_scale if config.logit_scale is not None else 8.0 if config.use_pairs else 4.0
-
-
-def _initial_params(specs, ini, d, config, rng):
-    """Stacked (restart axis first) initial variational parameters."""
-    R = config.num_restarts
-    hidden = config.mlp_hidden
-    n_in = tril_size(d) + d
-    out = {}
-    for r in range(R):
-        order = ini.order if (r == 0 and config.order_init == "proposal") or config.known_order else rng.permutation(d)
-        W_pos = ini.W[np.ix_(order, order)]  # W_pos[a, b]: position a -> position b
-        L = W_pos.T[np.tril_indices(d, -1)] if r == 0 or config.known_order else np.zeros(tril_size(d))
-        locs = {
-            "edge_weight": L, "noise_scale": np.log(ini.sigma), "decoder_weight": ini.A,
-            "decoder_bias": ini.b, "obs_scale": np.log(ini.obs_scale),
-        }
-        params = {}
-        for name, (shape, support) in specs.items():
-            loc = locs.get(name)
-            if loc is None:  # hierarchical scales: start at the unconstrained value of 1 (or 0.1 for global)
-                loc = np.full(shape, np.log(0.1) if name.endswith("global_scale") else 0.0)
-            params[f"{name}_loc"] = np.asarray(loc, np.float64).reshape(shape)
-            scale = np.broadcast_to(_decoder_scales(ini, config).get(name, _INIT_SCALE), shape)
-            params[f"{name}_rawscale"] = _softplus_inv(np.asarray(scale, np.float64))
-        if config.known_order is None:
-            P0 = np.eye(d)[order]
-            params["order_mlp"] = {
-                "w1": rng.normal(size=(n_in, hidden)) / np.sqrt(n_in), "b1": np.zeros(hidden),
-                "w2": rng.normal(size=(hidden, d * d)) * 0.01, "b2": order_margin(config) * P0.reshape(-1),
-            }
-        out[r] = params
-    return jax.tree.map(lambda *xs: jax.device_put(np.stack(xs)), *out.values())
-
-
-def _decoder_scales(ini, config):
-    """With ``init_scale = "data"``: the decoder's sites start at about their posterior sd
-    (``obs_scale / sqrt(sum_n z_nj^2)`` for row j of A, ``obs_scale / sqrt(N)`` for b) instead of
-    0.01, and their Adam steps are scaled by the same ratio. With N rows and a sharp observation
-    model the decoder's posterior sd is ~1e-4: a guide sd of 0.01, or Adam's first steps of size
-    ``learning_rate`` on all d x D entries, wreck the likelihood and, at large d, the order."""
-    if getattr(config, "init_scale", "fixed") != "data":  # amortized shares _initial_params, has no such setting
-        return {}
-    z2 = np.maximum((np.asarray(ini.z) ** 2).sum(0), 1e-12)
-    return {"decoder_weight": np.minimum(ini.obs_scale / np.sqrt(z2), _INIT_SCALE)[:, None],
-            "decoder_bias": min(ini.obs_scale / np.sqrt(len(ini.z)), _INIT_SCALE)}
-
-
-def _step_factors(params, ini, config):
-    """Per-leaf factors on Adam's updates (one restart's parameter tree): 1, or with
-    ``init_scale = "data"`` the decoder's start-scale ratio and, for the order network's first layer,
-    ``15 / fan-in`` (its fan-in is d(d-1)/2 + d)."""
-    factors = jax.tree.map(lambda a: 1.0, jax.tree.map(lambda a: a[0], params))
-    for name, scale in _decoder_scales(ini, config).items():
-        if f"{name}_loc" in factors:
-            shape = np.shape(params[f"{name}_loc"])[1:]
-            factors[f"{name}_loc"] = jnp.asarray(np.broadcast_to(np.asarray(scale) / _INIT_SCALE, shape))
-    if config.init_scale == "data" and "order_mlp" in factors:
-        # an Adam step moves every first-layer weight by ~learning_rate, so the hidden layer's input
-        # moves by ~learning_rate x fan-in: keep that at its d = 5 size (fan-in 15), where the
-        # defaults were set
-        n_in = np.shape(params["order_mlp"]["w1"])[1]
-        factors["order_mlp"]["w1"] = min(1.0, (tril_size(5) + 5) / n_in)
-    return factors
-
-
-def _scale_updates(factors):
-    """optax transformation multiplying each update leaf by a fixed factor."""
-    return optax.GradientTransformation(
-        lambda params: optax.EmptyState(),
-        lambda updates, state, params=None: (jax.tree.map(lambda u, f: u * f, updates, factors), state))
-
-
 def scaled_settings(d: int, use_pairs: bool = False) -> dict:
     """Settings of ``collapsed`` for ``d`` latents, by a fixed rule (no per-run tuning).
 
@@ -251,132 +125,129 @@ def scaled_settings(d: int, use_pairs: bool = False) -> dict:
     return out | ({"init_scale": "data"} if d > 30 else {})
 
 
-def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
-    """Fit the collapsed model to ``dataset``; returns a :class:`Posterior`."""
-    start = time.perf_counter()
-    priors = parse_priors(priors)
+class CollapsedBuild(NamedTuple):
+    """:func:`build_collapsed`'s result: the SVI problem and what the posterior is assembled from."""
+
+    problem: SVIProblem
+    config: CollapsedConfig  # "auto" settings resolved
+    ini: object  # the data-driven start (:class:`~latentscm.inference.initialise.Initialisation`)
+    units: tuple  # the rows the statistics came from, as units
+    tstats: TargetStats | None  # regimes whose targets are inferred
+    devices: list
+    known: jax.Array | None  # a fixed order
+
+
+def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> CollapsedBuild:
+    """The collapsed SVI problem: statistics, start, model, guide, initial parameters and optimiser.
+
+    Arrays are made in the precision of the steps: call it, and :func:`~latentscm.inference.svi.solve`,
+    under ``jax.enable_x64(config.precision == "float64" or config.decoder == "identity")``."""
     d = dataset.d
     rng = np.random.default_rng(seed)
     identity = config.decoder == "identity"
-    # float64: everything under x64. float32: the statistics (centred per pattern) and the
-    # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
-    x64 = config.precision == "float64" or identity
     open_rows = None if dataset.target_unknown is None else dataset.target_unknown.any(1)
     if config.init_scale == "auto":  # inferred targets: latents in the unknown-value gauge, often >> 1
         config = dataclasses.replace(config, init_scale="fixed" if open_rows is None else "data")
-    with jax.enable_x64(True):
+    with jax.enable_x64(True):  # the start and the statistics in float64 (numpy), whatever the steps'
         ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
                          tau=config.tau, value_scale=config.value_scale, seed=seed,
                          unknown=dataset.target_unknown, regime=dataset.regime, target_rate=config.target_rate)
         closed = slice(None) if open_rows is None else ~open_rows  # rows whose targets are all known
         units = make_units(dataset.x[closed], dataset.targets[closed], dataset.values[closed],
                            dataset.pair[closed] if config.use_pairs else None) if not np.all(open_rows) else ()
-        devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
         if identity:  # x is z: the SCM density of the observed latents, O(d^3) statistics
             stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
-        else:  # numpy statistics, computed in float64 in either precision
-            stats = tuple(unit_stats(u) if x64 else centered_stats(u, np.float32) for u in units)
+        else:
+            stats = tuple(unit_stats(u) if config.precision == "float64" else centered_stats(u, np.float32)
+                          for u in units)
         tstats = None if open_rows is None else open_target_stats(dataset, config, ini.targets)
+    devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
+    if not identity:  # to (sharded) device arrays, in the precision of the steps
+        stats = tuple(shard_stats(jax.device_put(st), devices) for st in stats)
+    if tstats is not None:
+        tstats = TargetStats(jax.device_put(tstats.stats), tstats.candidates, tstats.log_prior)
+    known = None if config.known_order is None else jnp.asarray(config.known_order)
+
+    def model(temperature, stats):
+        if identity:
+            identity_model(stats, priors=priors, tau=config.tau, order=known)
+        else:
+            collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known,
+                            unknown=tstats)
+
+    specs = site_specs(model, 1.0, stats)
+    guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
+    params0 = initial_params(specs, ini, d, config, rng)
+    optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps, config.lr_final_fraction))
+    if config.init_scale == "data":
+        optimizer = optax.chain(optimizer, scale_updates(step_factors(params0, ini, config)))
+    problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
+                         stats, config.num_particles)
+    return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
+
+
+def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
+    """Fit the collapsed model to ``dataset``; returns a :class:`Posterior`."""
+    start = time.perf_counter()
+    priors = parse_priors(priors)
+    d = dataset.d
+    # float64: everything under x64. float32: the statistics (centred per pattern) and the
+    # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
+    x64 = config.precision == "float64" or config.decoder == "identity"
+    keys = seed_keys(seed, 2 + config.num_restarts)  # SVI, the posterior's draws, each restart's check
     with jax.enable_x64(x64):
-        if not identity:  # to (sharded) device arrays, in the precision of the steps
-            stats = tuple(shard_stats(jax.device_put(st), devices) for st in stats)
-        if tstats is not None:
-            tstats = TargetStats(jax.device_put(tstats.stats), tstats.candidates, tstats.log_prior)
-        known = None if config.known_order is None else jnp.asarray(config.known_order)
-
-        def model(temperature, stats):
-            if identity:
-                identity_model(stats, priors=priors, tau=config.tau, order=known)
-            else:
-                collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known,
-                                unknown=tstats)
-
-        specs = _site_specs(model, stats)
-        guide = make_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
-        neg_elbo = elbo_loss(config.num_particles)
-
-        def loss_fn(params, key, temperature, stats):
-            return neg_elbo(key, params, model, guide, temperature, stats)
-
-        steps = config.steps
-        schedule = geometric_schedule(*config.temperature, steps)
-
-        params0 = _initial_params(specs, ini, d, config, rng)
-        optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction))
-        if config.init_scale == "data":
-            optimizer = optax.chain(optimizer, _scale_updates(_step_factors(params0, ini, config)))
-        keys = seed_keys(seed, 2 + config.num_restarts)  # SVI, the posterior's draws, each restart's check
-        state = svi_init(keys[0], params0, optimizer)
-        step_fn = make_step(loss_fn, optimizer, schedule)
-        checkpoint = checkpoint_for("collapsed", config, priors, seed, dataset)
-        state, losses = run_svi(step_fn, state, stats, steps, chunk=config.chunk, progress=progress,
-                                desc="collapsed", checkpoint=checkpoint)
-        best, tail_loss = best_restart(losses)
-        fitted = jax.tree.map(np.asarray, state.params)  # restart axis first
-        sampler = make_sampler(guide, config.temperature[1], config.num_draws, d, known)  # one compilation
-        draws = _draw(sampler, jax.tree.map(lambda a: a[best], fitted), keys[1])
+        built = build_collapsed(dataset, config, priors, seed)
+        config = built.config
+        svi = solve(built.problem, keys[0], config.steps, chunk=config.chunk, progress=progress, desc="collapsed",
+                    checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset))
+        sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
+        draws = draw(sampler, svi.restart(svi.best), keys[1])
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
-        restart_probs = [edge_probabilities(np.asarray(
-            draws["W"] if r == best else _draw(sampler, jax.tree.map(lambda a: a[r], fitted), keys[2 + r])["W"],
-            np.float64)) for r in range(config.num_restarts)]
+        restart_probs = np.stack([edge_probabilities(np.asarray(
+            draws["W"] if r == svi.best else draw(sampler, svi.restart(r), keys[2 + r])["W"], np.float64))
+            for r in range(config.num_restarts)])
     draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
-    losses = np.asarray(losses, np.float64)
-    anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
-    diagnostics = restart_problems(-loss_tail(losses), np.stack(restart_probs), best=best, anchor=anchor)
-    if ini.problem:  # the start's own evidence (inferred targets)
-        diagnostics.append(ini.problem)
-    if open_rows is not None and not has_observational_regime(dataset):
-        diagnostics.append("targets were inferred without a regime known to be observational: a node without "
-                           "parents fits equally well with its targeted and free regimes swapped, so its inferred "
-                           "targets may be inverted; label the control regime (targets all 0) if there is one")
-    for problem in diagnostics:
-        warnings.warn(f"collapsed: {problem}", FitDiagnosticWarning, stacklevel=3)  # at fit(...)
-    targets = {}
+    diagnostics = _diagnostics(dataset, config, built.ini, svi, restart_probs)
+    targets, units = {}, built.units
     with jax.enable_x64(True):
-        if tstats is not None:  # each draw's exact target posterior; latents given the most probable sets
+        if built.tstats is not None:  # each draw's exact target posterior; latents given the most probable sets
             targets = {"regimes": np.unique(dataset.regime),
-                       "target_draws": target_draws(tstats, draws, config, dataset)}
+                       "target_draws": target_draws(built.tstats, draws, config, dataset)}
             hard = hard_targets(dataset, targets["regimes"], targets["target_draws"].mean(0))
             units = make_units(dataset.x, hard, np.where(hard > dataset.targets, np.nan, dataset.values),
                                dataset.pair if config.use_pairs else None)
-        if identity:
+        if config.decoder == "identity":
             latent_mean, latent_sd, decoder = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d)), {}
         else:
             latent_mean, latent_sd = latent_summaries(dataset, draws, config.tau, units=units,
-                                                      value_scale=config.value_scale, devices=devices)
+                                                      value_scale=config.value_scale, devices=built.devices)
             decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
     return Posterior(
         method="collapsed", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
-        decoder=decoder,
-        latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
+        decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-svi.losses[:, svi.best],
         seconds=time.perf_counter() - start, tau=config.tau,
-        info={"restart_elbo": (-tail_loss).tolist(), "best_restart": best,
-              "restart_edge_probs": np.stack(restart_probs).tolist(),
-              "proposal_order": ini.order.tolist(),
-              "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__, "priors": priors.describe()},
+        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
+              "restart_edge_probs": restart_probs.tolist(), "proposal_order": built.ini.order.tolist(),
+              "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__,
+              "priors": priors.describe()},
         diagnostics=diagnostics, **targets,
     )
 
 
-def make_sampler(guide, temperature, num, d, known=None):
-    """The jitted draw function ``(key, params) -> {site: (num, ...)}`` of a fitted guide, with the
-    graph's ``W`` (num, d, d) and ``order`` (num, d) derived inside it (``P`` is not returned; ``known``:
-    a fixed order, else the guide's ``P``). Build it once per fit: a new one compiles again."""
-    def one(k, params):
-        tr = handlers.trace(handlers.seed(handlers.substitute(guide, params), k)).get_trace(temperature)
-        out = {name: site["value"] for name, site in tr.items() if site["type"] == "sample"}
-        P = out.pop("P", None)
-        P = jnp.eye(d)[jnp.asarray(known)] if P is None else jnp.round(P)  # straight-through: hard in value
-        out["W"] = weights_from_order(tril_to_matrix(out["edge_weight"], d), P)
-        out["order"] = order_from_matrix(P)
-        return out
-
-    return jax.jit(lambda key, params: jax.vmap(one, in_axes=(0, None))(jax.random.split(key, num), params))
-
-
-def _draw(sampler, params, key):
-    """Posterior draws of a :func:`make_sampler` as numpy arrays."""
-    return {k: np.asarray(v) for k, v in sampler(key, params).items()}
+def _diagnostics(dataset, config, ini, svi, restart_probs):
+    """The fit's problems (restarts that disagree, the start's own evidence, no labelled control regime),
+    each also raised as a :class:`FitDiagnosticWarning`."""
+    anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
+    diagnostics = restart_problems(-loss_tail(svi.losses), restart_probs, best=svi.best, anchor=anchor)
+    if ini.problem:  # the start's own evidence (inferred targets)
+        diagnostics.append(ini.problem)
+    if dataset.target_unknown is not None and not has_observational_regime(dataset):
+        diagnostics.append("targets were inferred without a regime known to be observational: a node without "
+                           "parents fits equally well with its targeted and free regimes swapped, so its inferred "
+                           "targets may be inverted; label the control regime (targets all 0) if there is one")
+    for problem in diagnostics:
+        warnings.warn(f"collapsed: {problem}", FitDiagnosticWarning, stacklevel=4)  # at fit(...)
+    return diagnostics
 
 
 def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=8, devices=None):

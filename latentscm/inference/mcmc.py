@@ -79,6 +79,7 @@ from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficien
 from ..models.observed import IdentityStats, identity_log_likelihood, identity_model, identity_stats  # noqa: F401
 from ..models.priors import parse_priors
 from ..models.scm import LOG_2PI, sample_graph
+from .guide import site_specs
 from ._datarules import check_decoder, check_known_order, check_unknowns
 from .collapsed import latent_summaries
 from .sharding import shard_leading
@@ -342,21 +343,6 @@ def make_augmentation(priors, tau, fixed_noise):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _site_specs(model, *args):
-    """Shapes and supports of the model's unobserved sample sites, traced abstractly (no computation)."""
-    specs = {}
-
-    def record():
-        tr = handlers.trace(handlers.seed(model, 0)).get_trace(*args)
-        for name, site in tr.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                specs[name] = (tuple(site["value"].shape), site["fn"].support)
-        return 0.0
-
-    jax.eval_shape(record)
-    return specs
-
-
 def make_sampler(model, data, init_values, order0, config, num_warmup, augment=None):
     """Build the HMC-within-Gibbs chain on ``model(data, order, aux)``.
 
@@ -375,7 +361,7 @@ def make_sampler(model, data, init_values, order0, config, num_warmup, augment=N
         aux0 = [aux_from(zero, *(jnp.asarray(vals[k], jnp.float64) for k in GIBBS_SITES), data["raw"])
                 for vals in init_values]
     template = aux0[0]
-    specs = _site_specs(model, data, jnp.asarray(order0[0]), template)
+    specs = site_specs(model, data, jnp.asarray(order0[0]), template, exclude=())
     z0 = []
     for vals in init_values:
         zc = {}

@@ -1,5 +1,8 @@
 """A small SVI engine shared by the variational methods: pure ``init`` / ``step`` plus a runner.
 
+A method builds an :class:`SVIProblem` (model, guide, initial parameters, optimiser, schedule, data) and
+:func:`solve` does the rest.
+
 The state holds a leading *restart* axis: ``R`` independent optimisations run vectorised (``vmap``)
 and the runner keeps the one with the best final ELBO. ``run_svi`` drives ``step`` in jitted chunks
 of ``chunk`` steps (``lax.scan``), shows a progress bar, stops with a clear error on a non-finite
@@ -119,6 +122,59 @@ def elbo_loss(num_particles, mean_field=False):
         return -jnp.mean(jax.vmap(lambda k: particle(k, params, model, guide, args))(keys))
 
     return loss
+
+
+class SVIProblem(NamedTuple):
+    """What an SVI method builds from its dataset, settings, priors and seed; :func:`solve` runs it.
+
+    model, guide: ``model(temperature, data)``, ``guide(temperature, data)``; params: the initial
+    variational parameters, restart axis first; schedule: ``schedule(step) -> temperature``;
+    num_particles, mean_field: the ELBO estimator (:func:`elbo_loss`); loss: an optional replacement
+    ``loss(params, key, temperature, data) -> negative ELBO`` (e.g. one that draws a minibatch).
+    """
+
+    model: Callable
+    guide: Callable
+    params: dict
+    optimizer: optax.GradientTransformation
+    schedule: Callable
+    data: object
+    num_particles: int
+    mean_field: bool = False
+    loss: Callable | None = None
+
+    def loss_fn(self):
+        """``loss(params, key, temperature, data)``: the problem's negative ELBO."""
+        if self.loss is not None:
+            return self.loss
+        neg_elbo = elbo_loss(self.num_particles, self.mean_field)
+        model, guide = self.model, self.guide
+        return lambda params, key, temperature, data: neg_elbo(key, params, model, guide, temperature, data)
+
+
+class SVIFit(NamedTuple):
+    """What :func:`solve` returns: the final parameters (numpy, restart axis first), the loss trace
+    (steps, R), the restart kept (:func:`best_restart`) and every restart's tail loss (R,)."""
+
+    params: dict
+    losses: np.ndarray
+    best: int
+    tail: np.ndarray
+
+    def restart(self, r):
+        """Restart ``r``'s parameters."""
+        return jax.tree.map(lambda a: a[r], self.params)
+
+
+def solve(problem: SVIProblem, key, steps, *, chunk=100, progress=True, desc="svi", checkpoint=None) -> SVIFit:
+    """Run ``problem`` for ``steps`` steps from ``key``: every restart vectorised, jitted chunks, progress
+    bar, NaN stops, checkpoints (:func:`run_svi`); keeps the restart with the best tail loss."""
+    state = init(key, problem.params, problem.optimizer)
+    step_fn = make_step(problem.loss_fn(), problem.optimizer, problem.schedule)
+    state, losses = run_svi(step_fn, state, problem.data, steps, chunk=chunk, progress=progress, desc=desc,
+                            checkpoint=checkpoint)
+    best, tail = best_restart(losses)
+    return SVIFit(jax.tree.map(np.asarray, state.params), np.asarray(losses, np.float64), best, tail)
 
 
 def loss_tail(losses):
