@@ -15,7 +15,7 @@ from latentscm.inference.amortized import AmortizedConfig, pair_units
 from latentscm.metrics import expected_shd, mcc
 from latentscm.models.amortized import (amortized_model, gaussian_scm_kl, intervention_scale, pair_noise_guide,
                                         pair_second, unit_batches)
-from latentscm.models.collapsed import unit_factors
+from latentscm.models.factors import unit_factors
 from latentscm.models.priors import parse_priors
 from latentscm.models.scm import InterventionalLinearGaussian
 

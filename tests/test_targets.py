@@ -12,6 +12,7 @@ from latentscm.inference.identify import project
 from latentscm.inference.targets import search_targets
 from latentscm.metrics import mcc, regime_table
 from latentscm.models import collapsed as C
+from latentscm.models import target_sets as T
 
 
 def _observational_known(ds):
@@ -23,7 +24,7 @@ def _observational_known(ds):
 def test_candidates_agree_with_known_entries_and_carry_the_bernoulli_prior():
     known = np.array([[1, 0, 0], [0, 0, 0]], np.int8)
     unknown = np.array([[False, True, True], [True, True, True]])
-    cands, lp = C.target_candidates(known, unknown, 0.2, max_size=1)
+    cands, lp = T.target_candidates(known, unknown, 0.2, max_size=1)
     rows = {tuple(c) for c in cands}
     assert rows == {(1, 0, 0), (1, 1, 0), (1, 0, 1), (0, 0, 0), (0, 1, 0), (0, 0, 1)}
     for c, row0, row1 in zip(cands, lp[0], lp[1]):
@@ -38,7 +39,7 @@ def test_candidates_near_a_start_pool_each_regimes_set_and_its_one_entry_flips()
     known = np.array([[0, 0, 1], [0, 0, 0]], np.int8)
     unknown = np.array([[True, True, False], [True, True, True]])
     near = np.array([[1, 0, 0], [0, 1, 1]], np.int8)  # regime 0's known entry wins over near's 0
-    cands, lp = C.target_candidates(known, unknown, 0.2, near=near)
+    cands, lp = T.target_candidates(known, unknown, 0.2, near=near)
     # regime 0: centre (1, 0, 1), flips (0, 0, 1), (1, 1, 1); regime 1: centre (0, 1, 1), flips (1, 1, 1),
     # (0, 0, 1), (0, 1, 0)
     assert {tuple(c) for c in cands} == {(1, 0, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1), (0, 1, 0)}
@@ -57,9 +58,9 @@ def test_target_table_is_the_collapsed_density_of_each_candidate():
         W = jnp.asarray(np.triu(rng.normal(size=(d, d)), 1))
         sigma, A, b = jnp.array([1.0, 0.7, 1.3]), jnp.asarray(rng.normal(size=(d, D))), jnp.asarray(rng.normal(size=D))
         units = C.make_units(x, np.zeros((N, d), np.int8), np.full((N, d), np.nan))[0]
-        cands, lp = C.target_candidates(np.zeros((3, d), np.int8), np.ones((3, d), bool), 0.3)
-        ts = C.TargetStats(jax.tree.map(jnp.asarray, C.unit_stats(units, group=regime)), cands, lp)
-        table = np.asarray(C.target_table(ts, W, sigma, A, b, 0.3, 0.1, 2.0))
+        cands, lp = T.target_candidates(np.zeros((3, d), np.int8), np.ones((3, d), bool), 0.3)
+        ts = T.TargetStats(jax.tree.map(jnp.asarray, C.unit_stats(units, group=regime)), cands, lp)
+        table = np.asarray(T.target_table(ts, W, sigma, A, b, 0.3, 0.1, 2.0))
         for r in range(3):
             rows = regime == r
             for c, cand in enumerate(cands):
@@ -67,7 +68,7 @@ def test_target_table_is_the_collapsed_density_of_each_candidate():
                 ref = C.row_log_likelihood(jnp.asarray(x[rows]), t, jnp.where(t > 0, jnp.nan, 0.0), W, sigma, A, b,
                                            0.3, 0.1, 2.0).sum()
                 assert table[r, c] == pytest.approx(float(ref), rel=1e-9)
-        probs = np.asarray(C.target_probabilities(ts, W, sigma, A, b, 0.3, 0.1, 2.0))
+        probs = np.asarray(T.target_probabilities(ts, W, sigma, A, b, 0.3, 0.1, 2.0))
         post = np.exp(table + lp - np.logaddexp.reduce(table + lp, axis=1, keepdims=True))
         np.testing.assert_allclose(probs, post @ cands, rtol=1e-9)
 

@@ -37,8 +37,10 @@ import optax
 from .._validate import (KNOWN_ORDER, TEMPERATURES, check_fields, flag, integer, integer_or, number, one_of,
                          optional, path, setting)
 from ..metrics import edge_probabilities
-from ..models.collapsed import (TargetStats, Units, centered_stats, collapsed_model, group_rows, make_units,
-                                unit_factors, unit_latent_posterior, unit_stats)
+from ..models.collapsed import (Units, centered_stats, collapsed_model, group_rows, make_units, unit_latent_posterior,
+                                unit_stats)
+from ..models.factors import unit_factors
+from ..models.target_sets import TargetStats
 from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns

@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 
 from .._validate import KNOWN_ORDER, check_fields, flag, integer, number, one_of, optional, sequence, setting
 from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficient_stats
-from ..models.observed import IdentityStats, identity_log_likelihood, identity_model, identity_stats  # noqa: F401
+from ..models.observed import identity_log_likelihood, identity_model, identity_stats
 from ..models.priors import parse_priors
 from ..models.scm import LOG_2PI, sample_graph
 from .guide import site_specs
@@ -301,7 +301,7 @@ def sample_decoder(key, z, x, obs_scale, weight_prior, bias_prior):
 
 def aux_from(z, A, b, raw):
     """The augmentation for latents z (N, d) and decoder ``(A, b)`` on ``raw = (x, targets, values)``:
-    the decoder, z's :class:`IdentityStats`, the residual sum of squares and its count ``N D``."""
+    the decoder, z's :class:`~latentscm.models.observed.IdentityStats`, the residual sum of squares and its count ``N D``."""
     x, targets, values = raw
     return {"decoder_weight": A, "decoder_bias": b, "zstats": identity_stats(z, targets, values),
             "rss": jnp.sum((x - z @ A - b) ** 2), "n_obs": jnp.asarray(x.size, x.dtype)}

@@ -32,8 +32,8 @@ import scipy.optimize
 
 from .identify import (_closed_form_start, _fit_H, _peel_start, _polish, _random_start, Moments,
                        log_likelihood, pattern_moments, profile, split_direction)
-from ..models.collapsed import (TargetStats, group_rows, make_units, target_candidates, target_probabilities,
-                                unit_stats)
+from ..models.collapsed import group_rows, make_units, unit_stats
+from ..models.target_sets import TargetStats, target_candidates, target_probabilities
 from .initialise import propose_order
 from ..metrics import mcc
 

@@ -20,7 +20,6 @@ deterministic ``W`` (d, d); factor ``x`` (the collapsed log-likelihood). Horsesh
 
 from __future__ import annotations
 
-import itertools
 from typing import NamedTuple
 
 import jax
@@ -28,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
+from .factors import unit_factors
 from .precision_form import projected_moments, single_row_log_likelihood
+from .target_sets import target_log_likelihood
 from .scm import LOG_2PI, sample_graph
 
 _BLOCK_ROWS = 128  # rows per block of the second-moment factor
@@ -217,7 +218,7 @@ def _residual_quad(X, V, A, gam, gzm, L, s2):
     squares of residual-sized numbers (``U^T y = s2 w``), never the difference ``|e|^2 - |L^-1 U^T e|^2`` of
     two large ones, which float32 does not resolve when the latent variance is ~1e4 x s2. Every product
     with the data goes through A's d rows: O(n k D d) per call."""
-    k, D = X.shape[-2], X.shape[-1]
+    k = X.shape[-2]
     AAt = A @ A.T
     c = V @ gzm  # (..., n, kd): the mean's latent coordinates
     EA = (jnp.einsum("...kD,dD->...kd", X, A) - jnp.einsum("...kd,de->...ke", c.reshape(c.shape[:-1] + (k, -1)), AAt))
@@ -253,31 +254,6 @@ def centered_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1
     quad = quad + _residual_quad(stats.fx.reshape(M, B, k, -1), stats.fv, A, gam[fg], gzm[fg], L[fg], s2)
     logdet = (kD - r) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
     return -0.5 * (jnp.sum(n * (kD * LOG_2PI + logdet)) + quad)
-
-
-def _block_rows(X):
-    """(R, k, d, d) per-row blocks -> (R, k*d, k, d): row (i, a) touches only the latents of row i."""
-    k = X.shape[1]
-    out = jnp.einsum("ij,rjab->riajb", jnp.eye(k, dtype=X.dtype), X)
-    return out.reshape(X.shape[0], k * X.shape[2], k, X.shape[3])
-
-
-def unit_factors(W, sigma, tau, value_scale, masks, known):
-    """Latent factorisation of a unit pattern: ``Z = xi Gamma + V Gz`` with ``xi ~ N(0, I)``.
-
-    masks, known: (R, k, d). Returns Gamma (R, (k+1) d, k, d) (shared noise eps, then one
-    intervention-noise block per row: tau, plus ``value_scale`` where the value is unknown; for k = 1
-    the two blocks are added, (R, d, 1, d), as each node has one of them) and
-    Gz (R, k d, k, d) mapping the known values V (k d) to the latent mean.
-    """
-    d = W.shape[-1]
-    C = jnp.linalg.inv(jnp.eye(d) - W * (1 - masks)[..., None, :])  # (R, k, d, d): z_i = u_i C_i
-    eps = jnp.swapaxes(sigma[:, None] * (1 - masks)[..., :, None] * C, 1, 2)  # (R, d, k, d)
-    eta_scale = masks * jnp.sqrt(tau**2 + value_scale**2 * (1 - known))
-    eta = _block_rows(eta_scale[..., None] * C)
-    # single rows: node i has noise eps_i or eta_i, never both, so the two blocks share d rows (rank d)
-    gamma = eps + eta if masks.shape[-2] == 1 else jnp.concatenate([eps, eta], axis=1)
-    return gamma, _block_rows((masks * known)[..., None] * C)
 
 
 def collapsed_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
@@ -318,89 +294,6 @@ def factor_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0
     quad = (trE - jnp.einsum("rpq,rql,rpl->r", LG, AEA, LG)) / s2
     logdet = (k * D - r) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
     return jnp.sum(-0.5 * (n * k * D * LOG_2PI + n * logdet + quad))
-
-
-class TargetStats(NamedTuple):
-    """Regimes whose target sets are (partly) unknown: single rows grouped by regime.
-
-    stats: :class:`SufficientStats` with one pattern per regime (its ``masks`` hold the known targets;
-    no values are known); candidates (C, d) 0/1: the target sets enumerated; log_prior (R, C): the
-    Bernoulli prior of each candidate for each regime over its unknown entries, ``-inf`` where the
-    candidate contradicts a known entry or exceeds the size limit.
-    """
-
-    stats: SufficientStats
-    candidates: np.ndarray
-    log_prior: np.ndarray
-
-
-def target_candidates(known, unknown, rate, max_size=None, near=None):
-    """Candidate target sets for regimes with known entries ``known`` (R, d) 0/1 and unknown entries
-    ``unknown`` (R, d) bool: every set that agrees with a regime's known entries and sets at most
-    ``max_size`` (default: all) of its unknown entries, or with ``near`` (R, d) 0/1 (say, a start's
-    target sets) the union over regimes of ``near[r]`` and the sets one unknown entry away from it; each
-    regime's log prior ``sum_unknown t log(rate) + (1 - t) log(1 - rate)`` (``-inf`` where a set
-    contradicts its known entries; unnormalised when truncated). Returns candidates (C, d) int8 and
-    log_prior (R, C)."""
-    known, unknown = np.asarray(known, np.int8), np.asarray(unknown, bool)
-    R, d = known.shape
-    out = {}
-    for r in range(R):
-        free = np.flatnonzero(unknown[r])
-        base = known[r] * ~unknown[r]
-        if near is not None:
-            centre = np.where(unknown[r], np.asarray(near[r], np.int8), base)
-            subsets = [centre] + [np.where(np.arange(d) == j, 1 - centre, centre) for j in free]
-        else:
-            limit = len(free) if max_size is None else min(max_size, len(free))
-            subsets = []
-            for size in range(limit + 1):
-                for subset in itertools.combinations(free, size):
-                    c = base.copy()
-                    c[list(subset)] = 1
-                    subsets.append(c)
-        for c in subsets:
-            c = np.asarray(c, np.int8)
-            out.setdefault(c.tobytes(), c)
-    cands = np.stack(list(out.values())).astype(np.int8)
-    agree = ((cands[None] == known[:, None]) | unknown[:, None]).all(-1)  # (R, C)
-    size = (cands[None] * unknown[:, None]).sum(-1)
-    ok = agree & (size <= (d if max_size is None else max_size))
-    lp = size * np.log(rate) + (unknown.sum(-1)[:, None] - size) * np.log1p(-rate)
-    return cands, np.where(ok, lp, -np.inf)
-
-
-def target_table(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
-    """``log p(x_r | T = c, ...)`` (R, C) of each regime's rows under each candidate target set
-    (all their intervened values unknown): the collapsed density of :func:`collapsed_log_likelihood`
-    with the regime's projected moments formed once and each candidate's factors once, so the table
-    costs ``O(C d^3 + R C d^2)`` beyond the projection."""
-    st, cands = tstats.stats, jnp.asarray(tstats.candidates, W.dtype)
-    D = A.shape[-1]
-    zeros = jnp.zeros_like(cands)[:, None]
-    gamma, _ = unit_factors(W, sigma, tau, value_scale, cands[:, None], zeros)  # (C, d, 1, d)
-    gam = gamma[:, :, 0]
-    s2 = obs_scale**2
-    K = s2 * jnp.eye(gam.shape[1], dtype=A.dtype) + gam @ (A @ A.T) @ jnp.swapaxes(gam, -1, -2)
-    L = jnp.linalg.cholesky(K)
-    LG = jax.scipy.linalg.solve_triangular(L, gam, lower=True)
-    Mc = jnp.swapaxes(LG, -1, -2) @ LG  # (C, d, d): Gamma^T K^-1 Gamma
-    logdet = (D - gam.shape[1]) * jnp.log(s2) + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1)
-    Qb, tr = projected_moments(st, A, b)
-    quad = (tr[:, None] - jnp.einsum("cpq,rpq->rc", Mc, Qb)) / s2
-    return -0.5 * (st.n[:, None] * (D * LOG_2PI + logdet[None]) + quad)
-
-
-def target_log_likelihood(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
-    """``log p(x_unknown | ...)``: each regime's candidate target sets summed out exactly (scalar)."""
-    table = target_table(tstats, W, sigma, A, b, obs_scale, tau, value_scale) + tstats.log_prior
-    return jnp.sum(jax.scipy.special.logsumexp(table, axis=-1))
-
-
-def target_probabilities(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
-    """``p(node j is a target of regime r | x, ...)`` (R, d) under one parameter draw."""
-    table = target_table(tstats, W, sigma, A, b, obs_scale, tau, value_scale) + tstats.log_prior
-    return jax.nn.softmax(table, axis=-1) @ jnp.asarray(tstats.candidates, table.dtype)
 
 
 def _unit_terms(units, W, sigma, A, b, obs_scale, tau, value_scale):
