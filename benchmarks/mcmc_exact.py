@@ -5,7 +5,7 @@ Cases
 exact-d3, exact-d4  decoder = identity (z observed), Normal(0, 1) edge prior, noise scales fixed at 1,
                     tau = 0.1; a chain 0 -> 1 -> ... with weights 0.5, 24 rows, a third of them intervening
                     on one random node (``latentscm.data.simulate.observed_chain``, as in the tests). The exact posterior
-                    over all d! orders comes from :func:`latentscm.inference.mcmc.exact_order_posterior`;
+                    over all d! orders comes from :func:`latentscm.inference.mcmc_exact.exact_order_posterior`;
                     reported: total variation (TV) between it and the mcmc order frequencies.
 default             the embedded default simulation (paired, d=5, D=100, ER-1, linear projection, 2000
                     pairs, 20 regimes), the method's default settings (4 vectorised chains, conjugate
@@ -42,7 +42,7 @@ def _diag(post):
 def exact_case(d, seed, num_samples, num_chains=4):
     from latentscm.data.simulate import observed_chain
     from latentscm.inference import fit
-    from latentscm.inference.mcmc import exact_order_posterior, order_total_variation
+    from latentscm.inference.mcmc_exact import exact_order_posterior, order_total_variation
 
     data = observed_chain(d, 24, seed)
     orders, probs = exact_order_posterior(data.x, data.targets, data.values, 1.0, np.ones(d), 0.1)

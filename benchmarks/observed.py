@@ -4,7 +4,7 @@ Parts
 -----
 exact     The d = 3 and d = 4 chains of ``benchmarks/mcmc_exact.py`` (24 rows, Normal(0, 1) edge prior,
           noise scales 1, tau = 0.1), whose posterior over orders is enumerated exactly by
-          :func:`latentscm.inference.mcmc.exact_order_posterior`. ``collapsed`` (SVI, identity decoder)
+          :func:`latentscm.inference.mcmc_exact.exact_order_posterior`. ``collapsed`` (SVI, identity decoder)
           runs with a LogNormal(0, 0.01) noise prior (noise scales pinned near the enumeration's known 1;
           SVI has no fixed-noise option), 4000 draws; the table gives the total variation (TV) between
           its order frequencies and the exact posterior, next to ``mcmc``'s (which conditions on the
@@ -45,7 +45,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def exact_rows():
     from latentscm.data.simulate import observed_chain as chain_data
     from latentscm.inference import fit
-    from latentscm.inference.mcmc import exact_order_posterior, order_total_variation
+    from latentscm.inference.mcmc_exact import exact_order_posterior, order_total_variation
 
     rows = []
     for d, seed in ((3, 1), (4, 0)):

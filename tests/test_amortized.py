@@ -11,7 +11,8 @@ from numpyro.distributions.kl import kl_divergence
 from latentscm.data import DataError, Dataset, SimulationConfig, simulate
 from latentscm.data.scm import sample_latents, topological_order
 from latentscm.inference import Posterior, fit
-from latentscm.inference.amortized import AmortizedConfig, pair_units
+from latentscm.inference.amortized import AmortizedConfig
+from latentscm.inference.encoder import pair_units
 from latentscm.metrics import expected_shd, mcc
 from latentscm.models.amortized import (amortized_model, gaussian_scm_kl, intervention_scale, pair_noise_guide,
                                         pair_second, unit_batches)

@@ -12,15 +12,10 @@ from latentscm.data import SimulationConfig, simulate
 from latentscm.data.scm import topological_order
 from latentscm.data.simulate import observed_chain as chain_data
 from latentscm.inference import Posterior, fit
-from latentscm.inference.mcmc import (
-    exact_order_posterior,
-    sample_decoder,
-    gibbs_latents,
-    identity_log_likelihood,
-    identity_stats,
-    order_total_variation,
-    reversal_index,
-)
+from latentscm.inference.mcmc_kernel import reversal_index
+from latentscm.inference.mcmc_exact import exact_order_posterior, order_total_variation
+from latentscm.inference.mcmc_gibbs import gibbs_latents, sample_decoder
+from latentscm.models.observed import identity_log_likelihood, identity_stats
 from latentscm.metrics import structure_metrics
 from latentscm.models.collapsed import latent_posterior
 from latentscm.models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_from_order

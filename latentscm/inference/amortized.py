@@ -26,27 +26,25 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 import optax
-from jax.scipy.special import logsumexp
 from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 
 from .._validate import (KNOWN_ORDER, TEMPERATURES, check_fields, flag, integer, number, one_of, optional, path,
                          setting)
-from ..models.amortized import (amortized_model, intervention_scale, pair_noise_guide, pair_second,
-                                unit_batches)
-from ..models.collapsed import make_units
+from ..models.amortized import amortized_model, intervention_scale, unit_batches
 from ..models.priors import parse_priors
-from ..models.scm import InterventionalLinearGaussian, tril_to_matrix, weights_from_order
+from ..models.scm import tril_to_matrix, weights_from_order
+from .encoder import (decode_point, encode, importance_log_predictive, initialise_amortized, noise_guide, pair_latents,
+                      pair_units)
 from .guide import draw, initial_params, make_sampler, mean_field_guide, site_specs
-from .initialise import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 from .posterior import Posterior
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .svi import SVIProblem, checkpoint_for, geometric_schedule, seed_keys, solve
@@ -113,193 +111,37 @@ class AmortizedConfig:
         check_unknowns("amortized", dataset, values=self.unknown_values == "latent")
 
 
-class GaussianEncoder(eqx.Module):
-    """``q(z | x, m, v)``: one row's ``[x_std (D,), m (d,), v (d,)]`` -> (loc (d,), scale_tril (d, d)).
+class AmortizedBuild(NamedTuple):
+    """:func:`build_amortized`'s result: the SVI problem and what the posterior is assembled from."""
 
-    With ``missing=True`` a fourth input ``(d,)`` flags the targeted entries whose value is unknown
-    (their ``v`` is 0); None feeds zeros.
-
-    ``x_std`` is ``x`` standardised by the training data's per-feature mean and sd. The MLP's outputs
-    are ``d`` means, ``d`` log-scales (the Cholesky diagonal) and, for ``full=True``, the
-    ``d(d-1)/2`` below-diagonal entries of the Cholesky factor.
-    """
-
-    net: eqx.nn.MLP
-    d: int = eqx.field(static=True)
-    full: bool = eqx.field(static=True)
-    missing: bool = eqx.field(static=True)
-
-    def __init__(self, D, d, width, depth, full, *, key, missing=False):
-        n_out = 2 * d + (d * (d - 1) // 2 if full else 0)
-        net = eqx.nn.MLP(D + (3 if missing else 2) * d, n_out, width, depth, activation=jax.nn.leaky_relu, key=key)
-        last = net.layers[-1]
-        weight = last.weight.at[d:].set(0.0)
-        bias = last.bias.at[d:].set(0.0).at[d:2 * d].set(jnp.log(_INIT_Z_SCALE))
-        self.net = eqx.tree_at(lambda n: (n.layers[-1].weight, n.layers[-1].bias), net, (weight, bias))
-        self.d, self.full, self.missing = d, full, missing
-
-    def __call__(self, x_std, targets, values, missing=None):
-        d = self.d
-        extra = [jnp.zeros_like(targets) if missing is None else missing] if self.missing else []
-        out = self.net(jnp.concatenate([x_std, targets, values] + extra))
-        tril = jnp.diag(jnp.exp(jnp.clip(out[d:2 * d], -12.0, 5.0)))
-        if self.full:
-            rows, cols = jnp.tril_indices(d, -1)
-            tril = tril.at[rows, cols].set(out[2 * d:])
-        return out[:d], tril
-
-    def distribution(self, x_std, targets, values, missing=None):
-        """Batched ``q(z_n)`` for rows (B, ...): ``Normal(...).to_event(1)`` or ``MultivariateNormal``."""
-        loc, tril = jax.vmap(self)(x_std, targets, values, missing)
-        if self.full:
-            return dist.MultivariateNormal(loc, scale_tril=tril)
-        return dist.Normal(loc, jnp.diagonal(tril, 0, -2, -1)).to_event(1)
+    problem: SVIProblem
+    ini: object  # the start (:class:`~latentscm.inference.initialise.Initialisation`)
+    encoder0: eqx.Module
+    decoder0: eqx.Module | None  # the network decoder's start (None: linear)
+    units: tuple | None  # (singles, pairs) row indices with use_pairs
+    x_norm: tuple  # per-feature mean and sd of x (the encoder's input standardisation)
+    batch: int
 
 
-def _fit_regression(net, inputs, targets, weights, steps, learning_rate, key, batch=2048):
-    """Fit ``net`` (a row-wise module of ``inputs``) to ``targets`` by weighted squared error (Adam).
-
-    inputs: tuple of (N, ...) arrays; targets, weights: (N, k). Minibatches of ``batch`` rows.
-    """
-    N = targets.shape[0]
-    B = min(N, batch)
-    params, static = eqx.partition(net, eqx.is_inexact_array)
-    opt = optax.adam(learning_rate)
-
-    def loss(p, idx):
-        out = jax.vmap(eqx.combine(p, static))(*(a[idx] for a in inputs))
-        out = out[0] if isinstance(out, tuple) else out
-        return jnp.sum(weights[idx] * (out - targets[idx]) ** 2) / jnp.maximum(jnp.sum(weights[idx]), 1.0)
-
-    @functools.partial(jax.jit, static_argnums=3)
-    def run(p, s, key, n):
-        def body(carry, k):
-            p, s = carry
-            idx = jax.random.choice(k, N, (B,), replace=False) if B < N else jnp.arange(N)
-            g = jax.grad(loss)(p, idx)
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        (p, s), _ = jax.lax.scan(body, (p, s), jax.random.split(key, n))
-        return p, s
-
-    if steps > 0:
-        params, _ = run(params, opt.init(params), key, steps)
-    return eqx.combine(params, static)
-
-
-def _encode(encoder, x_std, targets, values, missing=None, chunk=4096):
-    """Encoder mean and sd (N, d) for every row, in chunks."""
-    f = eqx.filter_jit(lambda e, x, t, v, u: jax.vmap(e)(x, t, v, u))
-    missing = jnp.zeros_like(targets) if missing is None else missing
-    means, sds = [], []
-    for i in range(0, len(x_std), chunk):
-        loc, tril = f(encoder, x_std[i:i + chunk], targets[i:i + chunk], values[i:i + chunk], missing[i:i + chunk])
-        means.append(np.asarray(loc))
-        sds.append(np.sqrt(np.sum(np.asarray(tril) ** 2, axis=-1)))
-    return np.concatenate(means), np.concatenate(sds)
-
-
-def _initialise(dataset, config, key, x_std, targets, values):
-    """Data-driven start: pretrained encoder and decoder, latent estimate, order proposal, L and sigma."""
-    d, D = dataset.d, dataset.D
-    k_enc, k_dec, k_fit1, k_fit2 = jax.random.split(key, 4)
-    encoder = GaussianEncoder(D, d, config.encoder_width, config.encoder_depth,
-                              config.encoder_covariance == "full", key=k_enc,
-                              missing=config.unknown_values == "latent")
-    t_np = np.asarray(targets)
-    lab = (t_np > 0) & np.isfinite(dataset.values)  # targeted with a known value: a label
-    v_np = np.where(lab, np.asarray(values), np.where(t_np > 0, np.nan, 0.0))  # NaN where unknown
-    z_lin, found, _, _ = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np, tau=config.tau,
-                                          value_scale=config.value_scale, order=config.known_order)
-    if config.latent_init == "supervised":
-        # Label z_j by v_j where j is targeted; nodes without usable interventions fall back to z_lin.
-        usable = np.array([lab[:, j].sum() >= d + 2 and np.ptp(v_np[lab[:, j], j]) > 0 for j in range(d)])
-        labels = np.where(usable, np.where(lab, v_np, 0.0), z_lin)
-        weights = np.where(usable, lab.astype(np.float32), 1.0)
-        zeros = jnp.zeros_like(targets)
-        encoder = _fit_regression(encoder, (x_std, zeros, zeros), jnp.asarray(labels, jnp.float32),
-                                  jnp.asarray(weights, jnp.float32), config.pretrain_steps, 3e-3, k_fit1)
-        z_hat = _encode(encoder, x_std, zeros, zeros)[0].astype(np.float64)
-    else:
-        z_hat = z_lin
-        zeros = jnp.zeros_like(targets)
-        encoder = _fit_regression(encoder, (x_std, zeros, zeros), jnp.asarray(z_lin, jnp.float32),
-                                  jnp.ones_like(targets), config.pretrain_steps, 3e-3, k_fit1)
-    first = encoder.net.layers[0]
-    encoder = eqx.tree_at(lambda e: e.net.layers[0].weight, encoder, first.weight.at[:, D:].set(0.0))
-    if config.known_order is None and found is not None:  # the identification's order (no value anchors)
-        order, score = found, order_score(z_hat, t_np, found)
-    elif config.known_order is None:
-        order, score = propose_order(z_hat, t_np, v_np)
-    else:
-        order = np.asarray(config.known_order)
-        score = order_score(z_hat, t_np, order)
-    W, sigma = np.zeros((d, d)), np.ones(d)
-    for p, j in enumerate(order):
-        _, coef, sigma[j] = _node_fit(z_hat, t_np, j, list(order[:p]))
-        W[order[:p], j] = coef
-    x64 = np.asarray(dataset.x, np.float64)
-    Z1 = np.c_[z_hat, np.ones(len(z_hat))]
-    coef, *_ = np.linalg.lstsq(Z1, x64, rcond=None)
-    A, b = coef[:-1], coef[-1]
-    resid = x64 - Z1 @ coef
-    decoder = None
-    if config.decoder == "mlp":
-        decoder = eqx.nn.MLP(d, D, config.decoder_width, config.decoder_depth, activation=jax.nn.leaky_relu,
-                             key=k_dec)
-        decoder = _fit_regression(decoder, (jnp.asarray(z_hat, jnp.float32),), jnp.asarray(x64, jnp.float32),
-                                  jnp.ones((len(x64), D), jnp.float32), config.pretrain_steps, 3e-3, k_fit2)
-        resid = x64 - _decode_point(decoder, z_hat[None], None)[0]
-    obs_scale = max(float(np.sqrt(np.mean(resid**2))), 1e-3)
-    ini = Initialisation(z_hat, A, b, obs_scale, np.asarray(order), W, sigma, float(score), t_np)
-    return ini, encoder, decoder
-
-
-def _decode_point(net, z, draws):
-    """``decode`` for a point-estimate decoder: z (K, M, d) -> (K, M, D); ``draws`` unused."""
-    return np.asarray(_apply_rows(net, jnp.asarray(z, jnp.float32)))
-
-
-@eqx.filter_jit
-def _apply_rows(net, z):
-    return jax.vmap(jax.vmap(net))(z)
-
-
-def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, progress=True):
-    """Fit the amortized model to ``dataset``; returns a :class:`Posterior`."""
-    start = time.perf_counter()
-    priors = parse_priors(priors)
-    d, N = dataset.d, dataset.N
-    rng = np.random.default_rng(seed)
-    key_init, key_svi, key_draw, key_predictive = seed_keys(seed, 4)
+def _data(dataset, config):
+    """The arrays the model and guide see (float32), the pair units (with ``use_pairs``) and x's scaling."""
     x = jnp.asarray(dataset.x, jnp.float32)
     x_loc, x_scale = x.mean(0), x.std(0) + 1e-6
-    units = pair_units(dataset) if config.use_pairs else None  # pair ids validated by check_fit_inputs
     targets = jnp.asarray(dataset.targets, jnp.float32)
     values = jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)
-    latent_values = config.unknown_values == "latent"
     vknown = jnp.asarray(~((dataset.targets > 0) & np.isnan(dataset.values)), jnp.float32)
     data = {"x": x, "x_std": (x - x_loc) / x_scale, "targets": targets, "values": values,
             "missing": targets * (1 - vknown)}
+    units = pair_units(dataset) if config.use_pairs else None  # pair ids validated by check_fit_inputs
     if units is not None:
         data |= {"singles": jnp.asarray(units[0]), "pairs": jnp.asarray(units[1])}
-    ini, encoder0, decoder0 = _initialise(dataset, config, key_init, data["x_std"], targets, values)
-    known = None if config.known_order is None else jnp.asarray(config.known_order)
-    batch = min(config.batch_size, N)
-    decoder_arg = "linear" if config.decoder == "linear" else decoder0
+    return data, units, (np.asarray(x_loc), np.asarray(x_scale))
 
-    def scm_kwargs(data):
-        return dict(targets=data["targets"], values=data["values"], tau=config.tau, value_scale=config.value_scale,
-                    known=1 - data["missing"] if latent_values else None,
-                    units=None if units is None else (data["singles"], data["pairs"]))
 
-    def model(temperature, data):
-        amortized_model(data["x"], priors=priors, decoder=decoder_arg, order=known, batch_size=batch,
-                        **scm_kwargs(data))
-
-    specs = site_specs(model, 1.0, data, exclude=("P", "z", "z_pair", "u"))
-    base_guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
+def _guide(base_guide, encoder0, config, units, d, N, batch, known):
+    """The full guide: ``base_guide`` (global sites and order) plus the encoder's ``q(z_n | x_n, m_n, v_n)``
+    for each row, or with pairs each pair's first row and its shared-noise transform for the second."""
+    latent_values = config.unknown_values == "latent"
 
     def guide(temperature, data=None):
         tr = handlers.trace(base_guide).get_trace(temperature)
@@ -329,149 +171,86 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
             with numpyro.plate("pairs", len(pairs), subsample_size=bp) as idx:
                 a, b = pairs[idx, 0], pairs[idx, 1]
                 numpyro.sample("z_pair", q(a))
-                numpyro.sample("u", _noise_guide(enc, data["x_std"][b], t[b], v[b], None if miss is None else miss[b],
-                                                 W, sigma, t[a], scale[b]))
+                numpyro.sample("u", noise_guide(enc, data["x_std"][b], t[b], v[b], None if miss is None else miss[b],
+                                                W, sigma, t[a], scale[b]))
 
+    return guide
+
+
+def build_amortized(dataset, config: AmortizedConfig, priors, seed) -> AmortizedBuild:
+    """The amortized SVI problem: data, supervised start, model, guide, initial parameters and optimiser."""
+    d, N = dataset.d, dataset.N
+    rng = np.random.default_rng(seed)
+    data, units, x_norm = _data(dataset, config)
+    ini, encoder0, decoder0 = initialise_amortized(dataset, config, seed_keys(seed, 4)[0], data["x_std"],
+                                                   data["targets"], data["values"])
+    known = None if config.known_order is None else jnp.asarray(config.known_order)
+    batch = min(config.batch_size, N)
+    decoder_arg = "linear" if config.decoder == "linear" else decoder0
+    latent_values = config.unknown_values == "latent"
+
+    def model(temperature, data):
+        amortized_model(data["x"], priors=priors, decoder=decoder_arg, order=known, batch_size=batch,
+                        targets=data["targets"], values=data["values"], tau=config.tau,
+                        value_scale=config.value_scale, known=1 - data["missing"] if latent_values else None,
+                        units=None if units is None else (data["singles"], data["pairs"]))
+
+    specs = site_specs(model, 1.0, data, exclude=("P", "z", "z_pair", "u"))
+    base_guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
+    guide = _guide(base_guide, encoder0, config, units, d, N, batch, known)
     params0 = initial_params(specs, ini, d, config, rng)
-    R = config.num_restarts
     nets = {"encoder$params": eqx.filter(encoder0, eqx.is_inexact_array)}
     if decoder0 is not None:
         nets["decoder$params"] = eqx.filter(decoder0, eqx.is_inexact_array)
-    params0 |= jax.tree.map(lambda a: jnp.broadcast_to(a, (R,) + a.shape), nets)
+    params0 |= jax.tree.map(lambda a: jnp.broadcast_to(a, (config.num_restarts,) + a.shape), nets)
     params0 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params0)
     # A short warm-up keeps the first Adam steps from knocking the pretrained networks off their fit.
     optimizer = optax.adam(optax.linear_schedule(config.learning_rate / 100, config.learning_rate, 100))
     problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
                          data, config.num_particles, mean_field=True)
-    svi = solve(problem, key_svi, config.steps, chunk=config.chunk, progress=progress, desc="amortized",
+    return AmortizedBuild(problem, ini, encoder0, decoder0, units, x_norm, batch)
+
+
+def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, progress=True):
+    """Fit the amortized model to ``dataset``; returns a :class:`Posterior`."""
+    start = time.perf_counter()
+    priors = parse_priors(priors)
+    _, key_svi, key_draw, key_predictive = seed_keys(seed, 4)  # the first: the start's (build_amortized)
+    built = build_amortized(dataset, config, priors, seed)
+    data, units, d = built.problem.data, built.units, dataset.d
+    svi = solve(built.problem, key_svi, config.steps, chunk=config.chunk, progress=progress, desc="amortized",
                 checkpoint=checkpoint_for("amortized", config, priors, seed, dataset))
-    losses, best, tail_loss, params = svi.losses, svi.best, svi.tail, svi.restart(svi.best)
-    draws = draw(make_sampler(guide, config.temperature[1], config.num_draws, d, known), params, key_draw)
-    encoder = eqx.combine(params["encoder$params"], encoder0)
-    missing = data["missing"] if latent_values else None
-    latent_mean, latent_sd = _encode(encoder, data["x_std"], targets, values, missing)
+    params = svi.restart(svi.best)
+    known = None if config.known_order is None else jnp.asarray(config.known_order)
+    draws = draw(make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, known), params,
+                 key_draw)
+    encoder = eqx.combine(params["encoder$params"], built.encoder0)
+    missing = data["missing"] if config.unknown_values == "latent" else None
+    latent_mean, latent_sd = encode(encoder, data["x_std"], data["targets"], data["values"], missing)
     if units is not None and len(units[1]):  # row b of each pair: through the pair's transform
         b = units[1][:, 1]
-        latent_mean[b], latent_sd[b] = _pair_latents(encoder, data, units[1], draws, config, key_draw)
+        latent_mean[b], latent_sd[b] = pair_latents(encoder, data, units[1], draws, config, key_draw)
     decoder = {"obs_scale": draws["obs_scale"]}
     decode = log_predictive = None
     if config.decoder == "linear":
         decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
     else:
-        net = eqx.combine(params["decoder$params"], decoder0)
-        decode = functools.partial(_decode_point, net)
+        net = eqx.combine(params["decoder$params"], built.decoder0)
+        decode = functools.partial(decode_point, net)
         log_predictive = functools.partial(
-            _importance_log_predictive, encoder, net, (np.asarray(x_loc), np.asarray(x_scale)),
+            importance_log_predictive, encoder, net, built.x_norm,
             {"W": draws["W"], "noise_scale": draws["noise_scale"], "obs_scale": draws["obs_scale"]},
             config.tau, config.heldout_draws, config.heldout_particles, key_predictive,
-            config.value_scale if latent_values else None)
+            config.value_scale if config.unknown_values == "latent" else None)
     return Posterior(
         method="amortized", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
-        decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, best],
+        decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-svi.losses[:, svi.best],
         seconds=time.perf_counter() - start, tau=config.tau, decode=decode, log_predictive=log_predictive,
-        info={"restart_elbo": (-tail_loss).tolist(), "best_restart": best,
-              "proposal_order": ini.order.tolist(), "decoder_kind": config.decoder, "batch_size": batch,
+        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
+              "proposal_order": built.ini.order.tolist(), "decoder_kind": config.decoder, "batch_size": built.batch,
               "latents": "encoder mean and sd of q(z_n | x_n, targets_n, values_n)" + (
                   "; each pair's row b: Monte Carlo mean and sd of z_b(z_a, u) over q and the posterior draws"
                   if units is not None else ""),
               "units": None if units is None else {"singles": len(units[0]), "pairs": len(units[1])},
               "config": config.__dict__, "priors": priors.describe()},
     )
-
-
-def _importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, key, value_scale,
-                               dataset, chunk=256):
-    """Per-row estimate (N,) of ``log p(x_n | m_n, v_n, data)`` for a nonlinear decoder.
-
-    For each of ``num_draws`` posterior draws theta_s (the first ones), ``p(x_n | theta_s)`` is estimated
-    by importance sampling with the encoder ``q(z | x_n, m_n, v_n)`` as proposal (``num_particles``
-    samples): ``mean_k p(x_n | z_k) p(z_k | theta_s) / q(z_k)``; the estimates are averaged over draws.
-    Unbiased for ``p(x_n | data)``; its log is biased low (Jensen), the more so the worse q fits.
-    ``value_scale`` (None: values must be known): prior sd of unknown values (NaN where targeted).
-    """
-    x = jnp.asarray(dataset.x, jnp.float32)
-    x_std = (x - x_norm[0]) / x_norm[1]
-    t = jnp.asarray(dataset.targets, jnp.float32)
-    v = jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float32)
-    miss = jnp.asarray((dataset.targets > 0) & np.isnan(dataset.values), jnp.float32)
-    if value_scale is None and dataset.num_unknown_values:
-        raise ValueError("heldout_nll: the dataset has unknown intervention values; the fit had "
-                         "unknown_values = 'error'")
-    scales = jnp.broadcast_to(intervention_scale(tau, t, None if value_scale is None else 1 - miss,
-                                                 value_scale or 0.0), t.shape)
-    S = min(num_draws, len(draws["W"]))
-    W, sigma, s = (jnp.asarray(draws[k][:S], jnp.float32) for k in ("W", "noise_scale", "obs_scale"))
-
-    @eqx.filter_jit
-    def rows(key, x, x_std, t, v, miss, tau):
-        q = encoder.distribution(x_std, t, v, miss)  # batch (B,)
-        z = q.sample(key, (num_particles,))  # (K, B, d)
-        log_q = q.log_prob(z)  # (K, B)
-        mean = jax.vmap(jax.vmap(decoder))(z)  # (K, B, D)
-
-        def per_draw(W, sigma, s):
-            log_pz = InterventionalLinearGaussian(W, sigma, t, v, tau).log_prob(z)  # tau: (B, d) scales
-            log_px = dist.Normal(mean, s).to_event(1).log_prob(x)
-            return logsumexp(log_px + log_pz - log_q, axis=0) - jnp.log(num_particles)  # (B,)
-
-        ll = jax.lax.map(lambda a: per_draw(*a), (W, sigma, s))  # (S, B)
-        return logsumexp(ll, axis=0) - jnp.log(S)
-
-    out = []
-    for i in range(0, len(x), chunk):
-        key, k = jax.random.split(key)
-        sl = slice(i, i + chunk)
-        out.append(np.asarray(rows(k, x[sl], x_std[sl], t[sl], v[sl], miss[sl], scales[sl])))
-    return np.concatenate(out)
-
-
-def pair_units(dataset):
-    """``(singles (S,), pairs (P, 2))`` row indices for ``use_pairs``; in each pair, row a (column 0) is the
-    one with fewer targets. The pair ids were validated by ``check_fit_inputs``."""
-    units = make_units(np.zeros((dataset.N, 0)), dataset.targets, dataset.targets, dataset.pair)  # rows only
-    groups = {u.rows.shape[1]: u.rows for u in units}
-    singles, pairs = groups.get(1, np.zeros((0, 1), np.int64))[:, 0], groups[2]
-    n_t = dataset.targets.sum(1)
-    swap = n_t[pairs[:, 1]] < n_t[pairs[:, 0]]
-    pairs = np.where(swap[:, None], pairs[:, ::-1], pairs)
-    return singles.astype(np.int32), pairs.astype(np.int32)
-
-
-def _noise_guide(enc, x_std, t, v, miss, W, sigma, t_a, scale):
-    """``q(u)`` of a batch of pairs: the encoder's Gaussian for row b mapped by :func:`pair_noise_guide`."""
-    loc, tril = jax.vmap(enc)(x_std, t, v, miss)
-    sd = jnp.sqrt(jnp.sum(tril**2, axis=-1))
-    loc, sc = pair_noise_guide(loc, sd, W, sigma, t_a, t, v, scale)
-    return dist.Normal(loc, sc).to_event(1)
-
-
-def _pair_latents(encoder, data, pairs, draws, config, key, chunk=256):
-    """Mean and sd (P, d) of each pair's row b under the fitted guide: per posterior draw (W, sigma),
-    ``z_a ~ q(z_a)``, ``u ~ q(u | W, sigma)``, ``z_b = pair_second(z_a, u)``; moments over the draws."""
-    W, sigma = jnp.asarray(draws["W"], jnp.float32), jnp.asarray(draws["noise_scale"], jnp.float32)
-    latent_values = config.unknown_values == "latent"
-    t, v = data["targets"], data["values"]
-    miss = data["missing"] if latent_values else None
-    scale = jnp.broadcast_to(intervention_scale(config.tau, t, None if miss is None else 1 - miss,
-                                                config.value_scale), t.shape)
-
-    @eqx.filter_jit
-    def moments(encoder, key, a, b):
-        m = lambda r: None if miss is None else miss[r]  # noqa: E731
-        qa = encoder.distribution(data["x_std"][a], t[a], v[a], m(a))
-
-        def one(k, W, sigma):
-            k1, k2 = jax.random.split(k)
-            q_u = _noise_guide(encoder, data["x_std"][b], t[b], v[b], m(b), W, sigma, t[a], scale[b])
-            return pair_second(qa.sample(k1), q_u.sample(k2), W, sigma, t[a], t[b], v[b], scale[b])
-
-        z = jax.vmap(one)(jax.random.split(key, len(W)), W, sigma)  # (S, B, d)
-        return z.mean(0), z.std(0)
-
-    means, sds = [], []
-    for i in range(0, len(pairs), chunk):
-        key, k = jax.random.split(key)
-        mean, sd = moments(encoder, k, jnp.asarray(pairs[i:i + chunk, 0]), jnp.asarray(pairs[i:i + chunk, 1]))
-        means.append(np.asarray(mean))
-        sds.append(np.asarray(sd))
-    return np.concatenate(means), np.concatenate(sds)

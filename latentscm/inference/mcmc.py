@@ -48,48 +48,43 @@ Gaussian jitter ``init_jitter`` on ``L`` and ``log sigma``; ``order_init="random
 from a random order instead (weights refitted in that order), and ``svi_init_steps > 0`` starts chain
 ``c`` from draw ``c`` of a short ``collapsed`` SVI fit.
 
-Exactness check: :func:`exact_order_posterior` enumerates ``p(order | z)`` in closed form for the
+Modules: the chain (:mod:`.mcmc_kernel`), the Gibbs augmentation (:mod:`.mcmc_gibbs`), the exact order
+posterior (:mod:`.mcmc_exact`); this one holds the settings, the starts, the chain driver and the fit.
+
+Exactness check: :func:`~latentscm.inference.mcmc_exact.exact_order_posterior` enumerates ``p(order | z)`` in closed form for the
 identity decoder with Normal edge priors and fixed noise scales (Bayesian linear regression per node).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
-from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import jax.scipy.linalg
-import numpyro
-import numpyro.distributions as dist
 from numpyro import handlers
-from numpyro.distributions.transforms import biject_to
-from numpyro.infer.hmc import hmc
-from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
 from .._validate import KNOWN_ORDER, check_fields, flag, integer, number, one_of, optional, sequence, setting
-from ..models.collapsed import _singles, _unit_terms, collapsed_model, sufficient_stats
-from ..models.observed import identity_log_likelihood, identity_model, identity_stats
+from ..models.collapsed import collapsed_model, sufficient_stats
+from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
-from ..models.scm import LOG_2PI, sample_graph
-from .guide import site_specs
+from .mcmc_gibbs import augmented_model, make_augmentation
+from .mcmc_kernel import ChainState, make_sampler
 from ._datarules import check_decoder, check_known_order, check_unknowns
 from .collapsed import latent_summaries
 from .sharding import shard_leading
 from .initialise import _node_fit, initialise
 from .posterior import Posterior
+from .svi import seed_keys
 
 DECODERS = ("linear", "identity")
 _DECODER_WHY = ("mcmc integrates z out exactly, which needs a linear decoder ('identity': x is z itself); for a "
                 "nonlinear decoder such as 'mlp' use a variational method")
-_PERMUTED_SITES = ("edge_weight", "edge_weight_local_scale")  # tril-shaped sites the reversal permutes
 
 
 @dataclass(frozen=True)
@@ -141,311 +136,6 @@ class MCMCConfig:
             raise ValueError(f"mcmc: fixed_noise_scales needs {dataset.d} values (one per latent); got "
                              f"{len(self.fixed_noise_scales)}")
         check_unknowns("mcmc", dataset)
-
-
-# ---------------------------------------------------------------------------------------------------
-# exact order posterior (identity decoder, Normal edge prior, known noise scales)
-# ---------------------------------------------------------------------------------------------------
-
-
-def _log_evidence_node(y, X, prior_scale, sigma):
-    """log N(y; 0, sigma^2 I + s^2 X X^T) (Bayesian linear regression evidence), via Woodbury."""
-    n, k = len(y), X.shape[1]
-    out = -0.5 * n * (LOG_2PI + 2 * math.log(sigma)) - 0.5 * (y @ y) / sigma**2
-    if k:
-        A = np.eye(k) / prior_scale**2 + X.T @ X / sigma**2
-        c = np.linalg.cholesky(A)
-        u = np.linalg.solve(c, X.T @ y / sigma**2)
-        out += 0.5 * (u @ u) - np.sum(np.log(np.diag(c))) - k * math.log(prior_scale)
-    return out
-
-
-def exact_order_posterior(z, targets, values, prior_scale, noise_scales, tau):
-    """Exact posterior over node orders for observed latents, by enumeration of all d! orders.
-
-    Model: uniform order prior; in position space i.i.d. ``Normal(0, prior_scale)`` weights on all
-    pairs (earlier -> later), the ``edge_weight`` prior of :func:`identity_model`; noise scales known.
-    Then ``p(z | order)`` factorises over nodes into Bayesian linear regressions of ``z_j`` on all its
-    predecessors over the rows where j is not intervened (intervened rows contribute a factor that does
-    not depend on the order; ``values`` and ``tau`` enter only there and cancel).
-
-    z: (N, d); targets, values: (N, d); noise_scales: (d,).
-    Returns ``orders`` (d!, d) int (lexicographic) and ``probs`` (d!,).
-    """
-    z = np.asarray(z, np.float64)
-    m = np.asarray(targets) > 0
-    d = z.shape[1]
-    sigma = np.broadcast_to(np.asarray(noise_scales, np.float64), (d,))
-    del values, tau  # order-independent factors
-    orders = np.array(list(itertools.permutations(range(d))), dtype=np.int64)
-    cache = {}
-    logp = np.zeros(len(orders))
-    for o, order in enumerate(orders):
-        for p, j in enumerate(order):
-            key = (int(j), frozenset(int(i) for i in order[:p]))
-            if key not in cache:
-                rows = ~m[:, j]
-                cache[key] = _log_evidence_node(z[rows, j], z[rows][:, sorted(key[1])], prior_scale, sigma[j])
-            logp[o] += cache[key]
-    probs = np.exp(logp - logp.max())
-    return orders, probs / probs.sum()
-
-
-def order_total_variation(order_draws, orders, probs):
-    """Total variation distance between the empirical distribution of ``order_draws`` (S, d) and the
-    distribution ``probs`` over ``orders`` (K, d) (e.g. from :func:`exact_order_posterior`)."""
-    d = orders.shape[1]
-    base = d ** np.arange(d)[::-1]
-    index = {int(k): i for i, k in enumerate(orders @ base)}
-    counts = np.zeros(len(orders))
-    for key in np.asarray(order_draws) @ base:
-        counts[index[int(key)]] += 1
-    return 0.5 * float(np.abs(counts / counts.sum() - probs).sum())
-
-
-# ---------------------------------------------------------------------------------------------------
-# the sampler
-# ---------------------------------------------------------------------------------------------------
-
-
-class ChainState(NamedTuple):
-    """State of one chain: the NUTS state (unconstrained continuous sites), the order (d,), the
-    augmentation (:func:`aux_from`; ``{}`` unless ``decoder_update="gibbs"``) and a key."""
-
-    hmc_state: object
-    order: jax.Array
-    aux: dict
-    rng_key: jax.Array
-
-
-class StepInfo(NamedTuple):
-    """Per-iteration output of one chain."""
-
-    z: dict  # unconstrained continuous sites after the step
-    order: jax.Array  # (d,)
-    dec: dict  # Gibbs-updated decoder sites, or {}
-    diverging: jax.Array
-    accept_prob: jax.Array  # NUTS mean acceptance probability of the step
-    num_steps: jax.Array  # leapfrog steps
-    swap_accepted: jax.Array  # accepted random swaps in this iteration
-    swap_proposed: jax.Array
-    reversal_accepted: jax.Array  # accepted adjacent reversals
-    reversal_proposed: jax.Array
-
-
-def reversal_index(d):
-    """(d-1, d(d-1)/2) int: ``l'[t] = l[idx[k, t]]`` implements the adjacent reversal at positions k, k+1.
-
-    ``L' = Q L Q^T`` (Q swaps k and k+1) except ``L'[k+1, k] = L[k+1, k]``; an involution.
-    """
-    rows, cols = np.tril_indices(d, -1)
-    pos = {(int(r), int(c)): t for t, (r, c) in enumerate(zip(rows, cols))}
-    out = np.zeros((max(d - 1, 0), len(rows)), np.int64)
-    for k in range(d - 1):
-        q = np.arange(d)
-        q[k], q[k + 1] = k + 1, k
-        for t, (r, c) in enumerate(zip(rows, cols)):
-            out[k, t] = t if (r, c) == (k + 1, k) else pos[(int(q[r]), int(q[c]))]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# data augmentation: exact Gibbs draws of z and of the linear decoder
-# ---------------------------------------------------------------------------------------------------
-
-GIBBS_SITES = ("decoder_weight", "decoder_bias")
-
-
-def normal_prior_params(prior):
-    """``(loc, scale)`` of a Normal prior; a clear error for any other family (the conjugate decoder
-    update needs Normal decoder priors)."""
-    if prior.distribution is None and prior.family == "normal":
-        return float(prior.params["loc"]), float(prior.params["scale"])
-    if isinstance(prior.distribution, dist.Normal):
-        return float(prior.distribution.loc), float(prior.distribution.scale)
-    raise ValueError(
-        f"mcmc: decoder_update='gibbs' needs a normal prior on {prior.name!r} (conjugate given z); got "
-        f"{prior.family}. Use a normal prior or set decoder_update='nuts'.")
-
-
-def gibbs_latents(key, x, targets, values, W, sigma, A, b, obs_scale, tau):
-    """One exact draw of the latents z (N, d) from ``p(z | x, targets, values, W, sigma, A, b, s)``,
-    rows independent: through the noise coordinates ``xi | x ~ N(K^{-1} U e, s^2 K^{-1})``, then
-    ``z = xi Gamma + v Gz`` (as :func:`~latentscm.models.collapsed.unit_latent_posterior`)."""
-    gamma, gz, Ue, _, K, V = _unit_terms(_singles(x, targets, values), W, sigma, A, b, obs_scale, tau, 1.0)
-    n, r = Ue.shape
-    d = W.shape[-1]
-    chol = jnp.linalg.cholesky(K)  # K = C C^T
-    mean = jax.scipy.linalg.cho_solve((chol, True), Ue[..., None])
-    noise = jax.random.normal(key, (n, r, 1), K.dtype)
-    xi = (mean + obs_scale * jax.scipy.linalg.solve_triangular(chol, noise, lower=True, trans="T"))[..., 0]
-    return jnp.einsum("nr,nrq->nq", xi, gamma.reshape(n, r, d)) + jnp.einsum("nq,nqp->np", V, gz.reshape(n, d, d))
-
-
-def sample_decoder(key, z, x, obs_scale, weight_prior, bias_prior):
-    """One exact draw of the linear decoder ``A (d, D), b (D,)`` from ``p(A, b | z, x, s)``: for each
-    output dimension a Bayesian linear regression of ``x[:, j]`` on ``[z, 1]`` with independent normal
-    priors ``(loc, scale)`` (``weight_prior`` on A, ``bias_prior`` on b); all columns share one
-    precision matrix, so one Cholesky factor serves the whole decoder."""
-    n, d = z.shape
-    F = jnp.concatenate([z, jnp.ones((n, 1), z.dtype)], axis=1)
-    prec0 = jnp.concatenate([jnp.full(d, weight_prior[1] ** -2.0), jnp.full(1, bias_prior[1] ** -2.0)])
-    loc0 = jnp.concatenate([jnp.full(d, weight_prior[0]), jnp.full(1, bias_prior[0])])
-    s2 = obs_scale**2
-    chol = jnp.linalg.cholesky(F.T @ F / s2 + jnp.diag(prec0))
-    mean = jax.scipy.linalg.cho_solve((chol, True), F.T @ x / s2 + (prec0 * loc0)[:, None])
-    noise = jax.random.normal(key, mean.shape, mean.dtype)
-    draw = mean + jax.scipy.linalg.solve_triangular(chol, noise, lower=True, trans="T")
-    return draw[:d], draw[d]
-
-
-def aux_from(z, A, b, raw):
-    """The augmentation for latents z (N, d) and decoder ``(A, b)`` on ``raw = (x, targets, values)``:
-    the decoder, z's :class:`~latentscm.models.observed.IdentityStats`, the residual sum of squares and its count ``N D``."""
-    x, targets, values = raw
-    return {"decoder_weight": A, "decoder_bias": b, "zstats": identity_stats(z, targets, values),
-            "rss": jnp.sum((x - z @ A - b) ** 2), "n_obs": jnp.asarray(x.size, x.dtype)}
-
-
-def augmented_model(data, order, aux, *, priors, tau):
-    """Target of the NUTS and order updates under ``decoder_update="gibbs"``: the SCM's sites and
-    ``obs_scale`` given the augmentation ``aux`` (:func:`aux_from`): ``p(z | W, sigma)`` through z's
-    statistics and ``p(x | z, A, b, s)`` through the residual sum of squares."""
-    W, sigma, _ = sample_graph(aux["zstats"].gram.shape[-1], priors["edge_weight"], priors["noise_scale"], order)
-    s = priors["obs_scale"].sample("obs_scale", ())
-    numpyro.factor("z", identity_log_likelihood(aux["zstats"], W, sigma, tau))
-    numpyro.factor("x", -0.5 * (aux["n_obs"] * (LOG_2PI + 2 * jnp.log(s)) + aux["rss"] / s**2))
-
-
-def make_augmentation(priors, tau, fixed_noise):
-    """``augment(key, params, raw) -> aux``: draw z from ``p(z | x, W, sigma, A, b, s)`` (z integrated
-    out of nothing: the collapsed model's exact conditional), then ``(A, b)`` from
-    ``p(A, b | z, x, s)``. With the NUTS and order updates of :func:`augmented_model` this is a Gibbs
-    sampler on ``(z, A, b, rest)`` whose marginal over everything but z is the collapsed model's
-    posterior; NUTS then moves only the SCM's sites and ``obs_scale`` (no 500-dimensional decoder)."""
-    wp = normal_prior_params(priors["decoder_weight"])
-    bp = normal_prior_params(priors["decoder_bias"])
-
-    def augment(key, params, raw):
-        sigma = params["noise_scale"] if fixed_noise is None else fixed_noise
-        k_z, k_dec = jax.random.split(key)
-        x, targets, values = raw
-        z = gibbs_latents(k_z, x, targets, values, params["W"], sigma, params["decoder_weight"],
-                           params["decoder_bias"], params["obs_scale"], tau)
-        A, b = sample_decoder(k_dec, z, x, params["obs_scale"], wp, bp)
-        return aux_from(z, A, b, raw)
-
-    return augment
-
-
-# ---------------------------------------------------------------------------------------------------
-# the sampler
-# ---------------------------------------------------------------------------------------------------
-
-
-def make_sampler(model, data, init_values, order0, config, num_warmup, augment=None):
-    """Build the HMC-within-Gibbs chain on ``model(data, order, aux)``.
-
-    init_values: constrained starting values of the continuous sites, one dict per chain; order0:
-    (C, d) starting orders; augment: optional ``augment(key, params, raw) -> aux``
-    (:func:`make_augmentation`), run first in every iteration. Returns ``(init_one, z0, aux0, step,
-    postprocess)``: ``init_one(z, order, aux, key, data) -> (hmc_state, aux)``, ``step(state, data)
-    -> (state, StepInfo)`` for one chain (vmap them), ``postprocess(z, order, data)`` the constrained
-    values and ``W``.
-    """
-    d = order0.shape[1]
-    if augment is None:
-        aux0 = [{} for _ in init_values]
-    else:  # a placeholder (z = 0) carrying the start decoder; init_one draws the first real augmentation
-        zero = jnp.zeros((data["raw"][0].shape[0], d), jnp.float64)
-        aux0 = [aux_from(zero, *(jnp.asarray(vals[k], jnp.float64) for k in GIBBS_SITES), data["raw"])
-                for vals in init_values]
-    template = aux0[0]
-    specs = site_specs(model, data, jnp.asarray(order0[0]), template, exclude=())
-    z0 = []
-    for vals in init_values:
-        zc = {}
-        for name, (shape, support) in specs.items():
-            if name in vals:
-                value = biject_to(support).inv(jnp.asarray(vals[name], jnp.float64))
-            else:  # hierarchical scales: start at 1 (0.1 for global scales), as the collapsed method does
-                value = jnp.full(shape, np.log(0.1) if name.endswith("global_scale") else 0.0)
-            zc[name] = jnp.asarray(value, jnp.float64).reshape(shape)
-        z0.append(zc)
-    z0 = jax.tree.map(lambda *xs: jnp.stack(xs), *z0)
-    aux0 = jax.tree.map(lambda *xs: jnp.stack(xs), *aux0)
-
-    def pe_gen(data, order, aux):
-        return partial(potential_energy, model, (data, order, aux), {})
-
-    def constrained(z, order, aux, data):
-        return constrain_fn(model, (data, order, aux), {}, z, return_deterministic=True)
-
-    def augmented(key, z, order, aux, data):
-        params = {**constrained(z, order, aux, data), **{k: aux[k] for k in GIBBS_SITES}}
-        return augment(key, params, data["raw"])
-
-    init_kernel, sample_kernel = hmc(potential_fn_gen=pe_gen, algo="NUTS")
-    n_moves = d if config.order_moves is None else config.order_moves
-    if config.known_order is not None or d < 2:
-        n_moves = 0
-    rev = jnp.asarray(reversal_index(d))
-    permuted = [k for k in _PERMUTED_SITES if k in specs]
-
-    def init_one(z, order, aux, key, data):
-        if augment is not None:
-            key, k_aux = jax.random.split(key)
-            aux = augmented(k_aux, z, order, aux, data)
-        state = init_kernel(z, num_warmup, adapt_step_size=True, adapt_mass_matrix=True,
-                            dense_mass=config.dense_mass, target_accept_prob=config.target_accept_prob,
-                            max_tree_depth=config.max_tree_depth, model_args=(data, order, aux), rng_key=key)
-        return state, aux
-
-    def order_moves(key, z, order, aux, U, data):
-        def body(_, carry):
-            z, order, U, key, counts = carry
-            key, k_type, k_pair, k_adj, k_acc = jax.random.split(key, 5)
-            is_swap = jax.random.uniform(k_type) < config.swap_prob
-            pair = jax.random.choice(k_pair, d, (2,), replace=False)
-            k = jax.random.randint(k_adj, (), 0, d - 1)
-            a = jnp.where(is_swap, pair[0], k)
-            b = jnp.where(is_swap, pair[1], k + 1)
-            new_order = order.at[a].set(order[b]).at[b].set(order[a])
-            new_z = dict(z)
-            for name in permuted:
-                new_z[name] = jnp.where(is_swap, z[name], z[name][rev[k]])
-            new_U = pe_gen(data, new_order, aux)(new_z)
-            log_alpha = U - new_U
-            accept = jnp.log(jax.random.uniform(k_acc)) < jnp.where(jnp.isfinite(log_alpha), log_alpha, -jnp.inf)
-            z = jax.tree.map(lambda n, o: jnp.where(accept, n, o), new_z, z)
-            order = jnp.where(accept, new_order, order)
-            U = jnp.where(accept, new_U, U)
-            counts = counts + jnp.array([accept & is_swap, is_swap, accept & ~is_swap, ~is_swap], jnp.int32)
-            return z, order, U, key, counts
-
-        z, order, U, _, counts = jax.lax.fori_loop(0, n_moves, body, (z, order, U, key, jnp.zeros(4, jnp.int32)))
-        return z, order, counts
-
-    def step(state, data):
-        key, k_moves, k_aux = jax.random.split(state.rng_key, 3)
-        hs, order, aux = state.hmc_state, state.order, state.aux
-        z, U = hs.z, hs.potential_energy
-        if augment is not None:
-            aux = augmented(k_aux, z, order, aux, data)
-            U = pe_gen(data, order, aux)(z)
-        z, order, counts = order_moves(k_moves, z, order, aux, U, data)
-        if n_moves or augment is not None:
-            U, grad = jax.value_and_grad(pe_gen(data, order, aux))(z)
-            hs = hs._replace(z=z, potential_energy=U, z_grad=grad)
-        hs = sample_kernel(hs, model_args=(data, order, aux))
-        dec = {k: aux[k] for k in GIBBS_SITES if k in aux}
-        out = StepInfo(hs.z, order, dec, hs.diverging, hs.accept_prob, hs.num_steps, *counts)
-        return ChainState(hs, order, aux, key), out
-
-    def postprocess(z, order, data):  # the factors' values do not matter here, only W and the sites
-        return constrained(z, order, template, data)
-
-    return init_one, z0, aux0, step, postprocess
 
 
 def _chain_starts(dataset, config, rng, d):
@@ -529,26 +219,7 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
     C, tau = config.num_chains, config.tau
     with jax.enable_x64(True):
         starts, orders0, proposal, svi = _chain_starts(dataset, config, rng, d)
-        raw = None
-        if config.decoder == "identity":
-            stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
-            base_model = identity_model
-        elif gibbs:
-            stats = None
-            raw = (jnp.asarray(dataset.x, jnp.float64), jnp.asarray(dataset.targets),
-                   jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float64))
-        else:
-            stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
-            base_model = collapsed_model
-        data = {"stats": stats, "raw": raw}
-
-        def model(data, order, aux):
-            with handlers.condition(data={} if fixed is None else {"noise_scale": fixed}):
-                if gibbs:
-                    augmented_model(data, order, aux, priors=priors, tau=tau)
-                else:
-                    base_model(data["stats"], priors=priors, tau=tau, order=order)
-
+        model, data = _model(dataset, config, priors, fixed, gibbs)
         init_fn, z0, aux0, step, postprocess = make_sampler(model, data, starts, orders0, config,
                                                             config.num_warmup, augment)
 
@@ -557,7 +228,7 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
             return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # (chain, iteration, ...)
 
         run = jax.jit(run, static_argnums=2)
-        keys = jax.random.split(jax.random.PRNGKey(seed), C)
+        keys = seed_keys(seed, C)
         total = config.num_warmup + config.num_samples
         if config.chain_method in ("vectorized", "parallel"):
             if config.chain_method == "parallel":  # the chain axis split over the devices (jit follows)
@@ -596,9 +267,32 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
               "reversal_acceptance": _rate(counts["reversal_accepted"], counts["reversal_proposed"]),
               "svi_init": svi is not None},
     )
-    post.info.update(diagnostics(post))
-    object.__setattr__(post, "seconds", time.perf_counter() - start)
-    return post
+    return dataclasses.replace(post, info=post.info | diagnostics(post), seconds=time.perf_counter() - start)
+
+
+def _model(dataset, config, priors, fixed, gibbs):
+    """The sampled model ``model(data, order, aux)`` and its data: the collapsed (or identity) model on the
+    sufficient statistics, or under Gibbs updates the model given the augmentation, with the raw arrays."""
+    raw, tau = None, config.tau
+    if config.decoder == "identity":
+        stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
+        base_model = identity_model
+    elif gibbs:
+        stats, base_model = None, None
+        raw = (jnp.asarray(dataset.x, jnp.float64), jnp.asarray(dataset.targets),
+               jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float64))
+    else:
+        stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
+        base_model = collapsed_model
+
+    def model(data, order, aux):
+        with handlers.condition(data={} if fixed is None else {"noise_scale": fixed}):
+            if gibbs:
+                augmented_model(data, order, aux, priors=priors, tau=tau)
+            else:
+                base_model(data["stats"], priors=priors, tau=tau, order=order)
+
+    return model, {"stats": stats, "raw": raw}
 
 
 def _rate(a, b):
