@@ -275,14 +275,17 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
+    from latentscm.criticism import criticise
     from latentscm.runs import write_json, write_run
 
+    criticism = criticise(posterior, dataset)  # LOO and the regime check on the training data
+    metrics |= criticism.metrics
     _print_metrics(metrics)
-    for problem in getattr(posterior, "diagnostics", []):  # the fit's own evidence disagrees: say so
+    for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
         print(f"warning: {problem}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
     args.out = str(out)
-    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info)
+    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
