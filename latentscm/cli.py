@@ -440,14 +440,20 @@ def _cmd_compare(args) -> int:
         if path is not None:
             _load(path, flag)  # validate before any fit starts
     out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
-    from latentscm.compare import compare  # pandas; each fit runs in its own `latentscm fit` process
+    import warnings
+
+    from latentscm.compare import compare  # pandas; each fit runs in its own child process
 
     try:
-        table = compare(args.data, methods, seeds=seeds, test=args.test, out_dir=out)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            table = compare(args.data, methods, seeds=seeds, test=args.test, out_dir=out)
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     summary = table.drop(columns="seed").groupby("method", sort=False).mean(numeric_only=True)
     print(summary.round(4).to_string())
+    for w in caught:  # e.g. unreliable LOO
+        print(f"warning: {w.message}")
     print(f"comparison: {out / 'comparison.md'} (and .csv, .png)")
     return 0
 
@@ -520,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="fit several methods on the same data; write a comparison table and plot",
                        description="Fit each method with each seed on the same dataset (one process per fit) and "
-                                   "write comparison.csv, comparison.md and comparison.png.")
+                                   "write comparison.csv, comparison.md and comparison.png (held-out NLL beside "
+                                   "PSIS-LOO on the training data).")
     p.add_argument("--data", required=True, metavar="FILE.npz", help="the dataset to fit")
     p.add_argument("--methods", required=True, help="comma-separated method names, e.g. collapsed,mcmc")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")

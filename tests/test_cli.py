@@ -369,9 +369,10 @@ def test_compare_end_to_end(tiny_file, tmp_path, capsys):
     assert code == 0, err
     table = pd.read_csv(tmp_path / "c" / "comparison.csv")
     assert list(table["method"]) == ["collapsed", "mcmc"]
-    assert {"e_shd", "auroc", "mcc", "seconds", "wall_s", "peak_rss_mb"} <= set(table.columns)
-    assert (table["peak_rss_mb"] > 50).all()
+    assert {"e_shd", "auroc", "mcc", "loo", "loo_se", "loo_k_max", "seconds", "wall_s", "peak_rss_mb"} <= set(table.columns)
+    assert (table["peak_rss_mb"] > 50).all() and np.isfinite(table["loo"]).all()
     assert (tmp_path / "c" / "comparison.png").stat().st_size > 0
+    assert "az.compare" in (tmp_path / "c" / "comparison.md").read_text()
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")),

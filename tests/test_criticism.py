@@ -124,3 +124,49 @@ def test_criticise_identity_decoder_and_no_decoder_function(data):
     result = criticise(mlp, train)  # no density, no decoder function: nothing to check, nothing said
     assert result.check is None and np.isnan(result.metrics["loo"]) and result.problems == []
     assert "log_likelihood" not in result.tree.children
+
+
+# ------------------------------------------------------------------------------------------ compare's child
+
+
+def test_compare_child_propagates_a_bad_setting(data, tmp_path, monkeypatch):
+    from latentscm.compare import run_fit_process
+
+    monkeypatch.setenv("LATENTSCM_JAX_CACHE", "off")
+    path = data[0].save(tmp_path / "train.npz")
+    with pytest.raises(ValueError, match=r"collapsed-seed0: unknown setting\(s\) \['stepz'\]"):
+        run_fit_process(path, tmp_path / "fits", config={"stepz": 3})
+    assert not (tmp_path / "fits" / "collapsed-seed0.json").exists()
+
+
+def test_compare_child_returns_metrics_with_loo(data, tmp_path, monkeypatch):
+    """The child's work in this process, with the fit replaced by a hand-built posterior."""
+    import latentscm.cli
+    import latentscm.compare as compare
+    import latentscm.inference
+
+    train, test = data
+    monkeypatch.setattr(latentscm.cli, "enable_compilation_cache", lambda: None)
+    monkeypatch.setattr(latentscm.inference, "fit", lambda dataset, *a, **k: truth_posterior(dataset))
+    settings = {"data": str(train.save(tmp_path / "train.npz")), "test": str(test.save(tmp_path / "test.npz")),
+                "method": "collapsed", "seed": 0, "config": {}, "priors": {}, "out": str(tmp_path / "run"),
+                "result": str(tmp_path / "m.json"), "error": str(tmp_path / "e.json")}
+    metrics = compare._child(settings)
+    assert {"heldout_nll", "loo", "loo_se", "loo_k_max", "ppc_min_p", "ppc_failed", "peak_rss_mb"} <= set(metrics)
+    assert np.isfinite(metrics["loo"]) and metrics["ppc_failed"] == 0
+    assert {"posterior.nc", "ppc.png", "ppc.json", "run.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
+
+
+@pytest.mark.slow  # a real fit in a child process: about 20-30 s, nearly all of it start-up and compilation
+def test_compare_child_process_end_to_end(tmp_path, monkeypatch):
+    from latentscm.compare import run_fit_process
+
+    monkeypatch.setenv("LATENTSCM_JAX_CACHE", "off")
+    cfg = SimulationConfig(d=3, D=3, design="iid", n_rows=200, n_regimes=4, rows_per_regime=50)
+    train, _ = simulate(cfg, 0)
+    observed = Dataset.from_arrays(train.z, train.targets, train.values, z=train.z, weights=train.weights)
+    metrics = run_fit_process(observed.save(tmp_path / "obs.npz"), tmp_path / "fits", method="mcmc",
+                              config={"decoder": "identity", "num_warmup": 50, "num_samples": 50, "num_chains": 2})
+    assert metrics["method"] == "mcmc" and np.isfinite(metrics["loo"]) and metrics["wall_s"] > metrics["seconds"]
+    assert metrics["peak_rss_mb"] > 50
+
