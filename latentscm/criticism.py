@@ -24,7 +24,8 @@ Two checks, both on the data the model was fitted to:
   paired rows share their noise, which leaves each regime's expected moments as they are.
 
 :func:`criticise` runs both and returns a :class:`Criticism` with the ArviZ tree (log-likelihood
-included), the metrics (``loo``, ``loo_se``, ``loo_p``, ``loo_k_max``, ``ppc_min_p``, ``ppc_failed``)
+included), the metrics (``loo``, ``loo_se``, ``loo_p``, ``loo_k_max``, ``loo_k_over``, ``loo_units``,
+``ppc_min_p``, ``ppc_failed``)
 and the problems found as sentences; :func:`latentscm.runs.write_run` writes ``ppc.png`` (see
 :func:`latentscm.plots_checks.plot_regime_check`) and ``ppc.json`` from it.
 """
@@ -49,12 +50,14 @@ LOO_K_MAX = 0.7
 PPC_ALPHA = 0.01
 #: ... and the misfit (nats per row) a failing regime must exceed: with many rows tiny misfits are significant
 PPC_KL = MOMENT_KL
-_NAN_LOO = {"loo": float("nan"), "loo_se": float("nan"), "loo_p": float("nan"), "loo_k_max": float("nan")}
+_NAN_LOO = {"loo": float("nan"), "loo_se": float("nan"), "loo_p": float("nan"), "loo_k_max": float("nan"),
+            "loo_k_over": 0, "loo_units": 0}
 
 
 def loo_metrics(tree) -> dict:
-    """``loo`` (elpd_loo, summed over units), ``loo_se``, ``loo_p`` (effective number of parameters) and
-    ``loo_k_max`` (largest Pareto k) of ``az.loo(tree)``; NaN when ``tree`` has no ``log_likelihood``
+    """``loo`` (elpd_loo, summed over units), ``loo_se``, ``loo_p`` (effective number of parameters),
+    ``loo_k_max`` (largest Pareto k), ``loo_k_over`` (units with k > :data:`LOO_K_MAX`) and ``loo_units``
+    of ``az.loo(tree)``; NaN (and 0 units) when ``tree`` has no ``log_likelihood``
     group or PSIS cannot fit a tail (fewer than about 25 draws, or all draws alike). ArviZ's own warning about large k is silenced: compare ``loo_k_max`` with :data:`LOO_K_MAX`."""
     import arviz as az
 
@@ -66,8 +69,9 @@ def loo_metrics(tree) -> dict:
             result = az.loo(tree, pointwise=True)
         except ValueError:  # too few draws or identical ones: PSIS has no tail to fit
             return dict(_NAN_LOO)
+    k = np.asarray(result.pareto_k)
     return {"loo": float(result.elpd), "loo_se": float(result.se), "loo_p": float(result.p),
-            "loo_k_max": float(np.nanmax(np.asarray(result.pareto_k)))}
+            "loo_k_max": float(np.nanmax(k)), "loo_k_over": int((k > LOO_K_MAX).sum()), "loo_units": int(k.size)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,10 +155,12 @@ def criticise(posterior, dataset, *, num_draws=100, seed=0) -> Criticism:
         tree = posterior.to_arviz()
     metrics = loo_metrics(tree)
     problems = []
-    if metrics["loo_k_max"] > LOO_K_MAX:
-        problems.append(f"LOO: the largest Pareto k is {metrics['loo_k_max']:.2f} (> {LOO_K_MAX}): the "
-                        "leave-one-out estimate is unreliable for some units (posterior draws far from the "
-                        "leave-one-out posteriors, or influential rows)")
+    if metrics["loo_k_over"]:
+        unit = tree["log_likelihood"].attrs["unit"]
+        problems.append(f"LOO: Pareto k > {LOO_K_MAX} for {metrics['loo_k_over']} of {metrics['loo_units']} "
+                        f"{unit}s (largest {metrics['loo_k_max']:.2f}; p_loo {metrics['loo_p']:.0f}): the "
+                        "leave-one-out estimate `loo` is unreliable (draws far wider than the posterior, as "
+                        "variational draws can be, or influential rows; docs/criticism.md)")
     try:
         check = regime_check(posterior, dataset, num_draws=num_draws, seed=seed)
     except (ValueError, NotImplementedError):

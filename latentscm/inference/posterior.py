@@ -33,8 +33,9 @@ class Posterior:
     decode: optional ``decode(z, draws) -> (K, M, D)`` mean of x for latents z (K, M, d) under the
     posterior draws with indices ``draws`` (K,); None means the linear decoder of ``decoder["A"]``,
     ``decoder["b"]`` (or ``x = z`` when there is none). log_predictive: optional
-    ``log_predictive(dataset) -> (N,)`` per-row log predictive density estimate, used by
-    ``heldout_nll`` when the decoder is not linear. diagnostics: human-readable problems the fit found
+    ``log_predictive(dataset, per_draw=False) -> (N,)`` per-row log predictive density estimate, with
+    ``per_draw=True`` its per-draw estimates (S', N) for its first S' draws; :meth:`log_likelihood` (so
+    ``heldout_nll`` and the ArviZ ``log_likelihood`` group) uses them when the decoder is not linear. diagnostics: human-readable problems the fit found
     in its own evidence (e.g. optimisation restarts that disagree, see
     :mod:`latentscm.inference.diagnostics`); empty when none. regimes (R,) and target_draws (S, R, d):
     when targets were inferred, the regime ids (sorted) and each draw's exact posterior probability that
