@@ -131,7 +131,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "criticism.json"
-    old = [r for r in json.loads(path.read_text()) if r["part"] not in {r["part"] for r in rows}] if path.is_file() else []
+    parts = {r["part"] for r in rows}
+    old = [r for r in json.loads(path.read_text()) if r["part"] not in parts] if path.is_file() else []
     rows = old + rows  # parts not run this time are kept
     path.write_text(json.dumps(rows, indent=2) + "\n")
     write_report(rows, args)

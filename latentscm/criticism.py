@@ -50,6 +50,7 @@ LOO_K_MAX = 0.7
 PPC_ALPHA = 0.01
 #: ... and the misfit (nats per row) a failing regime must exceed: with many rows tiny misfits are significant
 PPC_KL = MOMENT_KL
+_LOO_MIN_DRAWS = 25  # PSIS fits a tail of min(S / 5, 3 sqrt(S)) >= 5 draws
 _NAN_LOO = {"loo": float("nan"), "loo_se": float("nan"), "loo_p": float("nan"), "loo_k_max": float("nan"),
             "loo_k_over": 0, "loo_units": 0}
 
@@ -57,17 +58,21 @@ _NAN_LOO = {"loo": float("nan"), "loo_se": float("nan"), "loo_p": float("nan"), 
 def loo_metrics(tree) -> dict:
     """``loo`` (elpd_loo, summed over units), ``loo_se``, ``loo_p`` (effective number of parameters),
     ``loo_k_max`` (largest Pareto k), ``loo_k_over`` (units with k > :data:`LOO_K_MAX`) and ``loo_units``
-    of ``az.loo(tree)``; NaN (and 0 units) when ``tree`` has no ``log_likelihood``
-    group or PSIS cannot fit a tail (fewer than about 25 draws, or all draws alike). ArviZ's own warning about large k is silenced: compare ``loo_k_max`` with :data:`LOO_K_MAX`."""
+    of ``az.loo(tree)``; NaN (and 0 units) when ``tree`` has no ``log_likelihood`` group or PSIS cannot
+    fit a tail (fewer than 25 draws, or all draws alike). ArviZ's own warning about large k is silenced:
+    compare ``loo_k_max`` with :data:`LOO_K_MAX`."""
     import arviz as az
 
     if "log_likelihood" not in tree.children:
+        return dict(_NAN_LOO)
+    ll = tree["log_likelihood"]["x"]
+    if ll.sizes["chain"] * ll.sizes["draw"] < _LOO_MIN_DRAWS:
         return dict(_NAN_LOO)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
             result = az.loo(tree, pointwise=True)
-        except ValueError:  # too few draws or identical ones: PSIS has no tail to fit
+        except (ValueError, IndexError):  # e.g. identical draws: PSIS has no tail to fit
             return dict(_NAN_LOO)
     k = np.asarray(result.pareto_k)
     return {"loo": float(result.elpd), "loo_se": float(result.se), "loo_p": float(result.p),

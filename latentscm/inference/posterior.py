@@ -35,9 +35,9 @@ class Posterior:
     ``decoder["b"]`` (or ``x = z`` when there is none). log_predictive: optional
     ``log_predictive(dataset, per_draw=False) -> (N,)`` per-row log predictive density estimate, with
     ``per_draw=True`` its per-draw estimates (S', N) for its first S' draws; :meth:`log_likelihood` (so
-    ``heldout_nll`` and the ArviZ ``log_likelihood`` group) uses them when the decoder is not linear. diagnostics: human-readable problems the fit found
-    in its own evidence (e.g. optimisation restarts that disagree, see
-    :mod:`latentscm.inference.diagnostics`); empty when none. regimes (R,) and target_draws (S, R, d):
+    ``heldout_nll`` and the ArviZ ``log_likelihood`` group) uses them when the decoder is not linear.
+    diagnostics: human-readable problems the fit found in its own evidence (e.g. optimisation restarts
+    that disagree, see :mod:`latentscm.inference.diagnostics`); empty when none. regimes (R,) and target_draws (S, R, d):
     when targets were inferred, the regime ids (sorted) and each draw's exact posterior probability that
     node j is a target of regime r (known targets as 0/1); :attr:`target_probs` averages them.
     """
@@ -122,8 +122,8 @@ class Posterior:
             raise ValueError(f"log_likelihood: the posterior has an identity decoder (x is z, D = {self.d}); the "
                              f"dataset has D={dataset.D}")
         if "A" not in self.decoder and not observed:
-            raise ValueError(f"log_likelihood needs a linear decoder or a predictive density; method {self.method!r} "
-                             f"has {sorted(self.decoder)}")
+            raise ValueError(f"log_likelihood needs a linear decoder or a predictive density; method "
+                             f"{self.method!r} has {sorted(self.decoder)}")
         joint = by == "pair" and not observed and bool(self.info.get("config", {}).get("use_pairs"))
         if joint:
             return self._pair_log_likelihood(dataset)
@@ -145,7 +145,8 @@ class Posterior:
                 draws = (self.W, self.noise_scales, np.full(self.num_draws, self.tau))
             else:
                 f = _collapsed_rows
-                draws = self._draws() + (np.full(self.num_draws, self.tau), np.full(self.num_draws, self._value_scale()))
+                scalars = (np.full(self.num_draws, self.tau), np.full(self.num_draws, self._value_scale()))
+                draws = self._draws() + scalars
             return _chunked(f, rows, draws)
 
     def _pair_log_likelihood(self, dataset):
