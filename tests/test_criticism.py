@@ -170,3 +170,17 @@ def test_compare_child_process_end_to_end(tmp_path, monkeypatch):
     assert metrics["method"] == "mcmc" and np.isfinite(metrics["loo"]) and metrics["wall_s"] > metrics["seconds"]
     assert metrics["peak_rss_mb"] > 50
 
+
+
+def test_regime_check_with_inferred_targets(data):
+    """Hidden targets: each replicate draws the regime's targets from the draw's target probabilities."""
+    from latentscm.metrics import regime_table
+
+    train, _ = data
+    hidden = train.hide_targets([r for r in np.unique(train.regime) if train.targets[train.regime == r].any()])
+    ids, truth = regime_table(train.regime, train.targets)
+    post = truth_posterior(train)
+    right = Posterior(**{**post.__dict__, "regimes": ids, "target_draws": np.repeat(truth[None], 40, 0).astype(float)})
+    assert not regime_check(right, hidden, seed=2).failed.any()
+    wrong = Posterior(**{**right.__dict__, "target_draws": np.zeros((40,) + truth.shape)})  # "nothing targeted"
+    assert regime_check(wrong, hidden, seed=2).failed.sum() >= 4
