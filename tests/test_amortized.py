@@ -124,7 +124,7 @@ def _small_mlp_fit(steps, pretrain_steps, num_draws):
     return train, test, fit(train, "amortized", config=cfg, seed=0, progress=False)
 
 
-@pytest.mark.slow  # two compilations of the importance sampler: about 15 s
+@pytest.mark.slow  # two compilations of the importance sampler: 7-16 s on the shared cores
 def test_network_log_likelihood_per_draw_is_what_heldout_nll_reduces():
     """A network decoder's density (importance sampling, first ``heldout_draws`` draws) per draw: the
     log_likelihood group has those draws; -mean logmeanexp over them is heldout_nll (same keys)."""
