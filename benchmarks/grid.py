@@ -6,7 +6,7 @@ values written as NaN, fitted with ``unknown_values = "latent"``), targets given
 unknown``: every interventional regime's targets hidden, the observational one labelled, fitted with
 ``unknown_targets = "latent"``; target AUROC / AUPRC join the metrics), ``n_regimes`` regimes of
 ``rows_per_regime`` paired rows, ``D``), one method with its settings and one seed. Each fit is a fresh
-``latentscm fit`` process (:func:`latentscm.compare.run_fit_process`), so ``wall_s`` includes start-up
+child process (:func:`latentscm.compare.run_fit_process`), so ``wall_s`` includes start-up
 and compilation and ``peak_rss_mb`` is that fit's own peak memory.
 
 Resumable: every finished cell leaves ``<work>/<cell>.json`` (its metrics); a second run skips those
@@ -169,7 +169,7 @@ def write_tables(records, out, *, title, note=""):
         summary.insert(0, "fits", ok.groupby(group, sort=False).size())
         summary["max_wall_s"] = ok.groupby(group, sort=False)["wall_s"].max()
     failed = table[table["error"].fillna("") != ""] if "error" in table else table.iloc[:0]
-    text = (f"# {title}\n\n{note}Means over seeds per configuration; one `latentscm fit` process per fit "
+    text = (f"# {title}\n\n{note}Means over seeds per configuration; one process per fit "
             "(`wall_s` includes start-up and compilation, `seconds` is the fit itself, `peak_rss_mb` the "
             "process's peak resident memory).\n\n"
             + (summary.round(3).reset_index().to_markdown(index=False) if len(summary) else "(no finished fits)") + "\n\n"

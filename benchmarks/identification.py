@@ -19,7 +19,7 @@ A cell is one dataset and one fit: generator x values x design x targets x d x s
   ``unknown_values = "latent"`` for hidden values and ``use_pairs = true`` for the paired design. The
   fit's seed is the data seed.
 
-Each fit is its own ``latentscm fit`` process (:func:`latentscm.compare.run_fit_process`), so ``wall_s``
+Each fit is its own child process (:func:`latentscm.compare.run_fit_process`), so ``wall_s``
 includes start-up and compilation, ``seconds`` is the fit itself and ``peak_rss_mb`` is that process's peak
 resident memory. Metrics: E-SHD, AUROC, AUPRC, MCC, edge RMSE (:func:`latentscm.metrics.structure_metrics`).
 

@@ -3,7 +3,7 @@
 Problems: the default problem (``simulate(SimulationConfig(), seed)``, the ``latentscm run`` problem),
 seeds 0-4, default settings; and the d = 20 scaling cell (``benchmarks/scaling.py``: linear projection,
 D = 100, ER-1, multi-target, 100 regimes x 100 paired rows, order learned, ``scaled_settings(20)``),
-seeds 0-2. Each fit is its own ``latentscm fit`` process (``latentscm.compare.run_fit_process``), the two
+seeds 0-2. Each fit is its own child process (``latentscm.compare.run_fit_process``), the two
 precisions interleaved seed by seed. Resumable: a finished fit leaves its JSON in
 ``benchmarks/_work/precision/`` and is not refitted (``--fresh`` refits).
 
@@ -83,7 +83,7 @@ def write_tables(records, note=""):
     loads = df[["problem", "precision", "seed", "uptime_before"]].copy()
     loads["uptime_before"] = loads["uptime_before"].str.extract(r"(load average: .*)")[0]
     text = ("# `collapsed`: float32 against float64\n\n"
-            "Written by `benchmarks/precision.py`. One `latentscm fit` process per fit, pinned to one core "
+            "Written by `benchmarks/precision.py`. One process per fit, pinned to one core "
             "(`taskset -c 0`) of a 2-core machine shared with another engineer's jobs: `seconds` (the fit) and "
             "`wall_s` (start-up and compilation included) are noisy; the load average before each fit is listed "
             "below.\n\n" + note +

@@ -279,14 +279,17 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
+    from latentscm.criticism import criticise
     from latentscm.runs import write_json, write_run
 
+    criticism = criticise(posterior, dataset)  # LOO and the regime check on the training data
+    metrics |= criticism.metrics
     _print_metrics(metrics)
-    for problem in getattr(posterior, "diagnostics", []):  # the fit's own evidence disagrees: say so
+    for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
         print(f"warning: {problem}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
     args.out = str(out)
-    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info)
+    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -437,14 +440,20 @@ def _cmd_compare(args) -> int:
         if path is not None:
             _load(path, flag)  # validate before any fit starts
     out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
-    from latentscm.compare import compare  # pandas; each fit runs in its own `latentscm fit` process
+    import warnings
+
+    from latentscm.compare import compare  # pandas; each fit runs in its own child process
 
     try:
-        table = compare(args.data, methods, seeds=seeds, test=args.test, out_dir=out)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            table = compare(args.data, methods, seeds=seeds, test=args.test, out_dir=out)
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     summary = table.drop(columns="seed").groupby("method", sort=False).mean(numeric_only=True)
     print(summary.round(4).to_string())
+    for w in caught:  # e.g. unreliable LOO
+        print(f"warning: {w.message}")
     print(f"comparison: {out / 'comparison.md'} (and .csv, .png)")
     return 0
 
@@ -517,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="fit several methods on the same data; write a comparison table and plot",
                        description="Fit each method with each seed on the same dataset (one process per fit) and "
-                                   "write comparison.csv, comparison.md and comparison.png.")
+                                   "write comparison.csv, comparison.md and comparison.png (held-out NLL beside "
+                                   "PSIS-LOO on the training data).")
     p.add_argument("--data", required=True, metavar="FILE.npz", help="the dataset to fit")
     p.add_argument("--methods", required=True, help="comma-separated method names, e.g. collapsed,mcmc")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")

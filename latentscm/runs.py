@@ -14,7 +14,15 @@ A run folder holds
 ``latents.png``                   inferred against true latents (only when true latents are known)
 ``target_probabilities.png``      posterior target probabilities (regime x node), beside the true targets
                                   when known (only when the fit inferred targets)
+``ppc.png``, ``ppc.json``         posterior predictive check of each regime's mean and covariance (plot;
+                                  per-regime p-values and misfits), see :mod:`latentscm.criticism`
+                                  (with the training data, when the posterior can replicate x)
 ================================  =====================================================================
+
+With the training data, ``posterior.nc`` has a ``log_likelihood`` group (per pair when the data have pair
+ids, else per row: see :meth:`latentscm.inference.Posterior.to_arviz`), and ``metrics.json`` adds the
+model criticism of :func:`latentscm.criticism.criticise`: ``loo``, ``loo_se``, ``loo_p``, ``loo_k_max``
+(PSIS-LOO on the training data), ``ppc_min_p`` and ``ppc_failed``; its problems join ``diagnostics``.
 
 Every file is first written to a temporary file in the same folder and then moved into place with
 :func:`os.replace`, so a reader never sees a half-written file.
@@ -115,7 +123,7 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
 
 
 def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=None, *,
-              save_dataset: bool = True, info: Mapping | None = None) -> Path:
+              save_dataset: bool = True, info: Mapping | None = None, criticism=None) -> Path:
     """Write a run folder (see the module docstring for its files).
 
     Parameters
@@ -132,6 +140,9 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
     save_dataset : bool, default True
     info : mapping, optional
         Written as ``run.json`` (e.g. the settings and command line that produced the run).
+    criticism : latentscm.criticism.Criticism, optional
+        The model criticism of ``posterior`` on ``dataset`` when already computed; by default computed
+        here (:func:`latentscm.criticism.criticise`) whenever ``dataset`` is given.
 
     Returns
     -------
@@ -144,10 +155,22 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tree = posterior.to_arviz()
+    if criticism is None and dataset is not None:
+        from .criticism import criticise
+
+        criticism = criticise(posterior, dataset)
+    tree = posterior.to_arviz() if criticism is None else criticism.tree
     atomic_write(out / "posterior.nc", lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
     diagnostics = [str(p) for p in getattr(posterior, "diagnostics", [])]
+    if criticism is not None:
+        metrics = {**metrics, **criticism.metrics}
+        diagnostics += [p for p in criticism.problems if p not in diagnostics]
     write_json(out / "metrics.json", {**metrics, "diagnostics": diagnostics})
+    if criticism is not None and criticism.check is not None:
+        from .plots_checks import plot_regime_check
+
+        write_json(out / "ppc.json", criticism.check.to_json())
+        save_figure(plot_regime_check(criticism.check), out / "ppc.png")
     if info is not None:
         write_json(out / "run.json", info)
     if dataset is not None and save_dataset:

@@ -125,6 +125,37 @@ def _small_mlp_fit(steps, pretrain_steps, num_draws):
     return train, test, fit(train, "amortized", config=cfg, seed=0, progress=False)
 
 
+@pytest.mark.slow  # two compilations of the importance sampler: 7-16 s on the shared cores
+def test_network_log_likelihood_per_draw_is_what_heldout_nll_reduces():
+    """A network decoder's density (importance sampling, first ``heldout_draws`` draws) per draw: the
+    log_likelihood group has those draws; -mean logmeanexp over them is heldout_nll (same keys)."""
+    import functools
+
+    import equinox as eqx
+
+    from latentscm.inference.amortized import GaussianEncoder, _importance_log_predictive
+
+    train, _ = simulate(SimulationConfig(d=3, D=6, n_pairs=30, n_regimes=3, rows_per_regime=10), 0)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    encoder = GaussianEncoder(6, 3, 8, 1, False, key=k1)
+    net = eqx.nn.MLP(3, 6, 8, 1, activation=jax.nn.leaky_relu, key=k2)
+    S = 5
+    draws = {"W": np.repeat(W3[None], S, 0), "noise_scale": np.repeat(SIGMA3[None], S, 0),
+             "obs_scale": np.linspace(0.5, 1.0, S)}
+    log_predictive = functools.partial(_importance_log_predictive, encoder, net, (np.zeros(6), np.ones(6)), draws,
+                                       0.1, 3, 4, jax.random.PRNGKey(1), None)
+    post = Posterior(method="amortized", W=draws["W"], noise_scales=draws["noise_scale"],
+                     orders=np.tile(np.arange(3), (S, 1)), decoder={"obs_scale": draws["obs_scale"]},
+                     latent_mean=np.zeros((train.N, 3)), latent_scale=np.ones((train.N, 3)), elbo=np.zeros(0),
+                     seconds=0.0, log_predictive=log_predictive)
+    ll = post.to_arviz(train, by="row")["log_likelihood"]["x"]
+    assert ll.dims == ("chain", "draw", "obs") and ll.shape == (1, 3, train.N)
+    lme = np.logaddexp.reduce(ll.values[0], axis=0) - np.log(3)
+    np.testing.assert_allclose(lme, log_predictive(train), rtol=1e-5)
+    np.testing.assert_allclose(-lme.mean(), post.heldout_nll(train), rtol=1e-12)
+    assert post.to_arviz(train)["log_likelihood"]["x"].shape == (1, 3, 30)  # paired rows: per pair
+
+
 @pytest.mark.slow
 def test_small_mlp_fit_outputs():
     """A few steps only; compilation dominates (~35-90 s on 2 shared cores, hence slow)."""
@@ -136,9 +167,10 @@ def test_small_mlp_fit_outputs():
     assert np.isfinite(nll)
     pred = post.predict(test.targets[:4], test.values[:4], num_samples=6)
     assert pred["z"].shape == (6, 4, 3) and pred["x"].shape == (6, 4, 10)
-    tree = post.to_arviz()
+    tree = post.to_arviz(test)
     assert tree["posterior"]["W"].dims == ("chain", "draw", "parent", "child")
     assert tree["latents"]["z_mean"].dims == ("obs", "node")
+    assert tree["log_likelihood"]["x"].shape == (1, 5, test.N)  # the first heldout_draws draws
 
 
 @pytest.mark.slow

@@ -166,6 +166,17 @@ def test_known_order_recovers_graph(data, posterior):
     assert np.isfinite(posterior.heldout_nll(test))
 
 
+def test_log_likelihood_group(data, posterior):
+    """biols's linear decoder gives the collapsed density per draw: the group heldout_nll reduces."""
+    from scipy.special import logsumexp
+
+    _, test = data
+    ll = posterior.to_arviz(test)["log_likelihood"]["x"]
+    assert ll.dims == ("chain", "draw", "obs") and ll.shape == (1, 50, test.N)
+    ll = ll.values[0]
+    np.testing.assert_allclose(-np.mean(logsumexp(ll, axis=0) - np.log(50)), posterior.heldout_nll(test), rtol=1e-12)
+
+
 @pytest.mark.slow
 def test_mlp_decoder_and_learned_order_run(data):
     train, test = data

@@ -17,7 +17,7 @@ from latentscm.runs import atomic_write, run_metrics, write_json, write_run  # n
 
 TINY = SimulationConfig(d=3, D=10, n_pairs=200, n_regimes=4, rows_per_regime=50)
 RUN_FILES = {"posterior.nc", "metrics.json", "run.json", "edge_probabilities.png", "order_probabilities.png",
-             "elbo.png", "latents.png"}
+             "elbo.png", "latents.png", "ppc.png", "ppc.json"}
 TRUTH_KEYS = {"e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse"}
 
 
@@ -274,6 +274,10 @@ def test_write_run_files(tiny, tmp_path):
     np.testing.assert_allclose(Dataset.load(out / "dataset.npz").x, train.x)
     tree = xr.open_datatree(out / "posterior.nc", engine="h5netcdf")
     assert tree["posterior"]["W"].shape == (1, 20, 3, 3)
+    assert tree["log_likelihood"]["x"].dims == ("chain", "draw", "pair")  # tiny is paired: one entry per pair
+    written = json.loads((out / "metrics.json").read_text())
+    assert {"loo", "loo_se", "loo_k_max", "ppc_min_p", "ppc_failed"} <= set(written)
+    assert json.loads((out / "ppc.json").read_text())["regimes"]
 
 
 def test_write_run_without_truth_or_elbo(tiny, tmp_path):
@@ -285,7 +289,7 @@ def test_write_run_without_truth_or_elbo(tiny, tmp_path):
     assert set(metrics) == {"method", "n", "d", "D", "seconds", "peak_rss_mb"}
     out = write_run(tmp_path / "run", post, metrics, bare, save_dataset=False)
     assert {p.name for p in out.iterdir()} == {"posterior.nc", "metrics.json", "edge_probabilities.png",
-                                                "order_probabilities.png"}
+                                                "order_probabilities.png", "ppc.png", "ppc.json"}
 
 
 def test_fit_command_plumbing(tiny_file, tmp_path, capsys, fake_fit):
@@ -375,9 +379,10 @@ def test_compare_end_to_end(tiny_file, tmp_path, capsys):
     assert code == 0, err
     table = pd.read_csv(tmp_path / "c" / "comparison.csv")
     assert list(table["method"]) == ["collapsed", "mcmc"]
-    assert {"e_shd", "auroc", "mcc", "seconds", "wall_s", "peak_rss_mb"} <= set(table.columns)
-    assert (table["peak_rss_mb"] > 50).all()
+    assert {"e_shd", "auroc", "mcc", "loo", "loo_se", "loo_k_max", "seconds", "wall_s", "peak_rss_mb"} <= set(table.columns)
+    assert (table["peak_rss_mb"] > 50).all() and np.isfinite(table["loo"]).all()
     assert (tmp_path / "c" / "comparison.png").stat().st_size > 0
+    assert "az.compare" in (tmp_path / "c" / "comparison.md").read_text()
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")),

@@ -88,6 +88,28 @@ def test_posterior_shapes_and_heldout_nll(data, posterior):
     assert len(posterior.elbo) == 300 and np.mean(posterior.elbo[-30:]) > np.mean(posterior.elbo[:30])
 
 
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")
+def test_log_likelihood_group_loo_and_compare(data, posterior):
+    """The group holds the per-draw density heldout_nll reduces; az.loo and az.compare read it."""
+    import arviz as az
+    from scipy.special import logsumexp
+
+    train, test = data
+    group = posterior.to_arviz(test)["log_likelihood"]  # the test set has no pairs: one entry per row
+    assert group["x"].dims == ("chain", "draw", "obs") and group["x"].shape == (1, 100, test.N)
+    ll = group["x"].values[0]
+    np.testing.assert_allclose(-np.mean(logsumexp(ll, axis=0) - np.log(len(ll))), posterior.heldout_nll(test),
+                               rtol=1e-12)
+    tree = posterior.to_arviz(train)  # paired training rows: one entry per pair, the two rows' sum
+    assert tree["log_likelihood"]["x"].dims == ("chain", "draw", "pair") and tree["log_likelihood"].attrs["unit"] == "pair"
+    np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0].sum(1), posterior.log_likelihood(train).sum(1))
+    loo = az.loo(tree)
+    assert np.isfinite(loo.elpd) and loo.se > 0
+    shuffled = Posterior(**{**posterior.__dict__, "decoder": {**posterior.decoder, "A": posterior.decoder["A"][:, ::-1]}})
+    ranked = az.compare({"fit": tree, "shuffled decoder": shuffled.to_arviz(train)})
+    assert list(ranked.index) == ["fit", "shuffled decoder"]
+
+
 def test_to_arviz_named_dims(posterior, tmp_path):
     import arviz as az
 

@@ -43,14 +43,37 @@ def test_identity_statistics_handle_missing_targets_values():
     np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
-def test_collapsed_identity_recovers_observed_scm():
+@pytest.fixture(scope="module")
+def identity_fit():
     data = observed(4, 400, 0)
-    post = fit(data, "collapsed", config={"decoder": "identity", "steps": 300, "num_restarts": 1}, progress=False)
+    return data, fit(data, "collapsed", config={"decoder": "identity", "steps": 300, "num_restarts": 1}, progress=False)
+
+
+def test_collapsed_identity_recovers_observed_scm(identity_fit):
+    data, post = identity_fit
     assert post.decoder == {}
     np.testing.assert_allclose(post.latent_mean, data.x)
     assert np.all(post.latent_scale == 0)
     assert expected_shd(post.W, data.weights) <= 0.5
     np.testing.assert_allclose(post.W.mean(0), data.weights, atol=0.35)  # 400 rows (73 free for node 1), 300 steps
+
+
+def test_identity_log_likelihood_group_is_the_scm_density(identity_fit):
+    """Per row (no pairs), each draw's SCM density of x = z; -mean logmeanexp is heldout_nll; az.loo runs."""
+    import arviz as az
+
+    data, post = identity_fit
+    group = post.to_arviz(data)["log_likelihood"]
+    assert group["x"].dims == ("chain", "draw", "obs") and group["x"].shape == (1, post.num_draws, data.N)
+    ll = group["x"].values[0]
+    with jax.enable_x64(True):
+        ref = InterventionalLinearGaussian(jnp.asarray(post.W[3], jnp.float64), jnp.asarray(post.noise_scales[3], jnp.float64),
+                                           jnp.asarray(data.targets, jnp.float64), jnp.asarray(data.values, jnp.float64),
+                                           post.tau).log_prob(jnp.asarray(data.x, jnp.float64))
+    np.testing.assert_allclose(ll[3], np.asarray(ref), rtol=1e-9)
+    lme = np.logaddexp.reduce(ll, axis=0) - np.log(len(ll))
+    np.testing.assert_allclose(-lme.mean(), post.heldout_nll(data), rtol=1e-12)
+    assert np.isfinite(az.loo(post.to_arviz(data)).elpd)
 
 
 def test_heldout_nll_of_observed_variables_is_the_scm_density():

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..models.collapsed import group_rows
 
-__all__ = ["FitDiagnosticWarning", "restart_problems", "elbo_noise"]
+__all__ = ["FitDiagnosticWarning", "restart_problems", "elbo_noise", "moment_problems", "pattern_moments"]
 
 #: an edge belongs to a restart's graph when its posterior probability exceeds this
 EDGE_PROB = 0.5
@@ -129,6 +129,16 @@ MOMENT_ALPHA = 1e-3
 MOMENT_KL = 0.05
 
 
+def pattern_moments(W, sigma, mask, known, *, tau, value_scale):
+    """Propagator ``C = (I - W diag(1 - m))^-1`` (d, d) and exogenous variances ``omega`` (d,) of one
+    (targets ``mask``, known-values ``known``) pattern: ``z = e C`` with independent ``e_j`` of mean
+    ``m_j k_j v_j`` and variance ``omega_j``: ``sigma_j^2`` when free, ``tau^2`` when intervened with a
+    known value, ``tau^2 + value_scale^2`` when the value is unknown (its prior N(0, value_scale^2))."""
+    m, k = np.asarray(mask, np.float64), np.asarray(known, np.float64)
+    C = np.linalg.inv(np.eye(len(m)) - np.asarray(W) * (1 - m)[None, :])
+    return C, (1 - m) * np.asarray(sigma) ** 2 + m * (tau**2 + (1 - k) * value_scale**2)
+
+
 def moment_problems(x, targets, values, draws, *, tau, value_scale, max_draws=20):
     """Posterior predictive check of each target pattern's second moments, as sentences (empty: none).
 
@@ -172,8 +182,7 @@ def moment_problems(x, targets, values, draws, *, tau, value_scale, max_draws=20
             u, noise = (x - b) @ A.T @ AAt_inv, s_obs**2 * AAt_inv
         for c, (p, rows) in enumerate(zip(use, rows_of)):
             m, k = patterns[p, :d].astype(float), patterns[p, d:].astype(float)
-            C = np.linalg.inv(np.eye(d) - W * (1 - m)[None, :])
-            omega = (1 - m) * sigma**2 + m * (tau**2 + (1 - k) * value_scale**2)
+            C, omega = pattern_moments(W, sigma, m, k, tau=tau, value_scale=value_scale)
             M = C.T @ (omega[:, None] * C) + noise
             r = u[rows] - (v[rows] * m * k) @ C
             MS = np.linalg.solve(M, r.T @ r / n[c])

@@ -176,8 +176,9 @@ def _apply_rows(net, z):
 
 
 def importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, key, value_scale,
-                               dataset, chunk=256):
-    """Per-row estimate (N,) of ``log p(x_n | m_n, v_n, data)`` for a nonlinear decoder.
+                              dataset, chunk=256, per_draw=False):
+    """Per-row estimate (N,) of ``log p(x_n | m_n, v_n, data)`` for a nonlinear decoder; with ``per_draw``
+    the per-draw estimates (num_draws, N) of ``log p(x_n | m_n, v_n, theta_s)`` instead (same keys).
 
     For each of ``num_draws`` posterior draws theta_s (the first ones), ``p(x_n | theta_s)`` is estimated
     by importance sampling with the encoder ``q(z | x_n, m_n, v_n)`` as proposal (``num_particles``
@@ -205,20 +206,20 @@ def importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, n
         log_q = q.log_prob(z)  # (K, B)
         mean = jax.vmap(jax.vmap(decoder))(z)  # (K, B, D)
 
-        def per_draw(W, sigma, s):
+        def one_draw(W, sigma, s):
             log_pz = InterventionalLinearGaussian(W, sigma, t, v, tau).log_prob(z)  # tau: (B, d) scales
             log_px = dist.Normal(mean, s).to_event(1).log_prob(x)
             return logsumexp(log_px + log_pz - log_q, axis=0) - jnp.log(num_particles)  # (B,)
 
-        ll = jax.lax.map(lambda a: per_draw(*a), (W, sigma, s))  # (S, B)
-        return logsumexp(ll, axis=0) - jnp.log(S)
+        ll = jax.lax.map(lambda a: one_draw(*a), (W, sigma, s))  # (S, B)
+        return ll if per_draw else logsumexp(ll, axis=0) - jnp.log(S)
 
     out = []
     for i in range(0, len(x), chunk):
         key, k = jax.random.split(key)
         sl = slice(i, i + chunk)
         out.append(np.asarray(rows(k, x[sl], x_std[sl], t[sl], v[sl], miss[sl], scales[sl])))
-    return np.concatenate(out)
+    return np.concatenate(out, axis=-1)
 
 
 def pair_units(dataset):

@@ -14,10 +14,11 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from ..metrics import edge_probabilities, order_probabilities
-from ..models.collapsed import row_log_likelihood
+from ..models.collapsed import Units, make_units, row_log_likelihood, unit_log_likelihood
 from ..models.scm import InterventionalLinearGaussian
 
-_NLL_DRAWS = 16  # posterior draws per call of the held-out likelihood
+_LL_DRAWS = 16  # posterior draws per call of the log-likelihood
+_LL_ROWS = 512  # rows (or units) per call: every data set of rows compiles to one shape
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,10 +33,11 @@ class Posterior:
     decode: optional ``decode(z, draws) -> (K, M, D)`` mean of x for latents z (K, M, d) under the
     posterior draws with indices ``draws`` (K,); None means the linear decoder of ``decoder["A"]``,
     ``decoder["b"]`` (or ``x = z`` when there is none). log_predictive: optional
-    ``log_predictive(dataset) -> (N,)`` per-row log predictive density estimate, used by
-    ``heldout_nll`` when the decoder is not linear. diagnostics: human-readable problems the fit found
-    in its own evidence (e.g. optimisation restarts that disagree, see
-    :mod:`latentscm.inference.diagnostics`); empty when none. regimes (R,) and target_draws (S, R, d):
+    ``log_predictive(dataset, per_draw=False) -> (N,)`` per-row log predictive density estimate, with
+    ``per_draw=True`` its per-draw estimates (S', N) for its first S' draws; :meth:`log_likelihood` (so
+    ``heldout_nll`` and the ArviZ ``log_likelihood`` group) uses them when the decoder is not linear.
+    diagnostics: human-readable problems the fit found in its own evidence (e.g. optimisation restarts
+    that disagree, see :mod:`latentscm.inference.diagnostics`); empty when none. regimes (R,) and target_draws (S, R, d):
     when targets were inferred, the regime ids (sorted) and each draw's exact posterior probability that
     node j is a target of regime r (known targets as 0/1); :attr:`target_probs` averages them.
     """
@@ -82,41 +84,87 @@ class Posterior:
     def heldout_nll(self, dataset):
         """Mean per-row negative log predictive density of ``dataset`` (e.g. unseen regimes).
 
-        ``-mean_n log mean_s p(x_n | targets_n, values_n, theta_s)``, z integrated out exactly.
+        ``-mean_n log mean_s p(x_n | targets_n, values_n, theta_s)``, z integrated out exactly: the
+        per-row, per-draw :meth:`log_likelihood` reduced over draws and rows.
+        """
+        ll = self.log_likelihood(dataset)
+        return float(-np.mean(logsumexp(ll, axis=0) - np.log(len(ll))))
+
+    def log_likelihood(self, dataset, *, by="row"):
+        """Per-draw log-likelihood ``log p(x_u | targets, values, theta_s)`` (S, U), latents integrated out.
+
+        by="row": U = N, one entry per row, rows taken as independent given the draw. by="pair": one
+        entry per unit of rows that share their exogenous noise, in the order of ``np.unique(dataset.pair)``
+        (a row whose pair id no other row carries is a unit of one); the exact joint density of the pair
+        where the fit modelled the pairing (``use_pairs`` with a linear decoder), else the sum of its rows'
+        entries (the model treats them as independent given the draw).
+
+        Linear decoders: the collapsed density (:func:`latentscm.models.collapsed.row_log_likelihood`,
+        ``unit_log_likelihood`` for pairs); identity decoder: the SCM's density of x = z; network decoders
+        (``log_predictive``): its per-draw estimate (amortized: importance sampling with the encoder, for
+        the first ``heldout_draws`` draws only, so S is that number). Evaluated in padded chunks of draws
+        and rows (one compiled shape, memory O(16 x 512 x D x d)). ValueError where there is no density.
         """
         if dataset.d != self.d:
-            raise ValueError(f"heldout_nll: dataset has d={dataset.d}, the posterior d={self.d}")
+            raise ValueError(f"log_likelihood: dataset has d={dataset.d}, the posterior d={self.d}")
         if dataset.target_unknown is not None:
-            raise ValueError("heldout_nll needs the held-out rows' targets; this dataset has "
+            raise ValueError("log_likelihood needs the rows' targets; this dataset has "
                              f"{dataset.num_unknown_targets} unknown target entries")
+        if by not in ("row", "pair"):
+            raise ValueError(f"log_likelihood: by must be 'row' or 'pair'; got {by!r}")
+        if by == "pair" and dataset.pair is None:
+            raise ValueError("log_likelihood(by='pair') needs pair ids (dataset.pair); this dataset has none")
         if "A" not in self.decoder and self.log_predictive is not None:
-            return float(-np.mean(self.log_predictive(dataset)))
+            ll = np.asarray(self.log_predictive(dataset, per_draw=True), np.float64)
+            return ll if by == "row" else _sum_by_pair(ll, dataset.pair)
         observed = not self.decoder and self.decode is None  # identity decoder: x is z
         if observed and dataset.D != self.d:
-            raise ValueError(f"heldout_nll: the posterior has an identity decoder (x is z, D = {self.d}); the "
+            raise ValueError(f"log_likelihood: the posterior has an identity decoder (x is z, D = {self.d}); the "
                              f"dataset has D={dataset.D}")
         if "A" not in self.decoder and not observed:
-            raise ValueError(f"heldout_nll needs a linear decoder; method {self.method!r} has {sorted(self.decoder)}")
-        value_scale = float(self.info.get("config", {}).get("value_scale", 1.0))  # prior sd of unknown values
-        with jax.enable_x64(True):
-            x, t, v = (np.asarray(a, np.float64) for a in (dataset.x, dataset.targets, dataset.values))
-            if observed:
-                def scm_rows(x, t, v, W, sigma):
-                    return InterventionalLinearGaussian(W, sigma, t, jnp.nan_to_num(v), self.tau).log_prob(x)
+            raise ValueError(f"log_likelihood needs a linear decoder or a predictive density; method "
+                             f"{self.method!r} has {sorted(self.decoder)}")
+        joint = by == "pair" and not observed and bool(self.info.get("config", {}).get("use_pairs"))
+        if joint:
+            return self._pair_log_likelihood(dataset)
+        ll = self._row_log_likelihood(dataset.x, dataset.targets, dataset.values, observed)
+        return ll if by == "row" else _sum_by_pair(ll, dataset.pair)
 
-                f = jax.jit(jax.vmap(scm_rows, in_axes=(None,) * 3 + (0,) * 2))
-                draws = (self.W, self.noise_scales)
+    def _draws(self):
+        return (self.W, self.noise_scales, self.decoder["A"], self.decoder["b"], self.decoder["obs_scale"])
+
+    def _value_scale(self):
+        return float(self.info.get("config", {}).get("value_scale", 1.0))  # prior sd of unknown values
+
+    def _row_log_likelihood(self, x, targets, values, observed):
+        """(S, N) per-row densities of rows (x, targets, values): the one place they are computed."""
+        with jax.enable_x64(True):
+            rows = tuple(np.asarray(a, np.float64) for a in (x, targets, values))
+            if observed:
+                f = _scm_rows
+                draws = (self.W, self.noise_scales, np.full(self.num_draws, self.tau))
             else:
-                f = jax.jit(jax.vmap(partial(row_log_likelihood, tau=self.tau, value_scale=value_scale),
-                                     in_axes=(None,) * 3 + (0,) * 5))
-                draws = (self.W, self.noise_scales, self.decoder["A"], self.decoder["b"], self.decoder["obs_scale"])
-            S = self.num_draws
-            chunk = min(S, _NLL_DRAWS)  # draws per call (the last chunk padded: one shape): memory O(chunk N D d)
-            padded = -(-S // chunk) * chunk
-            draws = [np.concatenate([a, np.repeat(a[-1:], padded - S, 0)]) for a in draws]
-            ll = np.concatenate([np.asarray(f(x, t, v, *(a[i:i + chunk] for a in draws)))
-                                 for i in range(0, padded, chunk)])[:S]
-        return float(-np.mean(logsumexp(ll, axis=0) - np.log(S)))
+                f = _collapsed_rows
+                scalars = (np.full(self.num_draws, self.tau), np.full(self.num_draws, self._value_scale()))
+                draws = self._draws() + scalars
+            return _chunked(f, rows, draws)
+
+    def _pair_log_likelihood(self, dataset):
+        """(S, P) joint densities of the units of ``dataset.pair`` under a linear decoder with pairs modelled."""
+        ids = np.unique(dataset.pair)
+        out = np.empty((self.num_draws, len(ids)))
+        for units in make_units(dataset.x, dataset.targets, dataset.values, dataset.pair):
+            where = np.searchsorted(ids, dataset.pair[units.rows[:, 0]])
+            if units.x.shape[1] == 1:
+                rows = units.rows[:, 0]
+                out[:, where] = self._row_log_likelihood(dataset.x[rows], dataset.targets[rows],
+                                                         dataset.values[rows], False)
+                continue
+            with jax.enable_x64(True):
+                scalars = (np.full(self.num_draws, self.tau), np.full(self.num_draws, self._value_scale()))
+                out[:, where] = _chunked(_collapsed_units, (units.x, units.targets, units.values, units.known),
+                                         self._draws() + scalars)
+        return out
 
     def predict(self, targets, values=None, *, num_samples=None, seed=0):
         """Posterior predictive samples of z and x under a (new) intervention.
@@ -155,12 +203,20 @@ class Posterior:
         x = mean + scale[:, None, None] * np.asarray(jax.random.normal(k_x, mean.shape))
         return {"z": z, "x": x, "x_mean": mean, "draw": draws}
 
-    def to_arviz(self):
+    def to_arviz(self, dataset=None, *, by=None):
         """ArviZ DataTree: group ``posterior`` (one chain unless the method ran several) with dims
         ``parent``, ``child``, ``node``, ``position``, ``feature`` (and ``target_prob`` over ``regime``,
         ``node`` when targets were inferred: each draw's conditional target probabilities); group ``latents`` with ``z_mean``,
         ``z_sd`` over ``obs``, ``node``. The root's attrs hold ``method``, ``seconds`` and ``diagnostics``
-        (the list of problems as a JSON string, ``"[]"`` when none)."""
+        (the list of problems as a JSON string, ``"[]"`` when none).
+
+        With ``dataset`` (usually the training data) also group ``log_likelihood``: variable ``x``, the
+        per-draw :meth:`log_likelihood` of ``dataset``, dims (``chain``, ``draw``, ``obs``) per row or
+        (``chain``, ``draw``, ``pair``) per pair (coordinate: the pair ids), ``by`` (default: ``"pair"``
+        when ``dataset.pair`` is set, else ``"row"``); its attrs name the ``unit``. This is what
+        ``az.loo`` and ``az.compare`` read. ValueError where the posterior has no density for ``dataset``
+        (e.g. ``biols`` with an MLP decoder, unknown targets).
+        """
         import arviz as az
 
         chains = int(self.info.get("num_chains", 1))
@@ -189,12 +245,75 @@ class Posterior:
             coords={"node": nodes},
         )
         tree["latents"] = xr.DataTree(dataset=latents)
+        if dataset is not None:
+            tree["log_likelihood"] = xr.DataTree(dataset=self._log_likelihood_group(dataset, by, chains))
         if len(self.elbo):
             tree["optimization"] = xr.DataTree(dataset=xr.Dataset({"elbo": (("step",), np.asarray(self.elbo))}))
         return tree
+
+    def _log_likelihood_group(self, dataset, by, chains):
+        """The ``log_likelihood`` group's Dataset (see :meth:`to_arviz`)."""
+        by = by or ("pair" if dataset.pair is not None else "row")
+        ll = self.log_likelihood(dataset, by=by)
+        chains = chains if len(ll) == self.num_draws else 1  # a network's density covers its first draws only
+        ll = ll.reshape(chains, len(ll) // chains, ll.shape[1])
+        dim, coords = ("obs", np.arange(dataset.N)) if by == "row" else ("pair", np.unique(dataset.pair))
+        unit = ("row: log p(x_n | draw), rows independent given the draw" if by == "row" else
+                "pair: log p(x_a, x_b | draw) of the rows that share a pair id (their exogenous noise); the exact "
+                "joint where the fit modelled the pairing (use_pairs), else the sum of the two rows' densities")
+        return xr.Dataset({"x": (("chain", "draw", dim), ll)},
+                          coords={"chain": np.arange(chains), "draw": np.arange(ll.shape[1]), dim: coords},
+                          attrs={"unit": by, "description": unit})
 
 
 @jax.jit
 def _sample_interventional(keys, W, sigma, targets, values, tau):
     """One draw of z (M, d) per posterior draw (S,): (S, M, d); jitted once per shape, not per call."""
     return jax.vmap(lambda k, W, s: InterventionalLinearGaussian(W, s, targets, values, tau).sample(k))(keys, W, sigma)
+
+
+def _scm_rows(x, t, v, W, sigma, tau):
+    return InterventionalLinearGaussian(W, sigma, t, jnp.nan_to_num(v), tau).log_prob(x)
+
+
+def _collapsed_rows(x, t, v, W, sigma, A, b, obs_scale, tau, value_scale):
+    return row_log_likelihood(x, t, v, W, sigma, A, b, obs_scale, tau, value_scale)
+
+
+def _collapsed_units(x, t, v, known, W, sigma, A, b, obs_scale, tau, value_scale):
+    return unit_log_likelihood(Units(x, t, v, known, None), W, sigma, A, b, obs_scale, tau, value_scale)
+
+
+@partial(jax.jit, static_argnums=0)
+def _draw_chunk(f, data, draws):
+    """``f`` over a chunk of draws (vmapped) and units: (draws, units)."""
+    return jax.vmap(lambda *a: f(*data, *a))(*draws)
+
+
+def _chunked(f, data, draws):
+    """``f(*data_units, *one_draw) -> (U,)`` for every draw (S) and unit (U): (S, U) float64.
+
+    Draws go in chunks of ``_LL_DRAWS`` and units in chunks of ``_LL_ROWS``, the last of each padded by
+    repeating its final entry, so that every call has one shape (compiled once per ``f`` and unit shape).
+    """
+    S, U = len(draws[0]), len(data[0])
+    chunk = min(S, _LL_DRAWS)
+    draws = [_pad(np.asarray(a), chunk) for a in draws]
+    data = [_pad(np.asarray(a), _LL_ROWS) for a in data]
+    out = [[np.asarray(_draw_chunk(f, tuple(a[j:j + _LL_ROWS] for a in data), tuple(a[i:i + chunk] for a in draws)))
+            for j in range(0, len(data[0]), _LL_ROWS)] for i in range(0, len(draws[0]), chunk)]
+    return np.block(out)[:S, :U].astype(np.float64)
+
+
+def _pad(a, size):
+    """``a`` with its last entry repeated up to a multiple of ``size`` entries along axis 0."""
+    n = -(-len(a) // size) * size
+    return np.concatenate([a, np.repeat(a[-1:], n - len(a), 0)]) if n > len(a) else a
+
+
+def _sum_by_pair(ll, pair):
+    """Per-row ``ll`` (S, N) summed over the rows of each pair id (S, P), ids in ``np.unique`` order."""
+    ids, inverse = np.unique(pair, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(ids)))
+    return np.add.reduceat(ll[:, order], starts, axis=1)

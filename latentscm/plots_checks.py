@@ -1,0 +1,67 @@
+"""Plots of model checks (matplotlib): the posterior predictive check of each regime's moments.
+
+Like :mod:`latentscm.plots`, every function returns the :class:`~matplotlib.figure.Figure` it drew on
+and never calls ``plt.show``; save it with :func:`latentscm.plots.save_figure`.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["plot_regime_check"]
+
+
+def plot_regime_check(check, *, max_coords: int = 4, level: float = 0.95) -> Figure:
+    """Observed against replicated regime moments, with the per-regime p-values.
+
+    One row of panels per coordinate of the check's basis (the first ``max_coords``): the regime's
+    mean (left) and standard deviation (right) of the data (dots; red where outside the interval)
+    against the central ``level`` interval of the replicates (bars). The bottom panel shows each
+    regime's p-values of the mean and covariance discrepancies as ``-log10 p`` (capped at 300) with the
+    failure threshold (dashed) and shades the regimes that fail.
+
+    check : :class:`latentscm.criticism.RegimeCheck`
+    """
+    q = min(check.mean.shape[1], max_coords)
+    R = len(check.regimes)
+    fig, axes = plt.subplots(q + 1, 2, figsize=(max(8.0, 0.35 * R + 4), 1.9 * (q + 1) + 0.6), squeeze=False)
+    x = np.arange(R)
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    sd = np.sqrt(np.diagonal(check.cov, axis1=-2, axis2=-1))
+    sd_rep = np.sqrt(np.diagonal(check.cov_rep, axis1=-2, axis2=-1))
+    coord = "node" if check.basis.startswith("nodes") else "PC"
+    for j in range(q):
+        for ax, obs, rep, name in ((axes[j, 0], check.mean[:, j], check.mean_rep[:, :, j], "mean"),
+                                   (axes[j, 1], sd[:, j], sd_rep[:, :, j], "sd")):
+            low, high = np.quantile(rep, [lo, hi], axis=0)
+            ax.vlines(x, low, high, color="0.6", lw=4, label=f"replicated {level:.0%}")
+            outside = (obs < low) | (obs > high)
+            ax.plot(x[~outside], obs[~outside], "o", color="C0", ms=4, label="observed")
+            ax.plot(x[outside], obs[outside], "o", color="C3", ms=4, label="observed, outside")
+            ax.set_ylabel(f"{coord} {j} {name}", fontsize=8)
+            ax.set_xticks(x, [] if j < q - 1 else [str(r) for r in check.regimes], fontsize=7)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    gs = axes[q, 0].get_gridspec()
+    for ax in axes[q]:
+        ax.remove()
+    ax = fig.add_subplot(gs[q, :])
+    with np.errstate(divide="ignore"):  # p = 0 (beyond float precision) is drawn at the top
+        score = [np.fmin(-np.log10(p), 300.0) for p in (check.p_mean, check.p_cov)]
+    ax.plot(x - 0.1, score[0], "o", color="C0", ms=4, label="mean")
+    ax.plot(x + 0.1, score[1], "s", color="C1", ms=4, label="covariance")
+    ax.axhline(-np.log10(check.threshold), ls="--", color="C3", lw=1, label=f"p = {check.threshold:.1e}")
+    for r in np.flatnonzero(check.failed):
+        ax.axvspan(r - 0.45, r + 0.45, color="C3", alpha=0.15)
+    ax.set_xticks(x, [str(r) for r in check.regimes], fontsize=7)
+    ax.set_xlim(-0.6, R - 0.4)
+    ax.set_xlabel("regime")
+    ax.set_ylabel("-log10 p")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper right", ncol=3)
+    failed = int(check.failed.sum())
+    fig.suptitle(f"Posterior predictive check of regime moments: {failed} of {R} regimes fail (shaded)\n"
+                 f"{len(check.mean_rep)} replicates; coordinates: {check.basis}", fontsize=9)
+    fig.tight_layout()
+    return fig
