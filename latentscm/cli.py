@@ -287,6 +287,8 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     _print_metrics(metrics)
     for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
         print(f"warning: {problem}")
+    for note in criticism.notes:  # about the criticism's own estimates
+        print(f"note: {note}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
     args.out = str(out)
     write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)

@@ -140,12 +140,14 @@ class RegimeCheck:
 @dataclass(frozen=True, eq=False)
 class Criticism:
     """What :func:`criticise` found: ``tree`` (ArviZ, with ``log_likelihood`` when there is a density),
-    ``metrics`` (flat), ``check`` (:class:`RegimeCheck` or None), ``problems`` (sentences)."""
+    ``metrics`` (flat), ``check`` (:class:`RegimeCheck` or None), ``problems`` (sentences: the model misses
+    the data) and ``notes`` (sentences about the criticism itself, e.g. that LOO is unreliable here)."""
 
     tree: object
     metrics: dict
     check: RegimeCheck | None
     problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
 
 def criticise(posterior, dataset, *, num_draws=100, seed=0) -> Criticism:
@@ -159,10 +161,10 @@ def criticise(posterior, dataset, *, num_draws=100, seed=0) -> Criticism:
     except (ValueError, NotImplementedError):
         tree = posterior.to_arviz()
     metrics = loo_metrics(tree)
-    problems = []
+    notes = []  # LOO's reliability: a statement about the estimate, not a misfit of the model
     if metrics["loo_k_over"]:
         unit = tree["log_likelihood"].attrs["unit"]
-        problems.append(f"LOO: Pareto k > {LOO_K_MAX} for {metrics['loo_k_over']} of {metrics['loo_units']} "
+        notes.append(f"LOO: Pareto k > {LOO_K_MAX} for {metrics['loo_k_over']} of {metrics['loo_units']} "
                         f"{unit}s (largest {metrics['loo_k_max']:.2f}; p_loo {metrics['loo_p']:.0f}): the "
                         "leave-one-out estimate `loo` is unreliable (draws far wider than the posterior, as "
                         "variational draws can be, or influential rows; docs/criticism.md)")
@@ -171,8 +173,8 @@ def criticise(posterior, dataset, *, num_draws=100, seed=0) -> Criticism:
     except (ValueError, NotImplementedError):
         check = None
     metrics |= check.metrics() if check is not None else {"ppc_min_p": float("nan"), "ppc_failed": 0}
-    problems += check.problems() if check is not None else []
-    return Criticism(tree, metrics, check, problems)
+    problems = check.problems() if check is not None else []
+    return Criticism(tree, metrics, check, problems, notes)
 
 
 def regime_check(posterior, dataset, *, num_draws=100, seed=0) -> RegimeCheck:

@@ -22,7 +22,8 @@ A run folder holds
 With the training data, ``posterior.nc`` has a ``log_likelihood`` group (per pair when the data have pair
 ids, else per row: see :meth:`latentscm.inference.Posterior.to_arviz`), and ``metrics.json`` adds the
 model criticism of :func:`latentscm.criticism.criticise`: ``loo``, ``loo_se``, ``loo_p``, ``loo_k_max``
-(PSIS-LOO on the training data), ``ppc_min_p`` and ``ppc_failed``; its problems join ``diagnostics``.
+(PSIS-LOO on the training data), ``ppc_min_p`` and ``ppc_failed``; its problems (misfits) join
+``diagnostics``, its notes (e.g. that LOO is unreliable, Pareto k > 0.7) go to ``notes``.
 
 Every file is first written to a temporary file in the same folder and then moved into place with
 :func:`os.replace`, so a reader never sees a half-written file.
@@ -161,11 +162,12 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
         criticism = criticise(posterior, dataset)
     tree = posterior.to_arviz() if criticism is None else criticism.tree
     atomic_write(out / "posterior.nc", lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
-    diagnostics = [str(p) for p in getattr(posterior, "diagnostics", [])]
+    diagnostics, notes = [str(p) for p in getattr(posterior, "diagnostics", [])], []
     if criticism is not None:
         metrics = {**metrics, **criticism.metrics}
         diagnostics += [p for p in criticism.problems if p not in diagnostics]
-    write_json(out / "metrics.json", {**metrics, "diagnostics": diagnostics})
+        notes = list(criticism.notes)
+    write_json(out / "metrics.json", {**metrics, "diagnostics": diagnostics, "notes": notes})
     if criticism is not None and criticism.check is not None:
         from .plots_checks import plot_regime_check
 
