@@ -9,7 +9,7 @@ Two checks, both on the data the model was fitted to:
   ``k`` come with it; ``k > 0.7`` (:data:`LOO_K_MAX`) means the importance weights are unreliable for
   some units and so is the estimate.
 * **Regime moments** (:func:`regime_check`): for each regime (``dataset.regime``), the mean and the
-  covariance of x in a fixed q-dimensional basis (the q = d leading principal components of the
+  covariance of x in a fixed q-dimensional basis (the q = min(d, 20) leading principal components of the
   training x; for an identity decoder the nodes themselves) are compared with their posterior
   predictive distribution: replicated data sets drawn with the rows' own targets and values, one per
   posterior draw (a draw picked at random, ``num_draws`` of them; unknown values from their
@@ -48,6 +48,8 @@ __all__ = ["LOO_K_MAX", "PPC_ALPHA", "PPC_KL", "Criticism", "RegimeCheck", "crit
 LOO_K_MAX = 0.7
 #: family-wise level of the regime check (Bonferroni over regimes and the two statistics)
 PPC_ALPHA = 0.01
+PPC_COMPONENTS = 20  # at most this many principal components: the covariance test needs n > 2q rows per
+# regime, and its cost grows as q^3 per regime and replicate
 #: ... and the misfit (nats per row) a failing regime must exceed: with many rows tiny misfits are significant
 PPC_KL = MOMENT_KL
 _LOO_MIN_DRAWS = 25  # PSIS fits a tail of min(S / 5, 3 sqrt(S)) >= 5 draws
@@ -192,12 +194,16 @@ def regime_check(posterior, dataset, *, num_draws=100, seed=0) -> RegimeCheck:
     if identity:
         center, basis, label = np.zeros(dataset.D), np.eye(dataset.D), "nodes (identity decoder: x is z)"
     else:
-        center, basis = x.mean(0), _principal_basis(x - x.mean(0), posterior.d, rng)
-        label = f"the {posterior.d} leading principal components of the training x"
+        q = min(posterior.d, PPC_COMPONENTS)
+        center, basis = x.mean(0), _principal_basis(x - x.mean(0), q, rng)
+        label = f"the {q} leading principal components of the training x"
     ids, index = np.unique(dataset.regime, return_inverse=True)
     y = (x - center) @ basis
     draws = rng.integers(posterior.num_draws, size=num_draws)
-    reps = [_regime_moments(_replicate(posterior, dataset, s, rng, center, basis), index, len(ids)) for s in draws]
+    fixed = None if posterior.target_draws is not None and dataset.target_unknown is not None else _patterns(
+        dataset.targets.astype(bool), np.asarray(dataset.values, np.float64))  # the same for every draw
+    reps = [_regime_moments(_replicate(posterior, dataset, s, rng, center, basis, fixed), index, len(ids))
+            for s in draws]
     rows, mean, cov = _regime_moments(y, index, len(ids))
     mean_rep, cov_rep = np.stack([r[1] for r in reps]), np.stack([r[2] for r in reps])
     ref_mean, ref_cov = mean_rep.mean(0), cov_rep.mean(0)
@@ -224,8 +230,14 @@ def _principal_basis(xc, q, rng, iterations=4):
     return Q @ vt[:q].T
 
 
-def _replicate(posterior, dataset, s, rng, center, basis):
-    """One replicated data set (N, q) in the basis, from posterior draw ``s`` and the rows' interventions."""
+def _patterns(targets, values):
+    """The rows' (targets, known values) patterns (P, 2d) and each row's pattern index (N,)."""
+    return group_rows(np.concatenate([targets, targets & np.isfinite(values)], 1))
+
+
+def _replicate(posterior, dataset, s, rng, center, basis, patterns=None):
+    """One replicated data set (N, q) in the basis, from posterior draw ``s`` and the rows' interventions;
+    ``patterns``: :func:`_patterns` of the rows when their targets are known (else drawn per draw)."""
     targets, values = dataset.targets.astype(bool), np.asarray(dataset.values, np.float64)
     if posterior.target_draws is not None and dataset.target_unknown is not None:
         probs = posterior.target_draws[s][np.searchsorted(posterior.regimes, dataset.regime)]
@@ -235,7 +247,7 @@ def _replicate(posterior, dataset, s, rng, center, basis):
     value_scale = float(posterior.info.get("config", {}).get("value_scale", 1.0))
     W, sigma = np.asarray(posterior.W[s], np.float64), np.asarray(posterior.noise_scales[s], np.float64)
     z = np.empty(targets.shape)
-    patterns, g = group_rows(np.concatenate([targets, known], 1))
+    patterns, g = _patterns(targets, values) if patterns is None else patterns
     d = targets.shape[1]
     for p, pattern in enumerate(patterns):
         rows = g == p
@@ -258,8 +270,9 @@ def _regime_moments(y, index, R):
     rows = np.bincount(index, minlength=R)
     mean = np.stack([np.bincount(index, weights=col, minlength=R) for col in y.T], 1) / np.maximum(rows, 1)[:, None]
     r = y - mean[index]
-    cov = np.zeros((R, y.shape[1], y.shape[1]))
-    np.add.at(cov, index, r[:, :, None] * r[:, None, :])
+    order = np.argsort(index, kind="stable")  # each regime's rows contiguous: one product per regime,
+    bounds = np.concatenate([[0], np.cumsum(rows)])  # never an (N, q, q) array
+    cov = np.stack([r[order[a:b]].T @ r[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])])
     return rows, mean, cov / np.maximum(rows, 1)[:, None, None]
 
 

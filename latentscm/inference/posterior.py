@@ -14,7 +14,8 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from ..metrics import edge_probabilities, order_probabilities
-from ..models.collapsed import Units, make_units, row_log_likelihood, unit_log_likelihood
+from ..models.collapsed import Units, make_units, unit_log_likelihood
+from ..models.precision_form import pattern_row_log_likelihood
 from ..models.scm import InterventionalLinearGaussian
 
 _LL_DRAWS = 16  # posterior draws per call of the log-likelihood
@@ -99,8 +100,9 @@ class Posterior:
         where the fit modelled the pairing (``use_pairs`` with a linear decoder), else the sum of its rows'
         entries (the model treats them as independent given the draw).
 
-        Linear decoders: the collapsed density (:func:`latentscm.models.collapsed.row_log_likelihood`,
-        ``unit_log_likelihood`` for pairs); identity decoder: the SCM's density of x = z; network decoders
+        Linear decoders: the collapsed density (single rows grouped by pattern and scored in precision form,
+        :func:`latentscm.models.precision_form.pattern_row_log_likelihood`; pairs by
+        ``unit_log_likelihood``); identity decoder: the SCM's density of x = z; network decoders
         (``log_predictive``): its per-draw estimate (amortized: importance sampling with the encoder, for
         the first ``heldout_draws`` draws only, so S is that number). Evaluated in padded chunks of draws
         and rows (one compiled shape, memory O(16 x 512 x D x d)). ValueError where there is no density.
@@ -137,17 +139,27 @@ class Posterior:
         return float(self.info.get("config", {}).get("value_scale", 1.0))  # prior sd of unknown values
 
     def _row_log_likelihood(self, x, targets, values, observed):
-        """(S, N) per-row densities of rows (x, targets, values): the one place they are computed."""
+        """(S, N) per-row densities of rows (x, targets, values): the one place they are computed.
+
+        Linear decoders: rows grouped by pattern (targets, known values), each group scored by
+        :func:`~latentscm.models.precision_form.pattern_row_log_likelihood` (one d x d factor per draw and
+        pattern, O(D d) per row), the pattern passed beside the draws so that every group runs the same
+        compiled program."""
+        S = self.num_draws
         with jax.enable_x64(True):
-            rows = tuple(np.asarray(a, np.float64) for a in (x, targets, values))
+            x, targets, values = (np.asarray(a, np.float64) for a in (x, targets, values))
             if observed:
-                f = _scm_rows
-                draws = (self.W, self.noise_scales, np.full(self.num_draws, self.tau))
-            else:
-                f = _collapsed_rows
-                scalars = (np.full(self.num_draws, self.tau), np.full(self.num_draws, self._value_scale()))
-                draws = self._draws() + scalars
-            return _chunked(f, rows, draws)
+                return _chunked(_scm_rows, (x, targets, values), (self.W, self.noise_scales, np.full(S, self.tau)))
+            known = (targets > 0) & ~np.isnan(values)
+            v = np.where(known, values, 0.0)
+            out = np.empty((S, len(x)))
+            patterns, group = np.unique(np.concatenate([targets > 0, known], 1), axis=0, return_inverse=True)
+            scalars = (np.full(S, self.tau), np.full(S, self._value_scale()))
+            for g, pattern in enumerate(patterns.astype(np.float64)):
+                rows = np.flatnonzero(group.reshape(-1) == g)
+                masks = (np.broadcast_to(pattern[:self.d], (S, self.d)), np.broadcast_to(pattern[self.d:], (S, self.d)))
+                out[:, rows] = _chunked(_pattern_rows, (x[rows], v[rows]), masks + self._draws() + scalars)
+            return out
 
     def _pair_log_likelihood(self, dataset):
         """(S, P) joint densities of the units of ``dataset.pair`` under a linear decoder with pairs modelled."""
@@ -276,8 +288,8 @@ def _scm_rows(x, t, v, W, sigma, tau):
     return InterventionalLinearGaussian(W, sigma, t, jnp.nan_to_num(v), tau).log_prob(x)
 
 
-def _collapsed_rows(x, t, v, W, sigma, A, b, obs_scale, tau, value_scale):
-    return row_log_likelihood(x, t, v, W, sigma, A, b, obs_scale, tau, value_scale)
+def _pattern_rows(x, v, masks, known, W, sigma, A, b, obs_scale, tau, value_scale):
+    return pattern_row_log_likelihood(masks, known, x, v, W, sigma, A, b, obs_scale, tau, value_scale)
 
 
 def _collapsed_units(x, t, v, known, W, sigma, A, b, obs_scale, tau, value_scale):
