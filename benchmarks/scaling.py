@@ -10,7 +10,7 @@ Cells run in priority order (so that an interrupted run has the most important o
 harness (:func:`benchmarks.grid.run_grid`: one ``latentscm fit`` process per fit, resumable, tables
 rewritten after every fit). Writes ``benchmarks/results/scaling.{csv,md,png}``.
 
-Usage: ``taskset -c 1 python benchmarks/scaling.py [--fresh] [--only multi20,multi50,single20,multi100]``
+Usage: ``taskset -c 1 python benchmarks/scaling.py [--fresh] [--only multi20,multi50,single20,multi100,multi200]``
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ GROUPS = {  # name: (d, targets, seeds)
     "multi50": (50, "multi", (0, 1, 2)),
     "single20": (20, "single", (0, 1, 2)),
     "multi100": (100, "multi", (0,)),
+    "multi200": (200, "multi", (0,)),
 }
 PRIORITY = [("multi20", 0), ("multi20", 1), ("multi20", 2), ("single20", 0), ("multi50", 0), ("multi50", 1), ("multi50", 2),
-            ("multi100", 0), ("single20", 1), ("single20", 2)]
+            ("multi100", 0), ("single20", 1), ("single20", 2), ("multi200", 0)]
 
 NOTE = ("Problem: linear projection, D = 100, ER-1, paired design, 100 intervention regimes x 100 rows (20000 "
         "rows), Gaussian values of scale 2; order learned; settings by the size rule `scaled_settings(d)`.\n\n"
