@@ -31,7 +31,7 @@ GROUPS = {  # name: (d, targets, seeds)
     "multi50": (50, "multi", (0, 1, 2)),
     "single20": (20, "single", (0, 1, 2)),
     "multi100": (100, "multi", (0,)),
-    "multi200": (200, "multi", (0,)),
+    "multi200": (200, "multi", (0,)),  # D = 250: a linear decoder needs D >= d
 }
 PRIORITY = [("multi20", 0), ("multi20", 1), ("multi20", 2), ("single20", 0), ("multi50", 0), ("multi50", 1), ("multi50", 2),
             ("multi100", 0), ("single20", 1), ("single20", 2), ("multi200", 0)]
@@ -62,7 +62,7 @@ def cells(only=None):
         if seed not in seeds:
             continue
         cell = Cell(d=d, graph="ER-1", projection="linear", targets=targets, values="gaussian", method="collapsed",
-                    seed=seed, D=100, n_regimes=100, rows_per_regime=100)
+                    seed=seed, D=100 if d <= 100 else 250, n_regimes=100, rows_per_regime=100)  # D > d
         out.append(dataclasses.replace(cell, config=scaled_settings(d)))
     return out
 
