@@ -118,7 +118,7 @@ def decoder_scales(ini, config):
     0.01, and their Adam steps are scaled by the same ratio. With N rows and a sharp observation
     model the decoder's posterior sd is ~1e-4: a guide sd of 0.01, or Adam's first steps of size
     ``learning_rate`` on all d x D entries, wreck the likelihood and, at large d, the order."""
-    if getattr(config, "init_scale", "fixed") != "data":  # amortized shares _initial_params, has no such setting
+    if getattr(config, "init_scale", "fixed") != "data":  # amortized shares initial_params, has no such setting
         return {}
     z2 = np.maximum((np.asarray(ini.z) ** 2).sum(0), 1e-12)
     return {"decoder_weight": np.minimum(ini.obs_scale / np.sqrt(z2), INIT_SCALE)[:, None],
