@@ -9,7 +9,7 @@ through :func:`latentscm.cli.main` in a fresh Python process and times its phase
 ``import_inference``   ``latentscm.inference`` and ``latentscm.runs`` (NumPyro, Optax, Equinox, ...)
 ``import_plots``       ``latentscm.plots`` and ArviZ (matplotlib, xarray)
 ``simulate``           ``latentscm.data.simulate`` of the default problem
-``validate``           the settings and priors (``latentscm.cli._resolve``)
+``validate``           the settings and priors (``latentscm.cli_commands._resolve``)
 ``fit``                ``latentscm.inference.fit`` (its own ``seconds`` are reported as well)
 ``metrics``            ``latentscm.runs.run_metrics`` (structure metrics, MCC, held-out NLL)
 ``write``              ``latentscm.runs.write_run``: posterior.nc, JSON, four figures, dataset.npz
@@ -135,7 +135,9 @@ def _child(args) -> None:
         return wrapper
 
     latentscm.data.simulate = timed("simulate", latentscm.data.simulate)
-    cli._resolve = timed("validate", cli._resolve)
+    import latentscm.cli_commands as commands
+
+    commands._resolve = timed("validate", commands._resolve)
     latentscm.inference.fit = timed("fit", latentscm.inference.fit)
     latentscm.runs.run_metrics = timed("metrics", latentscm.runs.run_metrics)
     latentscm.runs.write_run = timed("write", latentscm.runs.write_run)

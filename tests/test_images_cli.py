@@ -65,10 +65,10 @@ def test_run_example_images(tmp_path, capsys, fake_fit):
 def test_fit_picks_image_method_for_image_files(tmp_path, capsys, fake_fit, monkeypatch):
     import dataclasses
 
-    import latentscm.cli
+    import latentscm.cli_commands
 
     assert IMAGE_METHOD == "collapsed"
-    monkeypatch.setattr(latentscm.cli, "IMAGE_METHOD", "amortized")  # a default distinct from DEFAULT_METHOD
+    monkeypatch.setattr(latentscm.cli_commands, "IMAGE_METHOD", "amortized")  # a default distinct from DEFAULT_METHOD
     train, _ = simulate(image_config(d=3, n_pairs=40, n_regimes=4, rows_per_regime=10, n_test_regimes=1), 0)
     path = train.save(tmp_path / "img.npz")
     flat = dataclasses.replace(train, image_shape=None).save(tmp_path / "flat.npz")
