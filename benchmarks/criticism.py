@@ -40,6 +40,7 @@ def calibration():
     from latentscm.criticism import regime_check
     from latentscm.data import SimulationConfig, simulate
     from latentscm.inference import Posterior
+    from latentscm.inference.decoders import LinearDecoder
 
     cfg = SimulationConfig(d=3, D=10, n_pairs=400, n_regimes=8, rows_per_regime=50, n_test_regimes=3)
     p_mean, p_cov, failed = [], [], 0
@@ -48,8 +49,8 @@ def calibration():
         S = 40
         post = Posterior(method="truth", W=np.repeat(data.weights[None], S, 0),
                          noise_scales=np.repeat(data.noise_scales[None], S, 0), orders=np.tile(np.arange(3), (S, 1)),
-                         decoder={"A": np.repeat(data.projection[None], S, 0), "b": np.zeros((S, 10)),
-                                  "obs_scale": np.full(S, cfg.obs_noise)},
+                         decoder=LinearDecoder(np.repeat(data.projection[None], S, 0), np.zeros((S, 10)),
+                                               np.full(S, cfg.obs_noise), value_scale=cfg.value_scale),
                          latent_mean=data.z, latent_scale=np.zeros_like(data.z), elbo=np.zeros(0), seconds=0.0,
                          tau=cfg.tau, info={"config": {"value_scale": cfg.value_scale}})
         check = regime_check(post, data, seed=seed)
@@ -69,13 +70,13 @@ def image_cost():
     from latentscm.criticism import regime_check
     from latentscm.data import image_config, simulate
     from latentscm.inference import Posterior
+    from latentscm.inference.decoders import LinearDecoder
 
     data, _ = simulate(image_config("chemistry", d=5), 0)
     S, rng = 200, np.random.default_rng(0)
     post = Posterior(method="hand-built", W=np.repeat(data.weights[None], S, 0),
                      noise_scales=np.repeat(data.noise_scales[None], S, 0), orders=np.tile(np.arange(5), (S, 1)),
-                     decoder={"A": 0.01 * rng.normal(size=(S, 5, data.D)), "b": np.full((S, data.D), 0.5),
-                              "obs_scale": np.full(S, 0.05)},
+                     decoder=LinearDecoder(0.01 * rng.normal(size=(S, 5, data.D)), np.full((S, data.D), 0.5), np.full(S, 0.05)),
                      latent_mean=data.z, latent_scale=data.z, elbo=np.zeros(0), seconds=0.0, tau=0.1)
     start = time.perf_counter()
     post.log_likelihood(data, by="pair")

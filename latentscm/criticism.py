@@ -184,8 +184,8 @@ def regime_check(posterior, dataset, *, num_draws=100, seed=0) -> RegimeCheck:
 
     ValueError when the posterior cannot replicate x (a nonlinear decoder without ``decode``).
     """
-    identity = not posterior.decoder and posterior.decode is None
-    if not identity and "A" not in posterior.decoder and posterior.decode is None:
+    identity = posterior.decoder.kind == "identity"
+    if posterior.decoder.kind == "network" and posterior.decoder.decode is None:
         raise ValueError(f"regime_check: method {posterior.method!r} gives no decoder function to replicate x")
     if identity and dataset.D != posterior.d:
         raise ValueError(f"regime_check: identity decoder (D = {posterior.d}) but the dataset has D = {dataset.D}")
@@ -254,14 +254,14 @@ def _replicate(posterior, dataset, s, rng, center, basis, patterns=None):
         C, omega = pattern_moments(W, sigma, pattern[:d], pattern[d:], tau=posterior.tau, value_scale=value_scale)
         e = np.where(known[rows], values[rows], 0.0) + np.sqrt(omega) * rng.standard_normal((rows.sum(), d))
         z[rows] = e @ C
-    if not posterior.decoder and posterior.decode is None:  # identity decoder
+    if posterior.decoder.kind == "identity":
         return (z - center) @ basis
     scale = float(np.asarray(posterior.decoder["obs_scale"])[s])
     noise = scale * rng.standard_normal((len(z), basis.shape[1]))  # projected N(0, s^2 I_D): N(0, s^2 I_q)
-    if posterior.decode is None:
+    if posterior.decoder.kind == "linear":  # projected without forming the (N, D) mean
         A, b = np.asarray(posterior.decoder["A"][s], np.float64), np.asarray(posterior.decoder["b"][s], np.float64)
         return z @ (A @ basis) + (b - center) @ basis + noise
-    mean = np.asarray(posterior.decode(z[None].astype(np.float32), np.array([s])), np.float64)[0]
+    mean = np.asarray(posterior.decoder.mean(z[None].astype(np.float32), np.array([s])), np.float64)[0]
     return (mean - center) @ basis + noise
 
 

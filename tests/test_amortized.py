@@ -11,6 +11,7 @@ from numpyro.distributions.kl import kl_divergence
 from latentscm.data import DataError, Dataset, SimulationConfig, simulate
 from latentscm.data.scm import sample_latents, topological_order
 from latentscm.inference import Posterior, fit
+from latentscm.inference.decoders import LinearDecoder, NetworkDecoder
 from latentscm.inference.amortized import AmortizedConfig
 from latentscm.inference.encoder import pair_units
 from latentscm.metrics import expected_shd, mcc
@@ -103,7 +104,7 @@ def test_predict_matches_scm_distribution():
     S, D = 1, 2
     A = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     post = Posterior(method="hand", W=W3[None].astype(np.float32), noise_scales=SIGMA3[None], orders=np.array([[0, 1, 2]]),
-                     decoder={"A": A[None], "b": np.array([[0.5, -0.5]]), "obs_scale": np.array([0.01])},
+                     decoder=LinearDecoder(A[None], np.array([[0.5, -0.5]]), np.array([0.01])),
                      latent_mean=np.zeros((1, 3)), latent_scale=np.zeros((1, 3)), elbo=np.zeros(0), seconds=0.0)
     t, v = np.array([0, 1, 0]), np.array([0.0, 3.0, 0.0])
     out = post.predict(t, v, num_samples=20_000, seed=3)
@@ -133,7 +134,7 @@ def test_network_log_likelihood_per_draw_is_what_heldout_nll_reduces():
 
     import equinox as eqx
 
-    from latentscm.inference.amortized import GaussianEncoder, _importance_log_predictive
+    from latentscm.inference.encoder import GaussianEncoder, importance_log_predictive
 
     train, _ = simulate(SimulationConfig(d=3, D=6, n_pairs=30, n_regimes=3, rows_per_regime=10), 0)
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
@@ -142,12 +143,13 @@ def test_network_log_likelihood_per_draw_is_what_heldout_nll_reduces():
     S = 5
     draws = {"W": np.repeat(W3[None], S, 0), "noise_scale": np.repeat(SIGMA3[None], S, 0),
              "obs_scale": np.linspace(0.5, 1.0, S)}
-    log_predictive = functools.partial(_importance_log_predictive, encoder, net, (np.zeros(6), np.ones(6)), draws,
+    log_predictive = functools.partial(importance_log_predictive, encoder, net, (np.zeros(6), np.ones(6)), draws,
                                        0.1, 3, 4, jax.random.PRNGKey(1), None)
     post = Posterior(method="amortized", W=draws["W"], noise_scales=draws["noise_scale"],
-                     orders=np.tile(np.arange(3), (S, 1)), decoder={"obs_scale": draws["obs_scale"]},
+                     orders=np.tile(np.arange(3), (S, 1)),
+                     decoder=NetworkDecoder({"obs_scale": draws["obs_scale"]}, log_predictive=log_predictive),
                      latent_mean=np.zeros((train.N, 3)), latent_scale=np.ones((train.N, 3)), elbo=np.zeros(0),
-                     seconds=0.0, log_predictive=log_predictive)
+                     seconds=0.0)
     ll = post.to_arviz(train, by="row")["log_likelihood"]["x"]
     assert ll.dims == ("chain", "draw", "obs") and ll.shape == (1, 3, train.N)
     lme = np.logaddexp.reduce(ll.values[0], axis=0) - np.log(3)
@@ -162,7 +164,7 @@ def test_small_mlp_fit_outputs():
     train, test, post = _small_mlp_fit(20, 50, 10)
     assert post.method == "amortized" and post.W.shape == (10, 3, 3) and post.latent_mean.shape == (train.N, 3)
     assert np.all(post.latent_scale > 0) and post.elbo.shape == (20,)
-    assert set(post.decoder) == {"obs_scale"} and post.decode is not None
+    assert set(post.decoder) == {"obs_scale"} and post.decoder.decode is not None
     nll = post.heldout_nll(test)
     assert np.isfinite(nll)
     pred = post.predict(test.targets[:4], test.values[:4], num_samples=6)

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from latentscm.cli import QUICK_FIT, main  # noqa: E402
+from latentscm.inference.decoders import LinearDecoder  # noqa: E402
 from latentscm.data import Dataset, SimulationConfig, simulate  # noqa: E402
 from latentscm.runs import atomic_write, run_metrics, write_json, write_run  # noqa: E402
 
@@ -43,8 +44,7 @@ def fake_posterior(dataset, method="collapsed", seed=0, steps=50, S=20):
         W=dataset.weights + 0.05 * rng.normal(size=(S, d, d)) * (dataset.weights != 0),
         noise_scales=np.abs(dataset.noise_scales + 0.01 * rng.normal(size=(S, d))),
         orders=np.tile(order, (S, 1)),
-        decoder={"A": np.broadcast_to(dataset.projection, (S, d, big_d)).copy(), "b": np.zeros((S, big_d)),
-                 "obs_scale": np.full(S, 0.1)},
+        decoder=LinearDecoder(np.broadcast_to(dataset.projection, (S, d, big_d)).copy(), np.zeros((S, big_d)), np.full(S, 0.1)),
         latent_mean=dataset.z + 0.01 * rng.normal(size=dataset.z.shape),
         latent_scale=np.full(dataset.z.shape, 0.01),
         elbo=-np.geomspace(1e4, 1e2, steps),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
+from latentscm.inference.decoders import IdentityDecoder, LinearDecoder, NetworkDecoder
 from latentscm.criticism import criticise, loo_metrics, regime_check
 from latentscm.data import Dataset, SimulationConfig, simulate
 from latentscm.inference import Posterior
@@ -31,7 +32,8 @@ def truth_posterior(dataset, S=40, *, W=None, sigma=None, seed=0, jitter=5e-4, *
     A = dataset.projection[None] + jitter * rng.normal(size=(S, d, D))
     return Posterior(method="collapsed", W=np.repeat(np.asarray(W)[None], S, 0),
                      noise_scales=np.repeat(np.asarray(sigma)[None], S, 0), orders=np.tile(np.arange(d), (S, 1)),
-                     decoder={"A": A, "b": np.zeros((S, D)), "obs_scale": np.full(S, 0.1)},
+                     decoder=LinearDecoder(A, np.zeros((S, D)), np.full(S, 0.1), value_scale=2.0,
+                                           pairs=config.get("use_pairs", False)),
                      latent_mean=dataset.z, latent_scale=np.zeros_like(dataset.z), elbo=np.zeros(0), seconds=0.0,
                      tau=TAU, info={"config": {"value_scale": 2.0, **config}})
 
@@ -116,11 +118,11 @@ def test_criticise_identity_decoder_and_no_decoder_function(data):
     train, _ = data
     z = Dataset.from_arrays(train.z, train.targets, train.values, regime=train.regime)
     post = truth_posterior(train)
-    identity = Posterior(**{**post.__dict__, "decoder": {}})
+    identity = Posterior(**{**post.__dict__, "decoder": IdentityDecoder()})
     result = criticise(identity, z)
     assert result.check.basis.startswith("nodes") and result.metrics["ppc_failed"] == 0
     assert result.tree["log_likelihood"]["x"].dims == ("chain", "draw", "obs")
-    mlp = Posterior(**{**post.__dict__, "decoder": {"w0": np.zeros((40, 3, 4)), "obs_scale": np.full(40, 0.1)}})
+    mlp = Posterior(**{**post.__dict__, "decoder": NetworkDecoder({"w0": np.zeros((40, 3, 4)), "obs_scale": np.full(40, 0.1)})})
     result = criticise(mlp, train)  # no density, no decoder function: nothing to check, nothing said
     assert result.check is None and np.isnan(result.metrics["loo"]) and result.problems == []
     assert "log_likelihood" not in result.tree.children

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
+from latentscm.inference.decoders import LinearDecoder
 from latentscm.inference.diagnostics import FitDiagnosticWarning, elbo_noise, restart_problems
 
 GRAPH = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]], float)  # 0 -> 1 -> 2
@@ -120,7 +121,7 @@ def test_cli_prints_the_diagnostics_after_the_metrics(tmp_path, capsys, monkeypa
     S, d, D = 4, train.d, train.D
     post = Posterior(method="collapsed", W=np.tile(train.weights, (S, 1, 1)), noise_scales=np.ones((S, d)),
                      orders=np.tile(np.arange(d), (S, 1)),
-                     decoder={"A": np.tile(train.projection, (S, 1, 1)), "b": np.zeros((S, D)), "obs_scale": np.ones(S)},
+                     decoder=LinearDecoder(np.tile(train.projection, (S, 1, 1)), np.zeros((S, D)), np.ones(S)),
                      latent_mean=train.z, latent_scale=np.ones_like(train.z), elbo=np.zeros(0), seconds=1.0)
     problems = ["restarts disagree on the graph: restart 1 differs from the best (restart 0) in 1 edge"]
 

@@ -4,6 +4,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+from latentscm.inference.decoders import LinearDecoder
 from latentscm.data import Dataset
 from latentscm.data.images import chemistry_projection
 from latentscm.generation import generation_error, plot_generation_grid, single_node_interventions
@@ -24,7 +25,7 @@ def _posterior(S=20):
     A, b = chemistry_projection(2)
     return Posterior(method="hand", W=np.tile(W_TRUE, (S, 1, 1)), noise_scales=np.tile(SIGMA, (S, 1)),
                      orders=np.tile([0, 1], (S, 1)),
-                     decoder={"A": np.tile(A, (S, 1, 1)), "b": np.tile(b, (S, 1)), "obs_scale": np.full(S, 0.05)},
+                     decoder=LinearDecoder(np.tile(A, (S, 1, 1)), np.tile(b, (S, 1)), np.full(S, 0.05)),
                      latent_mean=np.zeros((1, 2)), latent_scale=np.zeros((1, 2)), elbo=np.zeros(0), seconds=0.0)
 
 

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from latentscm.inference.decoders import LinearDecoder
 from latentscm.cli import IMAGE_METHOD, main  # noqa: E402
 from latentscm.data import Dataset, image_config, simulate  # noqa: E402
 from latentscm.data.images import chemistry_projection  # noqa: E402
@@ -21,7 +22,7 @@ def _near_truth(dataset, method, S=10):
     d = dataset.d
     return Posterior(method=method, W=np.tile(dataset.weights, (S, 1, 1)),
                      noise_scales=np.tile(dataset.noise_scales, (S, 1)), orders=np.tile(np.arange(d), (S, 1)),
-                     decoder={"A": np.tile(A, (S, 1, 1)), "b": np.tile(b, (S, 1)), "obs_scale": np.full(S, 0.05)},
+                     decoder=LinearDecoder(np.tile(A, (S, 1, 1)), np.tile(b, (S, 1)), np.full(S, 0.05)),
                      latent_mean=dataset.z, latent_scale=np.full(dataset.z.shape, 0.01),
                      elbo=-np.geomspace(1e4, 1e2, 20), seconds=1.0)
 

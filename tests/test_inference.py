@@ -83,7 +83,7 @@ def test_posterior_shapes_and_heldout_nll(data, posterior):
     np.testing.assert_allclose(posterior.order_probs().sum(0), 1.0)
     nll = posterior.heldout_nll(test)
     # the posterior predicts unseen regimes far better than a shuffled decoder does
-    shuffled = Posterior(**{**posterior.__dict__, "decoder": {**posterior.decoder, "A": posterior.decoder["A"][:, ::-1]}})
+    shuffled = Posterior(**{**posterior.__dict__, "decoder": posterior.decoder.replace(A=posterior.decoder["A"][:, ::-1])})
     assert np.isfinite(nll) and nll < shuffled.heldout_nll(test) - 1.0
     assert len(posterior.elbo) == 300 and np.mean(posterior.elbo[-30:]) > np.mean(posterior.elbo[:30])
 
@@ -105,7 +105,7 @@ def test_log_likelihood_group_loo_and_compare(data, posterior):
     np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0].sum(1), posterior.log_likelihood(train).sum(1))
     loo = az.loo(tree)
     assert np.isfinite(loo.elpd) and loo.se > 0
-    shuffled = Posterior(**{**posterior.__dict__, "decoder": {**posterior.decoder, "A": posterior.decoder["A"][:, ::-1]}})
+    shuffled = Posterior(**{**posterior.__dict__, "decoder": posterior.decoder.replace(A=posterior.decoder["A"][:, ::-1])})
     ranked = az.compare({"fit": tree, "shuffled decoder": shuffled.to_arviz(train)})
     assert list(ranked.index) == ["fit", "shuffled decoder"]
 

@@ -7,6 +7,7 @@ import pytest
 
 from latentscm.data import Dataset, SimulationConfig, simulate
 from latentscm.inference import METHODS, fit
+from latentscm.inference.decoders import IdentityDecoder
 from latentscm.metrics import expected_shd
 from latentscm.models.observed import identity_log_likelihood, identity_stats
 from latentscm.models.scm import InterventionalLinearGaussian
@@ -83,7 +84,7 @@ def test_heldout_nll_of_observed_variables_is_the_scm_density():
 
     data = observed(3, 40, 1)
     W, sigma = np.asarray(data.weights)[None], np.array([[1.0, 1.2, 0.7]])
-    post = Posterior(method="collapsed", W=W, noise_scales=sigma, orders=np.array([[0, 1, 2]]), decoder={},
+    post = Posterior(method="collapsed", W=W, noise_scales=sigma, orders=np.array([[0, 1, 2]]), decoder=IdentityDecoder(),
                      latent_mean=data.x, latent_scale=np.zeros_like(data.x), elbo=np.zeros(0), seconds=0.0, tau=0.1)
     with jax.enable_x64(True):
         ref = InterventionalLinearGaussian(jnp.asarray(W[0]), jnp.asarray(sigma[0]), jnp.asarray(data.targets, jnp.float64),

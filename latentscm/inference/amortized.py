@@ -42,6 +42,7 @@ from .._validate import (KNOWN_ORDER, TEMPERATURES, check_fields, flag, integer,
 from ..models.amortized import amortized_model, intervention_scale, unit_batches
 from ..models.priors import parse_priors
 from ..models.scm import tril_to_matrix, weights_from_order
+from .decoders import LinearDecoder, NetworkDecoder
 from .encoder import (decode_point, encode, importance_log_predictive, initialise_amortized, noise_guide, pair_latents,
                       pair_units)
 from .guide import draw, initial_params, make_sampler, mean_field_guide, site_specs
@@ -230,22 +231,22 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     if units is not None and len(units[1]):  # row b of each pair: through the pair's transform
         b = units[1][:, 1]
         latent_mean[b], latent_sd[b] = pair_latents(encoder, data, units[1], draws, config, key_draw)
-    decoder = {"obs_scale": draws["obs_scale"]}
-    decode = log_predictive = None
     if config.decoder == "linear":
-        decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
+        decoder = LinearDecoder(draws["decoder_weight"], draws["decoder_bias"], draws["obs_scale"],
+                                value_scale=config.value_scale, pairs=config.use_pairs)
     else:
         net = eqx.combine(params["decoder$params"], built.decoder0)
-        decode = functools.partial(decode_point, net)
         log_predictive = functools.partial(
             importance_log_predictive, encoder, net, built.x_norm,
             {"W": draws["W"], "noise_scale": draws["noise_scale"], "obs_scale": draws["obs_scale"]},
             config.tau, config.heldout_draws, config.heldout_particles, key_predictive,
             config.value_scale if config.unknown_values == "latent" else None)
+        decoder = NetworkDecoder({"obs_scale": draws["obs_scale"]}, decode=functools.partial(decode_point, net),
+                                 log_predictive=log_predictive)
     return Posterior(
         method="amortized", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
         decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-svi.losses[:, svi.best],
-        seconds=time.perf_counter() - start, tau=config.tau, decode=decode, log_predictive=log_predictive,
+        seconds=time.perf_counter() - start, tau=config.tau,
         info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
               "proposal_order": built.ini.order.tolist(), "decoder_kind": config.decoder, "batch_size": built.batch,
               "latents": "encoder mean and sd of q(z_n | x_n, targets_n, values_n)" + (

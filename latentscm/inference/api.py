@@ -99,9 +99,8 @@ def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progre
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     posterior = METHODS[method].fit(dataset, config=cfg, priors=spec, seed=seed, progress=progress)
-    linear = ({"A", "b", "obs_scale"} <= set(posterior.decoder)
-              or (not posterior.decoder and posterior.decode is None and dataset.D == dataset.d))
-    if not linear:
+    if posterior.decoder.kind not in ("linear", "identity") or (posterior.decoder.kind == "identity"
+                                                                 and dataset.D != dataset.d):
         return posterior
     targets, values = dataset.targets, dataset.values
     if posterior.target_draws is not None:  # the check at the inferred targets (probability > 1/2)

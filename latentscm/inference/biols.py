@@ -45,6 +45,7 @@ from ..models.priors import parse_priors
 from ..models.scm import InterventionalLinearGaussian, tril_size, tril_to_matrix, weights_from_order
 from .posterior import Posterior
 from ._datarules import check_decoder, check_known_order, check_unknowns
+from .decoders import LinearDecoder, NetworkDecoder
 from .guide import site_specs
 from .svi import SVIProblem, checkpoint_for, elbo_loss, seed_keys, solve
 
@@ -237,13 +238,14 @@ def fit_biols(dataset, *, config: BiolsConfig, priors=None, seed=0, progress=Tru
     draws = _draw(guide, params, config.num_draws, config.temperature, key_draw)
     S = config.num_draws
     dec = {k: np.asarray(v) for k, v in params["decoder"].items()}
+    obs_scale = np.full(S, config.obs_scale, np.float32)
     if config.decoder == "linear":
-        decoder = {"A": np.broadcast_to(dec["A"], (S, d, D)), "b": np.broadcast_to(dec["b"], (S, D))}
+        decoder = LinearDecoder(np.broadcast_to(dec["A"], (S, d, D)), np.broadcast_to(dec["b"], (S, D)), obs_scale)
         latent_mean, latent_sd = _linear_latents(data, draws, dec, config)
-    else:
-        decoder = {k: np.broadcast_to(v, (S,) + v.shape) for k, v in dec.items()}
+    else:  # the network's weights as draws; no decode function and no density (the seed method has neither)
+        decoder = NetworkDecoder({**{k: np.broadcast_to(v, (S,) + v.shape) for k, v in dec.items()},
+                                  "obs_scale": obs_scale})
         latent_mean, latent_sd = _map_latents(data, draws, dec, config, key_latents)
-    decoder["obs_scale"] = np.full(S, config.obs_scale, np.float32)
     return Posterior(
         method="biols", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"], decoder=decoder,
         latent_mean=latent_mean, latent_scale=latent_sd, elbo=-losses[:, 0] * N,

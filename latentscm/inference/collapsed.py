@@ -44,6 +44,7 @@ from ..models.target_sets import TargetStats
 from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
+from .decoders import IdentityDecoder, LinearDecoder
 from .diagnostics import FitDiagnosticWarning, restart_problems
 from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
                     step_factors)
@@ -219,11 +220,12 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
             units = make_units(dataset.x, hard, np.where(hard > dataset.targets, np.nan, dataset.values),
                                dataset.pair if config.use_pairs else None)
         if config.decoder == "identity":
-            latent_mean, latent_sd, decoder = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d)), {}
+            latent_mean, latent_sd, decoder = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d)), IdentityDecoder()
         else:
             latent_mean, latent_sd = latent_summaries(dataset, draws, config.tau, units=units,
                                                       value_scale=config.value_scale, devices=built.devices)
-            decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
+            decoder = LinearDecoder(draws["decoder_weight"], draws["decoder_bias"], draws["obs_scale"],
+                                    value_scale=config.value_scale, pairs=config.use_pairs)
     return Posterior(
         method="collapsed", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
         decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-svi.losses[:, svi.best],

@@ -73,6 +73,7 @@ from .._validate import KNOWN_ORDER, check_fields, flag, integer, number, one_of
 from ..models.collapsed import collapsed_model, sufficient_stats
 from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
+from .decoders import IdentityDecoder, LinearDecoder
 from .mcmc_gibbs import augmented_model, make_augmentation
 from .mcmc_kernel import ChainState, make_sampler
 from ._datarules import check_decoder, check_known_order, check_unknowns
@@ -245,12 +246,12 @@ def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True)
         S = C * config.num_samples
         noise = draws["noise_scale"] if fixed is None else np.broadcast_to(np.asarray(fixed), (S, d)).copy()
         if config.decoder == "linear":
-            decoder = {"A": draws["decoder_weight"], "b": draws["decoder_bias"], "obs_scale": draws["obs_scale"]}
+            decoder = LinearDecoder(draws["decoder_weight"], draws["decoder_bias"], draws["obs_scale"])
             latent_mean, latent_sd = latent_summaries(
                 dataset, {"W": draws["W"], "noise_scale": noise, "decoder_weight": decoder["A"],
                           "decoder_bias": decoder["b"], "obs_scale": decoder["obs_scale"]}, tau)
         else:
-            decoder = {}
+            decoder = IdentityDecoder()
             latent_mean, latent_sd = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d))
     orders = out.order.reshape(S, d)
     counts = {k: int(getattr(out, k).sum()) for k in ("swap_accepted", "swap_proposed", "reversal_accepted",
