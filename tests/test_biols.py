@@ -190,12 +190,12 @@ def test_mlp_decoder_and_learned_order_run(data):
 
 @pytest.mark.slow
 def test_biols_resumes_from_its_checkpoint_exactly(data, tmp_path, monkeypatch):
-    import latentscm.inference.biols as biols_module
+    import latentscm.inference.svi as svi_module  # svi.solve runs every SVI method's steps
 
     train, _ = data
     cfg = {"steps": 60, "num_draws": 10, "chunk": 30, "checkpoint_every": 30, "batch_size": 100}
     full = fit(train, "biols", config={**cfg, "checkpoint_dir": str(tmp_path / "a")}, seed=2, progress=False)
-    original = biols_module.run_svi
+    original = svi_module.run_svi
 
     class Interrupt(Exception):
         pass
@@ -204,10 +204,10 @@ def test_biols_resumes_from_its_checkpoint_exactly(data, tmp_path, monkeypatch):
         if len(losses) >= 30:
             raise Interrupt
 
-    monkeypatch.setattr(biols_module, "run_svi", lambda *a, **k: original(*a, **k, callback=stop_after_30))
+    monkeypatch.setattr(svi_module, "run_svi", lambda *a, **k: original(*a, **k, callback=stop_after_30))
     with pytest.raises(Interrupt):
         fit(train, "biols", config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=2, progress=False)
-    monkeypatch.setattr(biols_module, "run_svi", original)
+    monkeypatch.setattr(svi_module, "run_svi", original)
     resumed = fit(train, "biols", config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=2, progress=False)
     np.testing.assert_allclose(resumed.elbo, full.elbo, rtol=1e-6)
     np.testing.assert_allclose(resumed.W, full.W, atol=1e-6)
