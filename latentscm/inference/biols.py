@@ -49,6 +49,8 @@ from .decoders import LinearDecoder, NetworkDecoder
 from .guide import site_specs
 from .svi import SVIProblem, checkpoint_for, elbo_loss, seed_keys, solve
 
+_LATENT_NUMBERS = 5e7  # exact latent summaries: draws per call such that draws x N x D stays below this
+
 
 @dataclass(frozen=True)
 class BiolsConfig:
@@ -272,7 +274,7 @@ def _linear_latents(data, draws, dec, config):
 
     Draws go in chunks of at most 50, fewer when N x D is large (each draw holds N x D numbers)."""
     N, D = data["x"].shape
-    chunk = int(max(1, min(50, 5e7 // (N * D))))
+    chunk = int(max(1, min(50, _LATENT_NUMBERS // (N * D))))
     f = jax.jit(jax.vmap(lambda W, s: latent_posterior(data["x"], data["targets"], data["values"], W, s,
                                                        dec["A"], dec["b"], config.obs_scale, config.tau)))
     S = len(draws["W"])

@@ -55,6 +55,8 @@ from .svi import SVIProblem, checkpoint_for, geometric_schedule, loss_tail, seed
 from .targets import has_observational_regime, hard_targets, open_target_stats, target_draws
 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
+_SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
+_ROW_BUCKET = 1024  # latent summaries: a pattern's rows padded to a power of two up to this, then to its multiples
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def _diagnostics(dataset, config, ini, svi, restart_probs):
     return diagnostics
 
 
-def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=8, devices=None):
+def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=_SHARDED_DRAWS, devices=None):
     """Mixture mean and sd (N, d) of the exact ``p(z_n | x, ...)`` over the posterior draws.
 
     ``units`` (from :func:`make_units`) conditions each row on its whole unit (both halves of a
@@ -335,8 +337,8 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
         patterns, g = group_rows(np.concatenate([u.targets.reshape(U, -1), u.known.reshape(U, -1)], axis=1))
         for r, pattern in enumerate(patterns):
             idx = np.flatnonzero(g == r)
-            n = len(idx)  # padded to a power of two, or a multiple of 1024: few shapes to compile
-            size = 1 << max(3, int(np.ceil(np.log2(n)))) if n <= 1024 else -(-n // 1024) * 1024
+            n = len(idx)  # padded to a power of two, or a multiple of _ROW_BUCKET: few shapes to compile
+            size = 1 << max(3, int(np.ceil(np.log2(n)))) if n <= _ROW_BUCKET else -(-n // _ROW_BUCKET) * _ROW_BUCKET
             X = np.zeros((size,) + u.x.shape[1:])
             V = np.zeros((size,) + u.values.shape[1:])
             X[: len(idx)], V[: len(idx)] = u.x[idx], u.values[idx]

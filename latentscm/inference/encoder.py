@@ -20,6 +20,8 @@ from ..models.scm import InterventionalLinearGaussian
 from .initialise import Initialisation, _node_fit, estimate_latents, order_score, propose_order
 
 _INIT_Z_SCALE = 0.05
+_ENCODE_ROWS = 4096  # rows per call of the encoder's mean and sd
+_SAMPLED_ROWS = 256  # rows per call where each row is sampled for every posterior draw
 
 
 class GaussianEncoder(eqx.Module):
@@ -97,7 +99,7 @@ def _fit_regression(net, inputs, targets, weights, steps, learning_rate, key, ba
     return eqx.combine(params, static)
 
 
-def encode(encoder, x_std, targets, values, missing=None, chunk=4096):
+def encode(encoder, x_std, targets, values, missing=None, chunk=_ENCODE_ROWS):
     """Encoder mean and sd (N, d) for every row, in chunks."""
     f = eqx.filter_jit(lambda e, x, t, v, u: jax.vmap(e)(x, t, v, u))
     missing = jnp.zeros_like(targets) if missing is None else missing
@@ -176,7 +178,7 @@ def _apply_rows(net, z):
 
 
 def importance_log_predictive(encoder, decoder, x_norm, draws, tau, num_draws, num_particles, key, value_scale,
-                              dataset, chunk=256, per_draw=False):
+                              dataset, chunk=_SAMPLED_ROWS, per_draw=False):
     """Per-row estimate (N,) of ``log p(x_n | m_n, v_n, data)`` for a nonlinear decoder; with ``per_draw``
     the per-draw estimates (num_draws, N) of ``log p(x_n | m_n, v_n, theta_s)`` instead (same keys).
 
@@ -242,7 +244,7 @@ def noise_guide(enc, x_std, t, v, miss, W, sigma, t_a, scale):
     return dist.Normal(loc, sc).to_event(1)
 
 
-def pair_latents(encoder, data, pairs, draws, config, key, chunk=256):
+def pair_latents(encoder, data, pairs, draws, config, key, chunk=_SAMPLED_ROWS):
     """Mean and sd (P, d) of each pair's row b under the fitted guide: per posterior draw (W, sigma),
     ``z_a ~ q(z_a)``, ``u ~ q(u | W, sigma)``, ``z_b = pair_second(z_a, u)``; moments over the draws."""
     W, sigma = jnp.asarray(draws["W"], jnp.float32), jnp.asarray(draws["noise_scale"], jnp.float32)

@@ -83,6 +83,8 @@ from .initialise import _node_fit, initialise
 from .posterior import Posterior
 from .svi import seed_keys
 
+_CONSTRAIN_DRAWS = 500  # draws per call when the kept draws are mapped to constrained values
+
 DECODERS = ("linear", "identity")
 _DECODER_WHY = ("mcmc integrates z out exactly, which needs a linear decoder ('identity': x is z itself); for a "
                 "nonlinear decoder such as 'mlp' use a variational method")
@@ -300,7 +302,7 @@ def _rate(a, b):
     return float(a / b) if b else float("nan")
 
 
-def _constrain(postprocess, out, data, chunk=500):
+def _constrain(postprocess, out, data, chunk=_CONSTRAIN_DRAWS):
     """Constrained draws (chain-major flattened, leading C * S) from the unconstrained chain output."""
     z = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out.z)
     order = out.order.reshape(-1, out.order.shape[-1])
