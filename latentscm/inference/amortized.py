@@ -120,6 +120,7 @@ class AmortizedBuild(NamedTuple):
     encoder0: eqx.Module
     decoder0: eqx.Module | None  # the network decoder's start (None: linear)
     units: tuple | None  # (singles, pairs) row indices with use_pairs
+    known: jax.Array | None  # a fixed order
     x_norm: tuple  # per-feature mean and sd of x (the encoder's input standardisation)
     batch: int
 
@@ -209,7 +210,7 @@ def build_amortized(dataset, config: AmortizedConfig, priors, seed) -> Amortized
     optimizer = optax.adam(optax.linear_schedule(config.learning_rate / 100, config.learning_rate, 100))
     problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
                          data, config.num_particles, mean_field=True)
-    return AmortizedBuild(problem, ini, encoder0, decoder0, units, x_norm, batch)
+    return AmortizedBuild(problem, ini, encoder0, decoder0, units, known, x_norm, batch)
 
 
 def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, progress=True):
@@ -222,8 +223,7 @@ def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, prog
     svi = solve(built.problem, key_svi, config.steps, chunk=config.chunk, progress=progress, desc="amortized",
                 checkpoint=checkpoint_for("amortized", config, priors, seed, dataset))
     params = svi.restart(svi.best)
-    known = None if config.known_order is None else jnp.asarray(config.known_order)
-    draws = draw(make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, known), params,
+    draws = draw(make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known), params,
                  key_draw)
     encoder = eqx.combine(params["encoder$params"], built.encoder0)
     missing = data["missing"] if config.unknown_values == "latent" else None

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.collapsed import Units, make_units, unit_log_likelihood
+from ..models.collapsed import Units, group_rows, make_units, unit_log_likelihood
 from ..models.precision_form import pattern_row_log_likelihood
 from ..models.scm import InterventionalLinearGaussian
 
@@ -97,16 +97,17 @@ class LinearDecoder(Decoder):
         pattern, O(D d) per row), the pattern passed beside the draws so that every group runs the same
         compiled program."""
         S, d = posterior.num_draws, posterior.d
+        draws = tuple(_pad(a, min(S, _LL_DRAWS)) for a in self._draws(posterior))  # padded once, not per pattern
         with jax.enable_x64(True):
             x, targets, values = (np.asarray(a, np.float64) for a in (dataset.x, dataset.targets, dataset.values))
             known = (targets > 0) & ~np.isnan(values)
             v = np.where(known, values, 0.0)
             out = np.empty((S, len(x)))
-            patterns, group = np.unique(np.concatenate([targets > 0, known], 1), axis=0, return_inverse=True)
+            patterns, group = group_rows(np.concatenate([targets > 0, known], 1))
             for g, pattern in enumerate(patterns.astype(np.float64)):
-                rows = np.flatnonzero(group.reshape(-1) == g)
-                masks = (np.broadcast_to(pattern[:d], (S, d)), np.broadcast_to(pattern[d:], (S, d)))
-                out[:, rows] = _chunked(_pattern_rows, (x[rows], v[rows]), masks + self._draws(posterior))
+                rows = np.flatnonzero(group == g)
+                masks = tuple(np.broadcast_to(m, (len(draws[0]), d)) for m in (pattern[:d], pattern[d:]))
+                out[:, rows] = _chunked(_pattern_rows, (x[rows], v[rows]), masks + draws)[:S]
             return out
 
     def pair_log_likelihood(self, posterior, dataset):

@@ -96,17 +96,23 @@ def _dag_log_det_bwd(B, g):
 dag_log_det.defvjp(_dag_log_det_fwd, _dag_log_det_bwd)
 
 
+def _exogenous(W, sigma, masks, known, tau, value_scale):
+    """For target masks ``masks`` and known-value masks ``known`` (..., d): the exogenous variances ``Dv``
+    (..., d), ``B = I - W diag(1 - m)`` and ``B Dv^-1`` (..., d, d); z's precision is ``B Dv^-1 B^T``."""
+    free = 1 - masks
+    var = free * sigma**2 + masks * (tau**2 + value_scale**2 * (1 - known))
+    B = jnp.eye(W.shape[-1], dtype=W.dtype) - W * free[..., None, :]
+    return var, B, B / var[..., None, :]
+
+
 def single_row_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
     """Exact ``log p(x | targets, values, W, sigma, A, b, s)`` (scalar) for statistics of single rows
     (``stats.k == 1``; ``W`` a DAG): the density of :func:`~latentscm.models.collapsed.collapsed_log_likelihood` in
     precision form (module docstring)."""
     masks, known = stats.masks[:, 0], stats.known[:, 0]  # (R, d)
-    d, D = W.shape[-1], A.shape[-1]
+    D = A.shape[-1]
     s2, n = obs_scale**2, stats.n
-    free = 1 - masks
-    var = free * sigma**2 + masks * (tau**2 + value_scale**2 * (1 - known))  # (R, d): Dv
-    B = jnp.eye(d, dtype=W.dtype) - W * free[:, None, :]
-    P = B / var[:, None, :]  # B Dv^-1
+    var, B, P = _exogenous(W, sigma, masks, known, tau, value_scale)  # (R, d), (R, d, d), (R, d, d)
     K = P @ jnp.swapaxes(B, -1, -2) + (A @ A.T)[None] / s2
     mk = masks * known  # nodes whose value is known: mu = v there, else 0
     svv = stats.svv * mk[:, :, None] * mk[:, None, :]  # sum mu^T mu
@@ -126,12 +132,9 @@ def pattern_row_log_likelihood(masks, known, X, V, W, sigma, A, b, obs_scale, ta
     and known-value mask ``known`` (d,); X (n, D), V (n, d) (values, read where targeted and known).
     One ``d x d`` Cholesky factor per call, then ``O(D d + d^2)`` per row (no per-row ``d x d`` matrix),
     for held-out scoring; the density of :func:`single_row_log_likelihood` row by row."""
-    d, D = W.shape[-1], A.shape[-1]
+    D = A.shape[-1]
     s2 = obs_scale**2
-    free = 1 - masks
-    var = free * sigma**2 + masks * (tau**2 + value_scale**2 * (1 - known))
-    B = jnp.eye(d, dtype=W.dtype) - W * free[None, :]
-    P = B / var[None, :]
+    var, B, P = _exogenous(W, sigma, masks, known, tau, value_scale)
     L = jnp.linalg.cholesky(P @ B.T + A @ A.T / s2)
     e = X - b
     mu = V * (masks * known)
