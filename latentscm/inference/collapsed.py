@@ -49,6 +49,7 @@ from .diagnostics import FitDiagnosticWarning, restart_problems
 from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
                     step_factors)
 from .initialise import initialise
+from .order_mixture import mixture_from_guide
 from .posterior import Posterior
 from .sharding import resolve_devices, shard_stats, shard_units
 from .svi import SVIProblem, checkpoint_for, geometric_schedule, loss_tail, seed_keys, solve
@@ -82,6 +83,9 @@ class CollapsedConfig:
     max_targets: int | None = setting(None, optional(integer(1), "for no limit"))
     target_sets: str = setting("auto", one_of("auto", "all", "near_start"))
     order_init: str = setting("proposal", one_of("proposal", "random"))
+    order_posterior: str = setting("auto", one_of("auto", "mixture", "guide"))
+    mixture_orders: int = setting(256, integer(1))
+    mixture_draws: int = setting(500, integer(10))
     init_scale: str = setting("auto", one_of("auto", "fixed", "data"))
     known_order: tuple[int, ...] | None = setting(None, KNOWN_ORDER)
     chunk: int = setting(100, integer(1))
@@ -199,7 +203,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     # float64: everything under x64. float32: the statistics (centred per pattern) and the
     # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
     x64 = config.precision == "float64" or config.decoder == "identity"
-    keys = seed_keys(seed, 2 + config.num_restarts)  # SVI, the posterior's draws, each restart's check
+    keys = seed_keys(seed, 3 + config.num_restarts)  # SVI, the posterior's draws, each restart's check, mixture
     with jax.enable_x64(x64):
         built = build_collapsed(dataset, config, priors, seed)
         config = built.config
@@ -208,11 +212,19 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
         draws = draw(sampler, svi.restart(svi.best), keys[1])
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
-        restart_probs = np.stack([edge_probabilities(np.asarray(
-            draws["W"] if r == svi.best else draw(sampler, svi.restart(r), keys[2 + r])["W"], np.float64))
-            for r in range(config.num_restarts)])
+        others = {r: draw(sampler, svi.restart(r), keys[2 + r]) for r in range(config.num_restarts) if r != svi.best}
+        restart_probs = np.stack([edge_probabilities(np.asarray(others.get(r, draws)["W"], np.float64))
+                                  for r in range(config.num_restarts)])
+        mixture = None
+        if uses_mixture(config, d):  # the calibrated order posterior replaces the guide's orders (SCM sites)
+            seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
+            mixture = mixture_from_guide(built.problem.model, built.problem.data, svi.restart(svi.best), draws,
+                                         keys[-1], seeds=seeds, num_draws=config.num_draws,
+                                         draws_per_order=config.mixture_draws, max_orders=config.mixture_orders,
+                                         seed=seed)
+            draws = {**draws, **mixture.draws}
     draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
-    diagnostics = _diagnostics(dataset, config, built.ini, svi, restart_probs)
+    diagnostics = _diagnostics(dataset, config, built.ini, svi, restart_probs, mixture)
     targets, units = {}, built.units
     with jax.enable_x64(True):
         if built.tstats is not None:  # each draw's exact target posterior; latents given the most probable sets
@@ -235,18 +247,31 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
               "restart_edge_probs": restart_probs.tolist(), "proposal_order": built.ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__,
+              **({"order_mixture": mixture.summary()} if mixture is not None else {}),
               "priors": priors.describe()},
         diagnostics=diagnostics, **targets,
     )
 
 
-def _diagnostics(dataset, config, ini, svi, restart_probs):
-    """The fit's problems (restarts that disagree, the start's own evidence, no labelled control regime),
-    each also raised as a :class:`FitDiagnosticWarning`."""
+def uses_mixture(config, d) -> bool:
+    """Whether the fit weighs orders (:mod:`.order_mixture`): ``order_posterior = "mixture"``, or ``"auto"`` with
+    the order learned and d <= 10 (beyond, each candidate's Hessian over the d(d+1)/2 SCM sites costs more than
+    the fit, and the data of such problems have identified the order in every benchmark)."""
+    if config.known_order is not None:
+        return False
+    return config.order_posterior == "mixture" or (config.order_posterior == "auto" and d <= 10)
+
+
+def _diagnostics(dataset, config, ini, svi, restart_probs, mixture=None):
+    """The fit's problems (restarts that disagree, the start's own evidence, no labelled control regime,
+    unreliable order weights), each also raised as a :class:`FitDiagnosticWarning`."""
     anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
-    diagnostics = restart_problems(-loss_tail(svi.losses), restart_probs, best=svi.best, anchor=anchor)
+    diagnostics = restart_problems(-loss_tail(svi.losses), restart_probs, best=svi.best, anchor=anchor,
+                                   weighed=mixture is not None)
     if ini.problem:  # the start's own evidence (inferred targets)
         diagnostics.append(ini.problem)
+    if mixture is not None:
+        diagnostics += mixture.problems()
     if dataset.target_unknown is not None and not has_observational_regime(dataset):
         diagnostics.append("targets were inferred without a regime known to be observational: a node without "
                            "parents fits equally well with its targeted and free regimes swapped, so its inferred "

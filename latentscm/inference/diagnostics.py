@@ -45,7 +45,8 @@ def _edges(edges):
 
 
 def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: int | None = None,
-                     threshold: float = EDGE_PROB, se_factor: float = NOISE_SE, max_listed: int = 6) -> list[str]:
+                     threshold: float = EDGE_PROB, se_factor: float = NOISE_SE, max_listed: int = 6,
+                     weighed: bool = False) -> list[str]:
     """Disagreements between optimisation restarts that put the result in doubt, as sentences.
 
     A restart from a random start that stops at a worse optimum is expected and is not a problem. These
@@ -72,6 +73,9 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
         Standard errors in the noise level (see :func:`elbo_noise`).
     max_listed : int
         At most this many differing edges are named per restart.
+    weighed : bool
+        The posterior weighs the orders itself (``collapsed``'s order mixture, seeded with every restart's
+        orders): restarts that disagree within noise are then represented in it, not a problem.
 
     Returns
     -------
@@ -112,6 +116,8 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
         differs = (f"restart {r} differs from the kept restart {best} in {n} edge{'s' if n != 1 else ''} "
                    f"(edge probability > {threshold:g}): it {parts}")
         if abs(diff) <= noise:
+            if weighed:
+                continue
             problems.append(f"restarts disagree on the graph with ELBOs within noise ({means[best]:.1f} and "
                             f"{means[r]:.1f}, noise {noise:.1f}): {differs}; the data do not decide between "
                             "the graphs and the posterior shows only one")

@@ -1,0 +1,288 @@
+"""The calibrated order posterior of the SVI fit: the guide proposes orders, exact per-order evidence weighs them.
+
+The guide's order distribution is close to a point mass (a Gumbel-matching distribution around one
+permutation per draw of ``L``), so on problems whose data leave the order ambiguous its order frequencies
+are far from the posterior (``docs/collapsed.md``, calibration). This module replaces them by a mixture
+over orders whose weights are estimated against the model's exact joint density (latents integrated
+out, as the collapsed model does):
+
+    p(order | x)  ∝  p(order) ∫ p(x, theta | order) d theta,
+
+with ``theta`` the SCM's continuous sites (edge weights in position space, noise scales, hierarchical
+scales). For each candidate order:
+
+1. **Laplace**: damped Newton steps (eigenvalue-floored Hessian, best of four step lengths) from the
+   guide's mean weights moved into that order's positions, in the unconstrained space; the Gaussian
+   ``N(mode, H^-1)`` is the proposal;
+2. **importance sampling**: ``draws_per_order`` proposals, log weights ``log p(x, theta | order) -
+   log q(theta)``; the evidence is their mean weight, its Monte Carlo error their variance, and ArviZ's
+   Pareto-smoothed importance sampling (PSIS) gives the smoothed weights and the shape ``k`` (above 0.7
+   the estimate is not reliable: a warning).
+
+Candidates: every order when they fit one batch of 32 (d <= 4); otherwise a search from the guide's own orders that
+adds the adjacent transpositions of every order within ``log(1e4)`` of the best evidence, until none is
+new or ``max_orders`` were weighed (then a note says the search stopped early). The posterior's draws
+are resampled: an order from the mixture weights, then that order's continuous sites from its PSIS
+weights. Decoder sites (``decoder_weight``, ``decoder_bias``, ``obs_scale``) are held at the guide's
+mean while weighing (they are shared by all orders and far more tightly determined than the SCM's sites),
+so with a linear decoder the weights are ``p(order | x, decoder)``; with ``decoder = "identity"`` they are
+exact up to Monte Carlo error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.util import log_density
+
+from ..models.scm import tril_size
+
+DECODER_SITES = ("decoder_weight", "decoder_bias", "obs_scale")
+KHAT_MAX = 0.7  # PSIS shape above which an order's evidence is unreliable (Vehtari et al. 2024)
+_WINDOW = math.log(1e4)  # the search expands orders within this many nats of the best
+_NEWTON = 12  # damped Newton steps per order
+_STEPS = (1.0, 0.5, 0.25, 0.05)  # step lengths tried per Newton step
+_FLOOR = 1e-6  # eigenvalue floor of the negative Hessian
+_BATCH = 32  # orders weighed per call
+
+
+class OrderMixture(NamedTuple):
+    """The weighed orders: ``orders`` (K, d), ``log_evidence`` (K,) (log p(x, order) up to one constant),
+    ``probs`` (K,), ``khat`` (K,), ``ess`` (K,) (each order's importance-sampling effective size),
+    ``relative_se`` (K,) (Monte Carlo standard error of each evidence, relative), ``complete`` (every
+    order was weighed or the search closed), and the resampled draws ``draws`` ({site: (num, ...)},
+    ``W`` and ``order`` included)."""
+
+    orders: np.ndarray
+    log_evidence: np.ndarray
+    probs: np.ndarray
+    khat: np.ndarray
+    ess: np.ndarray
+    relative_se: np.ndarray
+    complete: bool
+    draws: dict
+
+    def problems(self, mass=0.01) -> list[str]:
+        """Why the weights cannot be trusted, if they cannot: PSIS k above 0.7 for an order carrying at least
+        ``mass`` of the posterior."""
+        heavy = (self.probs >= mass) & (self.khat > KHAT_MAX)
+        if not heavy.any():
+            return []
+        worst = int(np.argmax(np.where(heavy, self.khat, -np.inf)))
+        return [f"order posterior: the importance weights of {int(heavy.sum())} order(s) carrying "
+                f"{self.probs[heavy].sum():.2f} of the mass are unreliable (PSIS k up to {self.khat[worst]:.2f} "
+                f"> {KHAT_MAX}, order {self.orders[worst].tolist()}); their probabilities are rough"]
+
+    def summary(self, top=10) -> dict:
+        """JSON-ready: the ``top`` orders with probability, k, effective size and relative error; every
+        order with probability above 1e-9 (``weights``: [order, probability], most probable first); totals."""
+        idx = np.argsort(self.probs)[::-1]
+        return {"orders_weighed": len(self.orders), "complete": self.complete,
+                "max_khat": float(np.max(np.where(self.probs >= 0.01, self.khat, -np.inf), initial=-np.inf)),
+                "top": [{"order": self.orders[i].tolist(), "prob": float(self.probs[i]),
+                         "khat": float(self.khat[i]), "ess": float(self.ess[i]),
+                         "relative_se": float(self.relative_se[i])} for i in idx[:top]],
+                "weights": [[self.orders[i].tolist(), float(self.probs[i])] for i in idx if self.probs[i] > 1e-9]}
+
+
+def position_tril(matrix, order):
+    """The strictly lower-triangular entries, in ``order``'s positions, of a node-space (d, d) matrix:
+    ``L[b, a] = matrix[order[a], order[b]]`` for b > a (pairs the order does not allow are dropped)."""
+    d = len(order)
+    rows, cols = np.tril_indices(d, -1)
+    return np.asarray(matrix)[np.asarray(order)[cols], np.asarray(order)[rows]]
+
+
+class LogJoint(NamedTuple):
+    """:func:`make_log_joint`'s result: ``f(P, u)``, and ``constrain(u) -> {site: value}`` for flat ``u``."""
+
+    f: object
+    constrain: object
+
+
+def make_log_joint(model, args, specs, fixed):
+    """The model's log joint ``f(P, u)`` at permutation ``P`` (d, d) and the flat unconstrained sites ``specs``
+    ``u`` (Jacobian included), the sites in ``fixed`` (constrained values) held."""
+    transforms = {name: biject_to(support) for name, (shape, support) in specs.items()}
+    _, unravel = ravel_pytree({name: jnp.zeros(shape) for name, (shape, _) in specs.items()})
+
+    def constrain(u):
+        return {name: transforms[name](part) for name, part in unravel(u).items()}
+
+    def f(P, u):
+        parts = unravel(u)
+        values = constrain(u)
+        log_det = sum(jnp.sum(transforms[n].log_abs_det_jacobian(parts[n], values[n])) for n in parts)
+        lp, _ = log_density(model, args, {}, {**values, **fixed, "P": P})
+        return lp + log_det
+
+    return LogJoint(f, constrain)
+
+
+def node_weights(l_vec, orders):
+    """Node-space ``W`` (n, d, d) of position-space weights ``l_vec`` (n, d(d-1)/2) under ``orders`` (n, d):
+    ``W[order[a], order[b]] = L[b, a]`` (the inverse of :func:`position_tril`)."""
+    n, d = orders.shape
+    rows, cols = np.tril_indices(d, -1)
+    W = np.zeros((n, d, d))
+    W[np.arange(n)[:, None], orders[:, cols], orders[:, rows]] = l_vec
+    return W
+
+
+def _laplace(f, P, u):
+    """Damped Newton ascent of ``f(P, .)`` from ``u``; returns the end point and the eigen-decomposition of the
+    (floored) negative Hessian at the step before it (one Hessian program, not two: the proposal's shape
+    need not be exact, importance sampling corrects it)."""
+    def grads(u):  # the gradient and, reverse over it, the Hessian (custom VJPs have no forward mode)
+        g = jax.grad(f, argnums=1)(P, u)
+        return g, g
+
+    def newton(carry, _):
+        u, _, _ = carry
+        hess, g = jax.jacrev(grads, has_aux=True)(u)
+        vals, vecs = jnp.linalg.eigh(-hess)
+        vals = jnp.maximum(jnp.abs(vals), _FLOOR)
+        step = vecs @ ((vecs.T @ g) / vals)
+        tries = jnp.stack([u + a * step for a in _STEPS] + [u])
+        scores = jax.vmap(lambda v: f(P, v))(tries)
+        scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
+        return (tries[jnp.argmax(scores)], vals, vecs), None
+
+    n = u.shape[0]
+    (u, vals, vecs), _ = jax.lax.scan(newton, (u, jnp.ones(n, u.dtype), jnp.eye(n, dtype=u.dtype)), None,
+                                      length=_NEWTON)
+    return u, vals, vecs
+
+
+def _weigh_one(f, P, u0, key, num):
+    """One order: Laplace proposal, ``num`` draws, their log weights (num,) and the draws (num, n)."""
+    mode, vals, vecs = _laplace(f, P, u0)
+    eps = jax.random.normal(key, (num, mode.shape[0]))
+    u = mode + (eps / jnp.sqrt(vals)) @ vecs.T
+    log_q = -0.5 * jnp.sum(eps**2, 1) + 0.5 * jnp.sum(jnp.log(vals)) - 0.5 * mode.shape[0] * math.log(2 * math.pi)
+    log_w = jax.vmap(lambda v: f(P, v))(u) - log_q
+    return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf), u
+
+
+def make_weigher(f, num):
+    """The jitted ``(Ps (B, d, d), u0 (B, n), keys (B, 2)) -> (log_w (B, num), u (B, num, n))``."""
+    return jax.jit(jax.vmap(lambda P, u0, k: _weigh_one(f, P, u0, k, num)))
+
+
+def _psis(log_w):
+    """PSIS-smoothed normalised log weights (num,) and k of one order's raw log weights."""
+    from arviz_stats.base import array_stats
+
+    finite = np.isfinite(log_w)
+    if finite.sum() < 10:
+        return np.where(finite, log_w - np.max(log_w, initial=0.0), -np.inf), np.inf
+    smoothed, khat = array_stats.psislw(np.where(finite, log_w, np.min(log_w[finite]) - 50.0), axis=-1)
+    return np.where(finite, smoothed, -np.inf), float(khat)
+
+
+def _evidence(log_w):
+    """log mean weight, effective sample size, relative standard error of the mean weight."""
+    finite = log_w[np.isfinite(log_w)]
+    if finite.size == 0:
+        return -np.inf, 0.0, np.inf
+    w = np.exp(finite - finite.max())
+    ess = w.sum() ** 2 / (w**2).sum()
+    log_z = float(finite.max() + np.log(w.sum() / log_w.size))
+    return log_z, float(ess), float(np.sqrt(max(1.0 / ess - 1.0 / log_w.size, 0.0)))
+
+
+def _neighbours(order):
+    for k in range(len(order) - 1):
+        o = list(order)
+        o[k], o[k + 1] = o[k + 1], o[k]
+        yield tuple(o)
+
+
+def weigh_orders(joint, start, seeds, key, *, d, num_draws, draws_per_order=500, max_orders=256, seed=0):
+    """Weigh candidate orders (module docstring) and resample ``num_draws`` posterior draws.
+
+    joint: a :class:`LogJoint`; start: ``order (tuple) -> u0`` (flat unconstrained start);
+    seeds: orders (S, d) to search from (the guide's draws); key: a JAX key. Returns an :class:`OrderMixture`.
+    """
+    weigher = make_weigher(joint.f, draws_per_order)
+    everything = math.factorial(d) <= min(_BATCH, max_orders)  # all orders when they fit one batch (d <= 4)
+    pending = list(itertools.permutations(range(d))) if everything else list(dict.fromkeys(map(tuple, seeds)))
+    done, results = [], []
+    while pending and len(done) < max_orders:
+        batch = pending[:min(_BATCH, max_orders - len(done))]
+        pending = pending[len(batch):]
+        padded = batch + [batch[0]] * (_BATCH - len(batch))  # one compiled shape
+        key, sub = jax.random.split(key)
+        log_w, u = weigher(jnp.asarray(np.eye(d)[np.array(padded)]),
+                           jnp.stack([start(o) for o in padded]), jax.random.split(sub, _BATCH))
+        for i, order in enumerate(batch):
+            lw = np.asarray(log_w[i], np.float64)
+            smoothed, khat = _psis(lw)
+            results.append((*_evidence(lw), khat, smoothed, np.asarray(u[i])))
+            done.append(order)
+        if not everything:  # expand the orders within the window of the best
+            log_z = np.array([r[0] for r in results])
+            seen = set(done) | set(pending)
+            for order, lz in zip(done, log_z):
+                if lz >= log_z.max() - _WINDOW:
+                    new = [o for o in _neighbours(order) if o not in seen]
+                    pending += new
+                    seen.update(new)
+    log_z, ess, rse, khat = (np.array([r[i] for r in results]) for i in range(4))
+    probs = np.exp(log_z - log_z.max())
+    probs /= probs.sum()
+    draws = _resample(np.array(done), probs, [r[4] for r in results], [r[5] for r in results], joint.constrain, d,
+                      num_draws, np.random.default_rng(seed))
+    return OrderMixture(np.array(done), log_z, probs, khat, ess, rse, not pending, draws)
+
+
+def _resample(orders, probs, smoothed, us, constrain, d, num, rng):
+    """``num`` draws: an order from ``probs``, then one of its proposals from its smoothed weights; the sites
+    constrained, with ``W`` (num, d, d) and ``order`` (num, d)."""
+    pick = np.sort(rng.choice(len(orders), size=num, p=probs))
+    rows = []
+    for k, count in zip(*np.unique(pick, return_counts=True)):
+        w = np.exp(smoothed[k] - np.max(smoothed[k]))
+        rows.append(us[k][rng.choice(len(us[k]), size=count, p=w / w.sum())])
+    perm = rng.permutation(num)  # draws in random order, as a sampler's
+    rows, pick = np.concatenate(rows)[perm], pick[perm]
+    out = {name: np.asarray(v) for name, v in jax.jit(jax.vmap(constrain))(jnp.asarray(rows)).items()}
+    out["order"] = orders[pick]
+    out["W"] = node_weights(out["edge_weight"], out["order"])
+    return out
+
+
+def mixture_from_guide(model, data, params, draws, key, *, seeds=None, num_draws, draws_per_order=500,
+                       max_orders=256, seed=0):
+    """:func:`weigh_orders` for a fitted mean-field guide of ``model(temperature, data)``: ``params`` one
+    restart's variational parameters (``{site}_loc`` unconstrained), ``draws`` the guide's draws (``W``,
+    ``order``), ``seeds`` the orders to search from (default: the draws'; e.g. every restart's). Decoder sites are held at the guide's median; every search starts from the guide's mean ``W``
+    moved into the candidate order's positions (``edge_weight``), other position-space sites at 0
+    (unconstrained), the rest at the guide's locations."""
+    from .guide import site_specs
+
+    specs = site_specs(model, 1.0, data)
+    fixed = {name: biject_to(specs[name][1])(jnp.asarray(params[f"{name}_loc"]))
+             for name in DECODER_SITES if name in specs}
+    scm = {name: spec for name, spec in specs.items() if name not in fixed}
+    joint = make_log_joint(model, (1.0, data), scm, fixed)
+    W_mean = np.mean(np.asarray(draws["W"], np.float64), 0)
+    d = W_mean.shape[0]
+    tril = (tril_size(d),)
+
+    def start(order):
+        parts = {name: position_tril(W_mean, order) if name == "edge_weight"
+                 else np.zeros(shape) if shape == tril else np.asarray(params[f"{name}_loc"])
+                 for name, (shape, _) in scm.items()}
+        return ravel_pytree({k: jnp.asarray(v, jnp.result_type(float)) for k, v in parts.items()})[0]
+
+    seeds = np.asarray(draws["order"] if seeds is None else seeds)
+    return weigh_orders(joint, start, seeds, key, d=d, num_draws=num_draws,
+                        draws_per_order=draws_per_order, max_orders=max_orders, seed=seed)
