@@ -10,6 +10,8 @@ A run folder holds
 ``dataset.npz``                   the training set in the external format, when requested
 ``edge_probabilities.png``        posterior edge probabilities, beside the true graph when known
 ``order_probabilities.png``       posterior probability of each node at each topological position
+``order_posterior.json``          the weighed orders (``collapsed``'s order mixture: probability, PSIS k,
+                                  effective size and relative error per order), when the fit made one
 ``elbo.png``                      ELBO trace (only when the method has one)
 ``latents.png``                   inferred against true latents (only when true latents are known)
 ``target_probabilities.png``      posterior target probabilities (regime x node), beside the true targets
@@ -175,6 +177,8 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
         save_figure(plot_regime_check(criticism.check), out / "ppc.png")
     if info is not None:
         write_json(out / "run.json", info)
+    if "order_mixture" in posterior.info:
+        write_json(out / "order_posterior.json", posterior.info["order_mixture"])
     if dataset is not None and save_dataset:
         dataset.save(out / "dataset.npz")
 

@@ -57,6 +57,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
+MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
 _ROW_BUCKET = 1024  # latent summaries: a pattern's rows padded to a power of two up to this, then to its multiples
 
 
@@ -161,29 +162,10 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> Collapsed
         ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
                          tau=config.tau, value_scale=config.value_scale, seed=seed,
                          unknown=dataset.target_unknown, regime=dataset.regime, target_rate=config.target_rate)
-        closed = slice(None) if open_rows is None else ~open_rows  # rows whose targets are all known
-        units = make_units(dataset.x[closed], dataset.targets[closed], dataset.values[closed],
-                           dataset.pair[closed] if config.use_pairs else None) if not np.all(open_rows) else ()
-        if identity:  # x is z: the SCM density of the observed latents, O(d^3) statistics
-            stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
-        else:
-            stats = tuple(unit_stats(u) if config.precision == "float64" else centered_stats(u, np.float32)
-                          for u in units)
-        tstats = None if open_rows is None else open_target_stats(dataset, config, ini.targets)
     devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
-    if not identity:  # to (sharded) device arrays, in the precision of the steps
-        stats = tuple(shard_stats(jax.device_put(st), devices) for st in stats)
-    if tstats is not None:
-        tstats = TargetStats(jax.device_put(tstats.stats), tstats.candidates, tstats.log_prior)
+    units, stats, tstats = _statistics(dataset, config, ini, devices)
     known = None if config.known_order is None else jnp.asarray(config.known_order)
-
-    def model(temperature, stats):
-        if identity:
-            identity_model(stats, priors=priors, tau=config.tau, order=known)
-        else:
-            collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known,
-                            unknown=tstats)
-
+    model = _model_of(config, priors, tstats, known)
     specs = site_specs(model, 1.0, stats)
     guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
     params0 = initial_params(specs, ini, d, config, rng)
@@ -193,6 +175,56 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> Collapsed
     problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
                          stats, config.num_particles)
     return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
+
+
+def _statistics(dataset, config, ini, devices):
+    """The model's data: the units of the rows whose targets are all known, their statistics (identity
+    decoder: of x itself) as device arrays in the steps' precision, and the target statistics of the others."""
+    open_rows = None if dataset.target_unknown is None else dataset.target_unknown.any(1)
+    with jax.enable_x64(True):  # the statistics in float64 (numpy), whatever the steps'
+        closed = slice(None) if open_rows is None else ~open_rows  # rows whose targets are all known
+        units = make_units(dataset.x[closed], dataset.targets[closed], dataset.values[closed],
+                           dataset.pair[closed] if config.use_pairs else None) if not np.all(open_rows) else ()
+        if config.decoder == "identity":  # x is z: the SCM density of the observed latents, O(d^3) statistics
+            return units, identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values), None
+        stats = tuple(unit_stats(u) if config.precision == "float64" else centered_stats(u, np.float32)
+                      for u in units)
+        tstats = None if open_rows is None else open_target_stats(dataset, config, ini.targets)
+    stats = tuple(shard_stats(jax.device_put(st), devices) for st in stats)  # in the precision of the steps
+    if tstats is not None:
+        tstats = TargetStats(jax.device_put(tstats.stats), tstats.candidates, tstats.log_prior)
+    return units, stats, tstats
+
+
+def _model_of(config, priors, tstats, known):
+    """The NumPyro model ``model(temperature, stats)`` (the temperature is the guide's)."""
+    def model(temperature, stats):
+        if config.decoder == "identity":
+            identity_model(stats, priors=priors, tau=config.tau, order=known)
+        else:
+            collapsed_model(stats, priors=priors, tau=config.tau, value_scale=config.value_scale, order=known,
+                            unknown=tstats)
+
+    return model
+
+
+def weighing_problem(built, dataset, priors, params):
+    """What the order mixture weighs with (:func:`~.order_mixture.mixture_from_guide`): ``(model, stats,
+    fixed decoder)``. With a linear decoder held at the guide's median ``A, b, s``, x's density factorises
+    into its coordinates ``y = (x - b) V`` in the row space of ``A = U S V^T`` (a collapsed model with the
+    d x d decoder ``A V`` and no bias) and an orthogonal remainder that does not depend on the SCM: so the
+    orders are weighed on d-dimensional statistics, at O(d^3) per evaluation whatever D."""
+    if built.config.decoder == "identity":
+        return built.problem.model, built.problem.data, {}
+    A = np.asarray(params["decoder_weight_loc"], np.float64)
+    b = np.asarray(params["decoder_bias_loc"], np.float64)
+    s = float(np.exp(params["obs_scale_loc"]))  # obs_scale is positive: the guide's loc is its log
+    V = np.linalg.svd(A, full_matrices=False)[2].T  # (D, d)
+    projected = dataclasses.replace(dataset, x=((np.asarray(dataset.x, np.float64) - b) @ V).astype(np.float32),
+                                    projection=None, image_shape=None)
+    _, stats, tstats = _statistics(projected, built.config, built.ini, built.devices[:1])
+    fixed = {"decoder_weight": jnp.asarray(A @ V), "decoder_bias": jnp.zeros(dataset.d), "obs_scale": jnp.asarray(s)}
+    return _model_of(built.config, priors, tstats, built.known), stats, fixed
 
 
 def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
@@ -218,8 +250,9 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         mixture = None
         if uses_mixture(config, d):  # the calibrated order posterior replaces the guide's orders (SCM sites)
             seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
-            mixture = mixture_from_guide(built.problem.model, built.problem.data, svi.restart(svi.best), draws,
-                                         keys[-1], seeds=seeds, num_draws=config.num_draws,
+            model, stats, fixed = weighing_problem(built, dataset, priors, svi.restart(svi.best))
+            mixture = mixture_from_guide(model, stats, svi.restart(svi.best), draws, keys[-1], fixed=fixed,
+                                         seeds=seeds, num_draws=config.num_draws,
                                          draws_per_order=config.mixture_draws, max_orders=config.mixture_orders,
                                          seed=seed)
             draws = {**draws, **mixture.draws}
@@ -254,12 +287,13 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
 
 
 def uses_mixture(config, d) -> bool:
-    """Whether the fit weighs orders (:mod:`.order_mixture`): ``order_posterior = "mixture"``, or ``"auto"`` with
-    the order learned and d <= 10 (beyond, each candidate's Hessian over the d(d+1)/2 SCM sites costs more than
-    the fit, and the data of such problems have identified the order in every benchmark)."""
+    """Whether the fit weighs orders (:mod:`.order_mixture`): the order learned and ``order_posterior =
+    "mixture"``, or ``"auto"`` with d <= :data:`MIXTURE_MAX_D` (beyond, the linear extensions of a sparse DAG
+    number hundreds and each candidate's Hessian over the d(d+1)/2 SCM sites makes weighing them cost more
+    than the fit: measured in docs/collapsed.md)."""
     if config.known_order is not None:
         return False
-    return config.order_posterior == "mixture" or (config.order_posterior == "auto" and d <= 10)
+    return config.order_posterior == "mixture" or (config.order_posterior == "auto" and d <= MIXTURE_MAX_D)
 
 
 def _diagnostics(dataset, config, ini, svi, restart_probs, mixture=None):

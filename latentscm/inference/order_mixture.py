@@ -107,20 +107,22 @@ class LogJoint(NamedTuple):
     constrain: object
 
 
-def make_log_joint(model, args, specs, fixed):
-    """The model's log joint ``f(P, u)`` at permutation ``P`` (d, d) and the flat unconstrained sites ``specs``
-    ``u`` (Jacobian included), the sites in ``fixed`` (constrained values) held."""
+def make_log_joint(model, specs):
+    """The log joint ``f(P, u, data, fixed)`` of ``model(temperature, data)`` at permutation ``P`` (d, d), the flat
+    unconstrained sites ``specs`` ``u`` (Jacobian included) and the other sites held at ``fixed`` (constrained
+    values). The data and the held sites are arguments, not constants: the compiled program depends on shapes
+    only (the persistent compilation cache serves every fit of the same size)."""
     transforms = {name: biject_to(support) for name, (shape, support) in specs.items()}
     _, unravel = ravel_pytree({name: jnp.zeros(shape) for name, (shape, _) in specs.items()})
 
     def constrain(u):
         return {name: transforms[name](part) for name, part in unravel(u).items()}
 
-    def f(P, u):
+    def f(P, u, data, fixed):
         parts = unravel(u)
         values = constrain(u)
         log_det = sum(jnp.sum(transforms[n].log_abs_det_jacobian(parts[n], values[n])) for n in parts)
-        lp, _ = log_density(model, args, {}, {**values, **fixed, "P": P})
+        lp, _ = log_density(model, (1.0, data), {}, {**values, **fixed, "P": P})
         return lp + log_det
 
     return LogJoint(f, constrain)
@@ -136,12 +138,12 @@ def node_weights(l_vec, orders):
     return W
 
 
-def _laplace(f, P, u):
-    """Damped Newton ascent of ``f(P, .)`` from ``u``; returns the end point and the eigen-decomposition of the
+def _laplace(f, u):
+    """Damped Newton ascent of ``f`` from ``u``; returns the end point and the eigen-decomposition of the
     (floored) negative Hessian at the step before it (one Hessian program, not two: the proposal's shape
     need not be exact, importance sampling corrects it)."""
     def grads(u):  # the gradient and, reverse over it, the Hessian (custom VJPs have no forward mode)
-        g = jax.grad(f, argnums=1)(P, u)
+        g = jax.grad(f)(u)
         return g, g
 
     def newton(carry, _):
@@ -151,7 +153,7 @@ def _laplace(f, P, u):
         vals = jnp.maximum(jnp.abs(vals), _FLOOR)
         step = vecs @ ((vecs.T @ g) / vals)
         tries = jnp.stack([u + a * step for a in _STEPS] + [u])
-        scores = jax.vmap(lambda v: f(P, v))(tries)
+        scores = jax.vmap(f)(tries)
         scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
         return (tries[jnp.argmax(scores)], vals, vecs), None
 
@@ -161,30 +163,36 @@ def _laplace(f, P, u):
     return u, vals, vecs
 
 
-def _weigh_one(f, P, u0, key, num):
-    """One order: Laplace proposal, ``num`` draws, their log weights (num,) and the draws (num, n)."""
-    mode, vals, vecs = _laplace(f, P, u0)
+def _weigh_one(f, u0, key, num):
+    """One order (``f`` its log joint): Laplace proposal, ``num`` draws, their log weights (num,) and the draws
+    (num, n)."""
+    mode, vals, vecs = _laplace(f, u0)
     eps = jax.random.normal(key, (num, mode.shape[0]))
     u = mode + (eps / jnp.sqrt(vals)) @ vecs.T
     log_q = -0.5 * jnp.sum(eps**2, 1) + 0.5 * jnp.sum(jnp.log(vals)) - 0.5 * mode.shape[0] * math.log(2 * math.pi)
-    log_w = jax.vmap(lambda v: f(P, v))(u) - log_q
+    log_w = jax.vmap(f)(u) - log_q
     return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf), u
 
 
 def make_weigher(f, num):
-    """The jitted ``(Ps (B, d, d), u0 (B, n), keys (B, 2)) -> (log_w (B, num), u (B, num, n))``."""
-    return jax.jit(jax.vmap(lambda P, u0, k: _weigh_one(f, P, u0, k, num)))
+    """The jitted ``(Ps (B, d, d), u0 (B, n), keys (B,), data, fixed) -> (log_w (B, num), u (B, num, n))``."""
+    def one(P, u0, key, data, fixed):
+        return _weigh_one(lambda u: f(P, u, data, fixed), u0, key, num)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)))
 
 
 def _psis(log_w):
-    """PSIS-smoothed normalised log weights (num,) and k of one order's raw log weights."""
+    """PSIS-smoothed normalised log weights (K, num) and k (K,) of K orders' raw log weights (K, num); an order
+    with fewer than 10 finite weights gets its raw weights and k = inf."""
     from arviz_stats.base import array_stats
 
     finite = np.isfinite(log_w)
-    if finite.sum() < 10:
-        return np.where(finite, log_w - np.max(log_w, initial=0.0), -np.inf), np.inf
-    smoothed, khat = array_stats.psislw(np.where(finite, log_w, np.min(log_w[finite]) - 50.0), axis=-1)
-    return np.where(finite, smoothed, -np.inf), float(khat)
+    floor = np.min(np.where(finite, log_w, np.inf), 1, keepdims=True) - 50.0
+    smoothed, khat = array_stats.psislw(np.where(finite, log_w, np.where(np.isfinite(floor), floor, 0.0)), axis=-1)
+    few = finite.sum(1) < 10
+    smoothed = np.where(few[:, None], log_w - np.max(log_w, 1, keepdims=True, initial=0.0), smoothed)
+    return np.where(finite, smoothed, -np.inf), np.where(few, np.inf, khat)
 
 
 def _evidence(log_w):
@@ -205,10 +213,11 @@ def _neighbours(order):
         yield tuple(o)
 
 
-def weigh_orders(joint, start, seeds, key, *, d, num_draws, draws_per_order=500, max_orders=256, seed=0):
+def weigh_orders(joint, data, fixed, start, seeds, key, *, d, num_draws, draws_per_order=500, max_orders=256,
+                 seed=0):
     """Weigh candidate orders (module docstring) and resample ``num_draws`` posterior draws.
 
-    joint: a :class:`LogJoint`; start: ``order (tuple) -> u0`` (flat unconstrained start);
+    joint: a :class:`LogJoint`; data, fixed: its model's data and held sites; start: ``order (tuple) -> u0`` (flat unconstrained start);
     seeds: orders (S, d) to search from (the guide's draws); key: a JAX key. Returns an :class:`OrderMixture`.
     """
     weigher = make_weigher(joint.f, draws_per_order)
@@ -221,11 +230,12 @@ def weigh_orders(joint, start, seeds, key, *, d, num_draws, draws_per_order=500,
         padded = batch + [batch[0]] * (_BATCH - len(batch))  # one compiled shape
         key, sub = jax.random.split(key)
         log_w, u = weigher(jnp.asarray(np.eye(d)[np.array(padded)]),
-                           jnp.stack([start(o) for o in padded]), jax.random.split(sub, _BATCH))
+                           jnp.asarray(np.stack([start(o) for o in padded])), jax.random.split(sub, _BATCH),
+                           data, fixed)
+        lw = np.asarray(log_w[:len(batch)], np.float64)
+        smoothed, khat = _psis(lw)
         for i, order in enumerate(batch):
-            lw = np.asarray(log_w[i], np.float64)
-            smoothed, khat = _psis(lw)
-            results.append((*_evidence(lw), khat, smoothed, np.asarray(u[i])))
+            results.append((*_evidence(lw[i]), khat[i], smoothed[i], np.asarray(u[i])))
             done.append(order)
         if not everything:  # expand the orders within the window of the best
             log_z = np.array([r[0] for r in results])
@@ -259,7 +269,7 @@ def _resample(orders, probs, smoothed, us, constrain, d, num, rng):
     return out
 
 
-def mixture_from_guide(model, data, params, draws, key, *, seeds=None, num_draws, draws_per_order=500,
+def mixture_from_guide(model, data, params, draws, key, *, seeds=None, fixed=None, num_draws, draws_per_order=500,
                        max_orders=256, seed=0):
     """:func:`weigh_orders` for a fitted mean-field guide of ``model(temperature, data)``: ``params`` one
     restart's variational parameters (``{site}_loc`` unconstrained), ``draws`` the guide's draws (``W``,
@@ -269,20 +279,21 @@ def mixture_from_guide(model, data, params, draws, key, *, seeds=None, num_draws
     from .guide import site_specs
 
     specs = site_specs(model, 1.0, data)
-    fixed = {name: biject_to(specs[name][1])(jnp.asarray(params[f"{name}_loc"]))
-             for name in DECODER_SITES if name in specs}
+    if fixed is None:
+        fixed = {name: biject_to(specs[name][1])(jnp.asarray(params[f"{name}_loc"]))
+                 for name in DECODER_SITES if name in specs}
     scm = {name: spec for name, spec in specs.items() if name not in fixed}
-    joint = make_log_joint(model, (1.0, data), scm, fixed)
+    joint = make_log_joint(model, scm)
     W_mean = np.mean(np.asarray(draws["W"], np.float64), 0)
     d = W_mean.shape[0]
     tril = (tril_size(d),)
 
-    def start(order):
+    def start(order):  # flat in ravel_pytree's order (sorted names), numpy
         parts = {name: position_tril(W_mean, order) if name == "edge_weight"
                  else np.zeros(shape) if shape == tril else np.asarray(params[f"{name}_loc"])
                  for name, (shape, _) in scm.items()}
-        return ravel_pytree({k: jnp.asarray(v, jnp.result_type(float)) for k, v in parts.items()})[0]
+        return np.concatenate([np.ravel(parts[name]) for name in sorted(parts)])
 
     seeds = np.asarray(draws["order"] if seeds is None else seeds)
-    return weigh_orders(joint, start, seeds, key, d=d, num_draws=num_draws,
+    return weigh_orders(joint, data, fixed, start, seeds, key, d=d, num_draws=num_draws,
                         draws_per_order=draws_per_order, max_orders=max_orders, seed=seed)
