@@ -19,7 +19,10 @@ paired       the default data with ``use_pairs = true`` (one exogenous noise vec
 hidden       the default data with the intervention values removed (``unknown_values = "latent"``:
              each unknown value integrated out under N(0, value_scale^2)). Seeds 0-2.
 
-Usage: ``python benchmarks/collapsed.py [--quick]`` writes ``benchmarks/results/collapsed.{csv,md}``.
+Usage: ``python benchmarks/collapsed.py [--quick] [--seeds 0 1 2] [--cases default,reference]
+[--set KEY=VALUE ... [--alternate]] [--name NAME]`` writes ``benchmarks/results/NAME.{csv,md}``. ``--set``
+overrides settings of every fit; with ``--alternate`` every fit runs twice back to back, with the defaults
+and with the overrides (case ``CASE+set``): timings of the two compared under the same load.
 """
 
 from __future__ import annotations
@@ -83,7 +86,23 @@ def external_dataset(seed, d=5, D=100, n_rows=4000, n_regimes=16):
     return train, test
 
 
+OVERRIDES: dict = {}  # --set
+ALTERNATE = False  # --alternate
+
+
 def run_fit(name, data, test, config, seed):
+    """One fit (``run_one``) with the ``--set`` overrides, or, with ``--alternate``, two: without them first."""
+    if not OVERRIDES:
+        return run_one(name, data, test, config, seed)
+    if not ALTERNATE:
+        return run_one(name, data, test, {**config, **OVERRIDES}, seed)
+    base = run_one(name, data, test, config, seed)
+    print(base, flush=True)
+    case, _, tail = name.rpartition("-seed")
+    return [base, run_one(f"{case}+set-seed{tail}", data, test, {**config, **OVERRIDES}, seed)]
+
+
+def run_one(name, data, test, config, seed):
     cmd = [sys.executable, "-m", "latentscm", "fit", "--data", str(data), "--seed", str(seed),
            "--json", str(WORK / f"{name}.json"), "--out", str(WORK / f"run-{name}")]
     if test is not None:
@@ -106,9 +125,20 @@ def main(argv=None):
     parser.add_argument("--cases", default="default,external,reference,random-init,paired,hidden",
                         help="comma-separated cases to run")
     parser.add_argument("--name", default="collapsed", help="results file stem (benchmarks/results/NAME.*)")
+    parser.add_argument("--seeds", type=int, nargs="*", help="seeds (default 0-4, --quick 0)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of every fit (JSON values)")
+    parser.add_argument("--alternate", action="store_true", help="run every fit with and without --set")
     args = parser.parse_args(argv)
+    global ALTERNATE
+    ALTERNATE = args.alternate
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            OVERRIDES[key] = json.loads(value)
+        except json.JSONDecodeError:
+            OVERRIDES[key] = value
     cases = set(args.cases.split(","))
-    seeds = [0] if args.quick else [0, 1, 2, 3, 4]
+    seeds = args.seeds if args.seeds is not None else [0] if args.quick else [0, 1, 2, 3, 4]
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     from latentscm.data import Dataset, SimulationConfig, simulate
@@ -149,6 +179,7 @@ def main(argv=None):
                                         weights=full.weights, noise_scales=full.noise_scales).save(data)
                 records.append(run_fit(f"{name}-seed{seed}", data, WORK / f"default-{seed}-test.npz", config, seed))
                 print(records[-1], flush=True)
+    records = [r for rec in records for r in (rec if isinstance(rec, list) else [rec])]
     df = pd.DataFrame(records)
     cols = ["case", "seed", "d", "D", "n", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
             "heldout_nll", "seconds", "wall_s"]
@@ -160,6 +191,8 @@ def main(argv=None):
     with open(RESULTS / f"{args.name}.md", "w") as fh:
         fh.write(f"# {args.name}: results\n\nMachine: 2-core CPU, no GPU. Means over seeds; one process per fit "
                  "(wall time includes start-up and compilation).\n\n")
+        if OVERRIDES:
+            fh.write(f"Settings {'of the `+set` cases' if ALTERNATE else 'of every fit'}: `{json.dumps(OVERRIDES)}`.\n\n")
         fh.write(summary.round(3).to_markdown() + "\n\n## Per fit\n\n" + df.round(3).to_markdown(index=False) + "\n")
     print(summary.round(3).to_string())
 
