@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -97,7 +98,6 @@ def run_fit(name, data, test, config, seed):
     if not ALTERNATE:
         return run_one(name, data, test, {**config, **OVERRIDES}, seed)
     base = run_one(name, data, test, config, seed)
-    print(base, flush=True)
     case, _, tail = name.rpartition("-seed")
     return [base, run_one(f"{case}+set-seed{tail}", data, test, {**config, **OVERRIDES}, seed)]
 
@@ -112,11 +112,18 @@ def run_one(name, data, test, config, seed):
         cfg.write_text("[fit]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
         cmd += ["--config", str(cfg)]
     shutil.rmtree(WORK / f"run-{name}", ignore_errors=True)  # a fresh run folder: no old checkpoint to resume
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _child_cpu()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _child_cpu() - cpu
     out = json.loads((WORK / f"{name}.json").read_text())
-    return {"case": name.rsplit("-seed", 1)[0], "seed": seed, "wall_s": round(wall, 1), **out}
+    return {"case": name.rsplit("-seed", 1)[0], "seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), **out}
+
+
+def _child_cpu():
+    """CPU seconds (user + system, all threads) of the finished child processes: a fit's cost that does not
+    depend on how busy the machine was, unlike its wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv=None):
@@ -182,7 +189,7 @@ def main(argv=None):
     records = [r for rec in records for r in (rec if isinstance(rec, list) else [rec])]
     df = pd.DataFrame(records)
     cols = ["case", "seed", "d", "D", "n", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
-            "heldout_nll", "seconds", "wall_s"]
+            "heldout_nll", "seconds", "wall_s", "cpu_s"]
     df = df[[c for c in cols if c in df]]
     df.to_csv(RESULTS / f"{args.name}.csv", index=False)
     summary = df.drop(columns=["seed"]).groupby("case", sort=False).mean(numeric_only=True)
