@@ -86,7 +86,7 @@ class CollapsedConfig:
     order_init: str = setting("proposal", one_of("proposal", "random"))
     order_posterior: str = setting("auto", one_of("auto", "mixture", "guide"))
     mixture_orders: int = setting(256, integer(1))
-    mixture_draws: int = setting(500, integer(10))
+    mixture_draws: int = setting(256, integer(10))
     init_scale: str = setting("auto", one_of("auto", "fixed", "data"))
     known_order: tuple[int, ...] | None = setting(None, KNOWN_ORDER)
     chunk: int = setting(100, integer(1))
@@ -222,9 +222,10 @@ def weighing_problem(built, dataset, priors, params):
     V = np.linalg.svd(A, full_matrices=False)[2].T  # (D, d)
     projected = dataclasses.replace(dataset, x=((np.asarray(dataset.x, np.float64) - b) @ V).astype(np.float32),
                                     projection=None, image_shape=None)
-    _, stats, tstats = _statistics(projected, built.config, built.ini, built.devices[:1])
+    config = dataclasses.replace(built.config, precision="float64")  # weighed in float64 (call under x64)
+    _, stats, tstats = _statistics(projected, config, built.ini, built.devices[:1])
     fixed = {"decoder_weight": jnp.asarray(A @ V), "decoder_bias": jnp.zeros(dataset.d), "obs_scale": jnp.asarray(s)}
-    return _model_of(built.config, priors, tstats, built.known), stats, fixed
+    return _model_of(config, priors, tstats, built.known), stats, fixed
 
 
 def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
@@ -247,8 +248,9 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         others = {r: draw(sampler, svi.restart(r), keys[2 + r]) for r in range(config.num_restarts) if r != svi.best}
         restart_probs = np.stack([edge_probabilities(np.asarray(others.get(r, draws)["W"], np.float64))
                                   for r in range(config.num_restarts)])
-        mixture = None
-        if uses_mixture(config, d):  # the calibrated order posterior replaces the guide's orders (SCM sites)
+    mixture = None
+    if uses_mixture(config, d):  # the calibrated order posterior replaces the guide's orders (SCM sites)
+        with jax.enable_x64(True):
             seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
             model, stats, fixed = weighing_problem(built, dataset, priors, svi.restart(svi.best))
             mixture = mixture_from_guide(model, stats, svi.restart(svi.best), draws, keys[-1], fixed=fixed,
