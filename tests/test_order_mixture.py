@@ -75,3 +75,17 @@ def test_collapsed_default_is_calibrated_on_an_ambiguous_problem():
         "decoder": "identity", "num_draws": 4000, "order_posterior": op}).orders, orders, probs)
         for op in ("auto", "guide")}
     assert tv["auto"] < 0.04 < 0.2 < tv["guide"]
+
+
+def test_psis_reads_log_weights_the_right_way_round():
+    """Weights with a Pareto tail of shape 0.8 get k near 0.8 and smoothed weights that increase with the raw
+    ones; bounded weights get a small k (arviz_stats' psislw takes negated log ratios)."""
+    from latentscm.inference.order_mixture import _psis
+
+    rng = np.random.default_rng(0)
+    heavy = np.log(rng.pareto(1 / 0.8, size=4000) + 1)
+    bounded = -rng.exponential(size=4000)
+    smoothed, khat = _psis(np.stack([heavy, bounded]))
+    assert 0.7 < khat[0] < 1.0 and khat[1] < 0.3
+    assert np.corrcoef(smoothed[0], heavy)[0, 1] > 0.9 and np.corrcoef(smoothed[1], bounded)[0, 1] > 0.9
+    np.testing.assert_allclose(np.exp(smoothed).sum(1), 1.0)

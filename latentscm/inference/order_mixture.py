@@ -189,7 +189,8 @@ def _psis(log_w):
 
     finite = np.isfinite(log_w)
     floor = np.min(np.where(finite, log_w, np.inf), 1, keepdims=True) - 50.0
-    smoothed, khat = array_stats.psislw(np.where(finite, log_w, np.where(np.isfinite(floor), floor, 0.0)), axis=-1)
+    # arviz_stats' psislw takes the negated log ratios (as LOO's -log likelihood): checked in the tests
+    smoothed, khat = array_stats.psislw(-np.where(finite, log_w, np.where(np.isfinite(floor), floor, 0.0)), axis=-1)
     few = finite.sum(1) < 10
     smoothed = np.where(few[:, None], log_w - np.max(log_w, 1, keepdims=True, initial=0.0), smoothed)
     return np.where(finite, smoothed, -np.inf), np.where(few, np.inf, khat)
