@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--design", choices=("paired", "iid"), default="paired")
     p.add_argument("--projection", choices=("linear", "mlp", "so", "chemistry", "chemistry_shift"), default="linear",
                    help="chemistry / chemistry_shift: 50x50 images (D = 2500, pixel noise 0.05)")
+    p.add_argument("--scale", choices=("default", "saturating"), default="default",
+                   help="images only: 'saturating' draws a stronger SCM (value scale 1, weights 1-3, noise sd "
+                        "1.5-2.5) whose latents the renderer clips often (image_config(..., scale=...))")
     p.add_argument("--graph", choices=("er", "sf"), default="er")
     p.add_argument("--edges-per-node", type=float, default=1.0, metavar="K")
     p.add_argument("--targets", choices=("multi", "single"), default="multi")

@@ -166,9 +166,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from latentscm.data import SimulationConfig, simulate
-
-    from latentscm.data import IMAGE_LAYOUTS
+    from latentscm.data import IMAGE_LAYOUTS, IMAGE_SCALES, SimulationConfig, simulate
 
     fields = {"d": args.d, "graph": args.graph, "edges_per_node": args.edges_per_node, "design": args.design,
               "targets": args.targets, "values": args.values, "projection": args.projection}
@@ -176,6 +174,9 @@ def cmd_simulate(args) -> int:
     fields["D"] = args.D if args.D is not None else (args.d if args.projection == "so" else 2500 if image else 100)
     if image:
         fields["obs_noise"] = 0.05  # pixel noise on the [0, 1] scale, as in the seed paper
+        fields |= IMAGE_SCALES[args.scale]
+    elif args.scale != "default":
+        raise UsageError(f"--scale {args.scale} is for images; give --projection chemistry or chemistry_shift")
     for name in ("n_regimes", "rows_per_regime", "n_rows", "n_test_regimes"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)

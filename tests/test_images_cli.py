@@ -114,3 +114,9 @@ def test_simulate_images(tmp_path, capsys):
     assert data.D == 2500 and data.image_shape == (50, 50) and data.meta["config"]["obs_noise"] == 0.05
     assert main(["simulate", "--out", str(out), "--projection", "chemistry_shift", "--d", "6"]) == 2
     assert "room for 1..5" in capsys.readouterr().err
+    assert main(["simulate", "--out", str(out), "--projection", "chemistry", "--scale", "saturating", "--d", "3",
+                 "--n-regimes", "3", "--rows-per-regime", "4"]) == 0
+    config = Dataset.load(out).meta["config"]
+    assert config["value_scale"] == 1.0 and list(config["weight_range"]) == [1.0, 3.0]
+    assert main(["simulate", "--out", str(out), "--scale", "saturating"]) == 2
+    assert "--scale saturating is for images" in capsys.readouterr().err
