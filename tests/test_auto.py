@@ -75,17 +75,10 @@ def test_excess_misfit_subtracts_sampling_noise_and_weights_rows():
 
 
 def test_prefer_network_needs_a_clear_win():
-    rng = np.random.default_rng(0)
-    linear = rng.normal(100.0, 5.0, 400)
-    assert prefer_network(linear, linear - 10.0 + rng.normal(0, 1, 400), 2.0)[0]  # wins by 10 nats per unit
-    assert not prefer_network(linear, linear + rng.normal(0, 1, 400), 2.0)[0]  # a tie
-    assert not prefer_network(linear, linear + 10.0, 2.0)[0]  # loses
-    small = linear - 0.1 + rng.normal(0, 5, 400)  # a small mean gain within the noise
-    assert not prefer_network(linear, small, 2.0)[0]
-    prefer, diff, se = prefer_network(linear, np.where(np.arange(400) == 3, np.nan, linear - 10), 2.0)
-    assert not prefer and np.isnan(diff)
-    with pytest.raises(ValueError, match="two \\(U,\\) arrays"):
-        prefer_network(linear, linear[:10], 2.0)
+    assert prefer_network(1.2, 0.1, 0.25)  # the MLP removes most of the misfit
+    assert not prefer_network(1.2, 1.0, 0.25)  # within the threshold
+    assert not prefer_network(0.1, 0.5, 0.25)  # worse
+    assert not prefer_network(1.2, np.nan, 0.25) and not prefer_network(np.nan, 0.0, 0.25)  # nothing checkable
 
 
 def test_split_units_keeps_pairs_together():
@@ -119,10 +112,11 @@ def test_bad_settings_fail_before_work():
 
 
 class _Fake:
-    """Stand-ins for the two fits, the check and the held-out NLL: records what ran."""
+    """Stand-ins for the two fits, the check and the held-out NLL: records what ran. ``misfit``: the linear
+    fit's statistic on the training rows; ``heldout``: each method's on the held-out rows."""
 
-    def __init__(self, ds, misfit, nll_linear, nll_mlp):
-        self.ds, self.misfit, self.nll, self.calls = ds, misfit, {"collapsed": nll_linear, "amortized": nll_mlp}, []
+    def __init__(self, ds, misfit, heldout):
+        self.ds, self.misfit, self.heldout, self.calls = ds, misfit, heldout, []
 
     def install(self, monkeypatch):
         import latentscm.criticism
@@ -139,25 +133,27 @@ class _Fake:
                 return dataclasses.replace(post, method=method, info={"config": dataclasses.asdict(config)})
             return fit_method
 
+        def check(post, dataset, **kwargs):
+            return self.misfit if dataset.N == self.ds.N else self.heldout[post.method]
+
         monkeypatch.setattr(latentscm.inference.collapsed, "fit_collapsed", fitter("collapsed"))
         monkeypatch.setattr(latentscm.inference.amortized, "fit_amortized", fitter("amortized"))
-        monkeypatch.setattr(latentscm.criticism, "regime_check", lambda *a, **k: "check")
-        monkeypatch.setattr(latentscm.inference.auto, "linear_misfit", lambda check: self.misfit)
-        monkeypatch.setattr(latentscm.inference.auto, "unit_nll",
-                            lambda post, held: np.full(len(np.unique(held.pair)), self.nll[post.method])
-                            + np.linspace(0, 1, len(np.unique(held.pair))))
+        monkeypatch.setattr(latentscm.criticism, "regime_check", check)
+        monkeypatch.setattr(latentscm.inference.auto, "linear_misfit", lambda misfit: misfit)
+        monkeypatch.setattr(latentscm.inference.auto, "heldout_nll",
+                            lambda post, held: ({"collapsed": -10.0, "amortized": -9.0}[post.method], 0.5))
 
 
-@pytest.mark.parametrize("misfit,nll_mlp,refine,kept", [
+@pytest.mark.parametrize("misfit,heldout_mlp,refine,kept", [
     (0.1, 0.0, "check", "collapsed"),  # the check passes: no MLP fit
-    (3.0, 50.0, "check", "amortized"),  # fails, and the MLP wins held out
-    (3.0, 100.5, "check", "collapsed"),  # fails, but the MLP does not win held out
-    (0.1, 50.0, "always", "amortized"),
-    (3.0, 50.0, "never", "collapsed"),
+    (1.2, 0.1, "check", "amortized"),  # fails, and the MLP removes the misfit held out
+    (1.2, 1.0, "check", "collapsed"),  # fails, but the MLP does not do clearly better held out
+    (0.1, 0.1, "always", "amortized"),
+    (1.2, 0.1, "never", "collapsed"),
 ])
-def test_fit_auto_decides_on_the_evidence(monkeypatch, misfit, nll_mlp, refine, kept):
+def test_fit_auto_decides_on_the_evidence(monkeypatch, misfit, heldout_mlp, refine, kept):
     ds, _ = _small_images("default", 0)
-    fake = _Fake(ds, misfit, 100.0, nll_mlp)
+    fake = _Fake(ds, misfit, {"collapsed": 1.2, "amortized": heldout_mlp})
     fake.install(monkeypatch)
     with warnings.catch_warnings():  # the fit's own moment check may warn about the stand-in posterior
         warnings.simplefilter("ignore", FitDiagnosticWarning)
@@ -169,9 +165,12 @@ def test_fit_auto_decides_on_the_evidence(monkeypatch, misfit, nll_mlp, refine, 
     assert [c[0] for c in fake.calls] == ["collapsed"] + ["amortized"] * refined
     if refined:  # the MLP fit: 80 % of the pairs, latents for every row
         _, n_train, n_latents = fake.calls[1]
-        assert n_train == ds.N - 2 * round(0.2 * ds.N / 2) and n_latents == ds.N
-        assert choice["heldout_units"] == round(0.2 * ds.N / 2) and choice["unit"] == "pair"
-        assert choice["nll_linear"] == pytest.approx(100.5) and choice["nll_difference"] == pytest.approx(100 - nll_mlp)
+        held = 2 * round(0.2 * ds.N / 2)
+        assert n_train == ds.N - held and n_latents == ds.N and choice["heldout_rows"] == held
+        assert choice["heldout_linear"] == 1.2 and choice["heldout_mlp"] == heldout_mlp
+        assert choice["nll_linear"] == -10.0 and choice["nll_mlp"] == -9.0 and choice["unit"] == "pair"
+    else:
+        assert choice["heldout_linear"] is None
     assert choice["misfit"] == misfit and choice["reason"] == describe_choice(choice)
     assert choice["reason"].startswith(f"{choice['decoder']} ({kept}): the linear fit's regime check misfit")
 
@@ -184,7 +183,8 @@ def test_fit_auto_real_fits_refine_on_a_nonlinear_projection():
     post = fit(ds, "auto", config={"linear": {"steps": 300}, "mlp": {"steps": 300, "pretrain_steps": 300}},
                seed=0, progress=False)
     choice = post.info["decoder_choice"]
-    assert choice["misfit"] > AUTO_KL and choice["nll_linear"] is not None
+    assert choice["misfit"] > AUTO_KL
     assert post.latent_mean.shape == (ds.N, 3)
+    assert choice["heldout_linear"] is not None
     if post.method == "amortized":
-        assert choice["nll_difference"] > choice["margin"] * choice["nll_se"]
+        assert choice["heldout_linear"] - choice["heldout_mlp"] > choice["kl_threshold"]
