@@ -196,13 +196,15 @@ def _markdown_saturating(df, rows) -> str:
             "rows) and the default scale (`chemistry`, 0.5-5 % clipped), paired design, ER-1, 4000 rows of 50 x 50 "
             "pixels, order learned, fitted with `fit(train, 'auto', config={'linear': {'num_restarts': 1}})`: "
             "collapsed (linear decoder, one restart as in `images.md`), its regime check, and when the check's "
-            "excess misfit exceeds 0.25 nats per row the MLP decoder (`amortized` defaults) fitted on 80 % of the "
+            "excess misfit exceeds 0.25 nats per row the MLP decoder (`amortized` defaults, 4000 steps) fitted on "
+            "80 % of the "
             "pairs, kept when its excess misfit on the other 20 % is lower than the linear fit's by more than 0.25 "
             "(docs/criticism.md). Columns as in `images.md`; `clip_max`: the largest clipped fraction of a "
             "node's rows; `decoder`: the kept decoder; `misfit`: the check's statistic on the training rows "
             "(nats per row); `heldout_*`: the same on the held-out rows, per fit; `nll_*`: held-out NLL per "
-            "pair (nats), reported, not used. Timings: one process per fit pinned to core 0 (`taskset -c 0`) of a 2-core machine shared "
-            "with two other engineers' jobs (see the notes): wall and fit seconds are inflated by that load; "
+            "pair (nats), reported, not used. Timings: one process per fit pinned to core 0 (`taskset -c 0`) of a "
+            "2-core machine shared with two other engineers' jobs (see the notes): wall and fit seconds are "
+            "inflated by that load; "
             "`cpu_s` is this process's own CPU time.\n\n"
             "## Means over seeds\n\n" + summary.round(4).to_markdown() +
             "\n\n## Per fit\n\n" + df.round(4).to_markdown(index=False) + "\n\n## Decisions\n\n" + reasons

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import (AUTO_RATIO, DEFAULT_METHOD, IMAGE_METHOD, METHOD_NAMES, UsageError, _check_d, _check_fit_inputs, _check_outputs,
-                  _load, _resolve, _settings, _Settings)
+from .cli import (AUTO_RATIO, DEFAULT_METHOD, IMAGE_METHOD, METHOD_NAMES, UsageError, _check_d,
+                  _check_fit_inputs, _check_outputs, _load, _resolve, _settings, _Settings)
 
 
 def _fit(dataset, settings: _Settings, seed: int):

@@ -1,4 +1,5 @@
-"""``auto``: the decoder chosen by the evidence (check the linear fit, refine with the MLP decoder, compare held out)."""
+"""``auto``: the decoder chosen by the evidence (check the linear fit, refine with the MLP decoder, compare
+held out)."""
 
 import dataclasses
 import warnings
@@ -20,7 +21,8 @@ from latentscm.inference.diagnostics import FitDiagnosticWarning
 
 def _near_truth(ds, A, b, scale, value_scale, S=10):
     """A linear-decoder posterior at the simulator's SCM with decoder (A, b)."""
-    return Posterior(method="collapsed", W=np.tile(ds.weights, (S, 1, 1)), noise_scales=np.tile(ds.noise_scales, (S, 1)),
+    return Posterior(method="collapsed", W=np.tile(ds.weights, (S, 1, 1)),
+                     noise_scales=np.tile(ds.noise_scales, (S, 1)),
                      orders=np.tile(np.arange(ds.d), (S, 1)),
                      decoder=LinearDecoder(np.tile(A, (S, 1, 1)), np.tile(b, (S, 1)), np.full(S, scale)),
                      latent_mean=ds.z, latent_scale=np.full(ds.z.shape, 0.01), elbo=np.zeros(1), seconds=1.0,

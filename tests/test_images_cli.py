@@ -73,7 +73,8 @@ def test_fit_picks_image_method_for_image_files(tmp_path, capsys, fake_fit, monk
     train, _ = simulate(image_config(d=3, n_pairs=40, n_regimes=4, rows_per_regime=10, n_test_regimes=1), 0)
     path = train.save(tmp_path / "img.npz")
     flat = dataclasses.replace(train, image_shape=None).save(tmp_path / "flat.npz")  # D = 2500 >> d = 3
-    narrow = dataclasses.replace(train, image_shape=None, x=train.x[:, :29], projection=None).save(tmp_path / "narrow.npz")
+    narrow = dataclasses.replace(train, image_shape=None, x=train.x[:, :29], projection=None)
+    narrow = narrow.save(tmp_path / "narrow.npz")
     assert main(["fit", "--data", str(path), "--out", str(tmp_path / "a")]) == 0
     assert main(["fit", "--data", str(path), "--method", "biols", "--out", str(tmp_path / "b")]) == 0
     assert main(["fit", "--data", str(flat), "--out", str(tmp_path / "c")]) == 0
