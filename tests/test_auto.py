@@ -106,7 +106,7 @@ def test_bad_settings_fail_before_work():
         AutoConfig(holdout=1.0)
     with pytest.raises(ValueError, match="linear must be a table"):
         AutoConfig(linear=3)
-    with pytest.raises(ValueError, match="amortized"):  # the MLP fit's rules on the data, checked up front
+    with pytest.raises(ValueError, match="the MLP refinement \\(amortized\\) cannot take this dataset"):
         check_fit_inputs(ds, "auto", {"mlp": {"known_order": (0, 1)}})
     check_fit_inputs(ds, "auto", {"refine": "never", "mlp": {"known_order": (0, 1)}})  # no MLP fit: not checked
     with pytest.raises(ValueError, match="stepz"):

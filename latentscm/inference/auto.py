@@ -87,7 +87,12 @@ class AutoConfig:
         linear, mlp = self.configs()
         linear.check_dataset(dataset)
         if self.refine != "never":
-            mlp.check_dataset(dataset)
+            try:
+                mlp.check_dataset(dataset)
+            except ValueError as e:  # DataError too
+                raise type(e)(f"auto: the MLP refinement (amortized) cannot take this dataset: {e}. Set "
+                              "refine = 'never' (the linear fit and its check only) or fit with method "
+                              "'collapsed'") from None
             units = dataset.pair if dataset.pair is not None else np.arange(dataset.N)
             if len(np.unique(units)) < 10:
                 raise ValueError(f"auto: the held-out comparison needs at least 10 units (pairs or rows); the "
