@@ -177,16 +177,20 @@ def test_fit_auto_decides_on_the_evidence(monkeypatch, misfit, heldout_mlp, refi
     assert choice["reason"].startswith(f"{choice['decoder']} ({kept}): the linear fit's regime check misfit")
 
 
-@pytest.mark.slow  # two real fits (collapsed, amortized) on a small vector problem: about a minute
-def test_fit_auto_real_fits_refine_on_a_nonlinear_projection():
+@pytest.mark.slow  # two real fits (collapsed, amortized) on a small vector problem: about a minute and a half
+def test_fit_auto_real_fits_through_the_refinement():
+    """The whole path with real fits (refine = "always"): the MLP fit on 80 % of the pairs, both judged on the
+    rest, latents for every row. (On this small MLP projection the check alone gives 0.17 nats per row,
+    below AUTO_KL: a mild nonlinearity the linear fit absorbs at d = 3, D = 30.)"""
     cfg = SimulationConfig(d=3, D=30, projection="mlp", n_pairs=400, n_regimes=4, rows_per_regime=100,
                            n_test_regimes=1)
     ds = simulate(cfg, 0)[0]
-    post = fit(ds, "auto", config={"linear": {"steps": 300}, "mlp": {"steps": 300, "pretrain_steps": 300}},
-               seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitDiagnosticWarning)
+        post = fit(ds, "auto", config={"refine": "always", "linear": {"steps": 300},
+                                       "mlp": {"steps": 300, "pretrain_steps": 300}}, seed=0, progress=False)
     choice = post.info["decoder_choice"]
-    assert choice["misfit"] > AUTO_KL
-    assert post.latent_mean.shape == (ds.N, 3)
-    assert choice["heldout_linear"] is not None
-    if post.method == "amortized":
-        assert choice["heldout_linear"] - choice["heldout_mlp"] > choice["kl_threshold"]
+    assert np.isfinite([choice["misfit"], choice["heldout_linear"], choice["heldout_mlp"], choice["nll_linear"],
+                        choice["nll_mlp"]]).all()
+    assert choice["heldout_rows"] == 2 * round(0.2 * 400) and post.latent_mean.shape == (ds.N, 3)
+    assert (post.method == "amortized") == (choice["heldout_linear"] - choice["heldout_mlp"] > AUTO_KL)
