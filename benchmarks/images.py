@@ -188,8 +188,8 @@ def _markdown_saturating(df, rows) -> str:
     summary = df.drop(columns=["seed", "decoder"]).groupby("case", sort=False).mean(numeric_only=True)
     summary.insert(0, "fits", df.groupby("case", sort=False).size())
     reasons = "\n".join(f"* `{r['case']}` seed {r['seed']}: clipped fraction per node {r['clip']}; decoder: "
-                         f"{r.get('reason')} (linear fit {r.get('linear_seconds') or float('nan'):.0f} s, MLP fit "
-                         f"{r.get('mlp_seconds') or float('nan'):.0f} s)" for r in rows)
+                         f"{r.get('reason')} (linear fit {r.get('linear_seconds') or float('nan'):.0f} s"
+                         + (f", MLP fit {r['mlp_seconds']:.0f} s)" if r.get("mlp_seconds") else ")") for r in rows)
     return ("# Images that saturate: the default `auto` fit (decoder chosen by the evidence)\n\n"
             "Cases: `simulate(image_config('chemistry', scale=..., d=5), seed)`: `saturating` (value scale 1, "
             "edge weights 1-3, noise sd 1.5-2.5, so that the renderer clips |z| > 8 in >= 10 % of some node's "
