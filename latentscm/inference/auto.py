@@ -55,10 +55,9 @@ class AutoConfig:
 
     ``linear``: settings of ``collapsed`` (None: its defaults); ``mlp``: settings of ``amortized`` (None:
     its defaults with ``steps = MLP_STEPS``, 4000; its decoder must be ``"mlp"``); ``refine``: ``"check"``
-    (refine when the check fails),
-    ``"never"`` (the linear fit and its check only) or ``"always"`` (refine and compare whatever the
-    check says); ``kl_threshold``: the misfit above which the check fails; ``holdout``: the fraction of
-    units held out for the comparison.
+    (refine when the check fails), ``"never"`` (the linear fit and its check only) or ``"always"`` (refine
+    and compare whatever the check says); ``kl_threshold``: the misfit above which the check fails, and the
+    margin by which the MLP must lower it held out; ``holdout``: the fraction of units held out.
     """
 
     linear: Mapping | None = setting(None, optional(_TABLE, "for the defaults of collapsed"))
