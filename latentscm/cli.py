@@ -50,12 +50,15 @@ __all__ = ["main", "load_config", "UsageError", "compilation_cache_dir", "enable
 DEFAULT_METHOD = "collapsed"
 # The keys of latentscm.inference.METHODS, here so that a wrong --method is reported without importing
 # JAX (tests/test_cli.py checks that both agree).
-METHOD_NAMES = ("collapsed", "mcmc", "biols", "amortized")
+METHOD_NAMES = ("collapsed", "mcmc", "biols", "amortized", "auto")
 CACHE_ENV = "LATENTSCM_JAX_CACHE"
 XLA_OPT_FLAG = "--xla_backend_optimization_level=1"
-# Data with an image_shape (e.g. `latentscm fit --data images.npz`) default to this method: `collapsed`
-# handles D = 2500 pixels exactly (its linear decoder is exact for the chemistry layout).
-IMAGE_METHOD = "collapsed"
+# Data with an image_shape (e.g. `latentscm fit --data images.npz`), or with at least AUTO_RATIO dimensions
+# per latent, default to this method: `auto` fits `collapsed` (linear decoder, exact at D = 2500 pixels),
+# checks it and refines with the MLP decoder when the check fails (latentscm.inference.auto, which
+# documents the rule).
+IMAGE_METHOD = "auto"
+AUTO_RATIO = 10
 EXAMPLES = ("default", "images")
 QUICK_FIT = {"steps": 300}
 _TOP_LEVEL = ("method", "d", "fit", "priors")
@@ -186,7 +189,9 @@ def _settings(args, quick: bool = False, default_method: str = DEFAULT_METHOD) -
     cfg = load_config(args.config)
     method = args.method or cfg.method or default_method
     fit_cfg = dict(cfg.fit)
-    if quick:
+    if quick and method == "auto":  # both fits short
+        fit_cfg |= {part: dict(fit_cfg.get(part) or {}) | QUICK_FIT for part in ("linear", "mlp")}
+    elif quick:
         fit_cfg |= QUICK_FIT
     if method not in METHOD_NAMES:
         raise UsageError(f"unknown method {method!r}; available methods: {', '.join(sorted(METHOD_NAMES))}")
@@ -272,7 +277,8 @@ def _pos_int(text: str) -> int:
 
 
 def _fit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help=f"inference method (default: the config file's, else {DEFAULT_METHOD})")
+    p.add_argument("--method", help=f"inference method (default: the config file's, else {IMAGE_METHOD!r} for images "
+                                    f"and data with D >= {AUTO_RATIO} d, else {DEFAULT_METHOD!r})")
     p.add_argument("--config", metavar="FILE.toml", help="settings file with optional method, d, [fit], [priors]")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of simulation and fit (default 0)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<method>-seed<N>)")
@@ -301,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", choices=EXAMPLES, default="default",
                    help="'default': the problem above; 'images': the same SCM design rendered as 50x50 "
                         "'chemistry' images (d=5, D=2500), fitted with "
-                        f"{IMAGE_METHOD!r} by default, plus generation under do(z_j = -7) (generation.png)")
+                        f"{IMAGE_METHOD!r} by default (the decoder chosen by the evidence), plus generation under "
+                        "do(z_j = -7) (generation.png)")
 
 
     p = sub.add_parser("fit", help="fit a dataset in the external .npz format",
@@ -335,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--design", choices=("paired", "iid"), default="paired")
     p.add_argument("--projection", choices=("linear", "mlp", "so", "chemistry", "chemistry_shift"), default="linear",
                    help="chemistry / chemistry_shift: 50x50 images (D = 2500, pixel noise 0.05)")
+    p.add_argument("--scale", choices=("default", "saturating"), default="default",
+                   help="images only: 'saturating' draws a stronger SCM (value scale 1, weights 1-3, noise sd "
+                        "1.5-2.5) whose latents the renderer clips often (image_config(..., scale=...))")
     p.add_argument("--graph", choices=("er", "sf"), default="er")
     p.add_argument("--edges-per-node", type=float, default=1.0, metavar="K")
     p.add_argument("--targets", choices=("multi", "single"), default="multi")

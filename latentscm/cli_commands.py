@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import (DEFAULT_METHOD, IMAGE_METHOD, METHOD_NAMES, UsageError, _check_d, _check_fit_inputs, _check_outputs,
-                  _load, _resolve, _settings, _Settings)
+from .cli import (AUTO_RATIO, DEFAULT_METHOD, IMAGE_METHOD, METHOD_NAMES, UsageError, _check_d,
+                  _check_fit_inputs, _check_outputs, _load, _resolve, _settings, _Settings)
 
 
 def _fit(dataset, settings: _Settings, seed: int):
@@ -23,10 +23,14 @@ def _fit(dataset, settings: _Settings, seed: int):
     try:
         with warnings.catch_warnings():  # printed as "warning: ..." lines after the metrics (see _finish)
             warnings.simplefilter("ignore", FitDiagnosticWarning)
-            return fit(dataset, settings.method, config=settings.config, priors=settings.prior_spec, seed=seed,
-                       progress=sys.stderr.isatty())
+            posterior = fit(dataset, settings.method, config=settings.config, priors=settings.prior_spec, seed=seed,
+                            progress=sys.stderr.isatty())
     except ValueError as e:  # DataError, PriorError and invalid settings are ValueErrors
         raise UsageError(str(e)) from None
+    choice = posterior.info.get("decoder_choice")
+    if choice is not None:  # method auto: what it chose and why (also in run.json)
+        print(f"decoder: {choice['reason']}", flush=True)
+    return posterior
 
 
 def _default_out(method: str, seed: int) -> Path:
@@ -59,6 +63,8 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
         print(f"note: {note}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
     args.out = str(out)
+    if "decoder_choice" in posterior.info:
+        info = dict(info) | {"decoder_choice": posterior.info["decoder_choice"]}
     write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
@@ -129,7 +135,8 @@ def cmd_fit(args) -> int:
     settings = _resume_args(args) if args.resume else _settings(args)
     _check_outputs(args)
     dataset = _load(args.data, "--data")
-    if not args.resume and dataset.image_shape:  # images: an image-capable method unless one is named
+    if not args.resume and (dataset.image_shape or dataset.D >= AUTO_RATIO * dataset.d):
+        # images and D >> d: the decoder chosen by the evidence (auto) unless a method is named
         settings = _settings(args, default_method=IMAGE_METHOD)
     _check_d(settings, dataset, str(args.data))
     test = None
@@ -159,9 +166,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from latentscm.data import SimulationConfig, simulate
-
-    from latentscm.data import IMAGE_LAYOUTS
+    from latentscm.data import IMAGE_LAYOUTS, IMAGE_SCALES, SimulationConfig, simulate
 
     fields = {"d": args.d, "graph": args.graph, "edges_per_node": args.edges_per_node, "design": args.design,
               "targets": args.targets, "values": args.values, "projection": args.projection}
@@ -169,6 +174,9 @@ def cmd_simulate(args) -> int:
     fields["D"] = args.D if args.D is not None else (args.d if args.projection == "so" else 2500 if image else 100)
     if image:
         fields["obs_noise"] = 0.05  # pixel noise on the [0, 1] scale, as in the seed paper
+        fields |= IMAGE_SCALES[args.scale]
+    elif args.scale != "default":
+        raise UsageError(f"--scale {args.scale} is for images; give --projection chemistry or chemistry_shift")
     for name in ("n_regimes", "rows_per_regime", "n_rows", "n_test_regimes"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)

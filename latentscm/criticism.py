@@ -88,7 +88,9 @@ class RegimeCheck:
     regimes (R,) ids; rows (R,) rows per regime; basis: what the q coordinates are; mean (R, q) and
     cov (R, q, q): the data's; mean_rep (K, R, q) and cov_rep (K, R, q, q): the replicates'; t_mean,
     t_cov, p_mean, p_cov, kl_mean, kl_cov (R,): discrepancies, p-values and misfits (nats per row), NaN
-    for regimes with too few rows (at most 2q) to check; threshold: the p-value below which a regime fails.
+    for regimes with too few rows (at most 2q) to check; threshold: the p-value below which a regime fails;
+    kl_rep (R,): the replicates' average of ``kl_mean + kl_cov``, the misfit that n rows drawn from the model
+    itself show (sampling noise: about q (q + 3) / (4 n) nats per row).
     """
 
     regimes: np.ndarray
@@ -105,6 +107,18 @@ class RegimeCheck:
     kl_mean: np.ndarray
     kl_cov: np.ndarray
     threshold: float
+    kl_rep: np.ndarray | None = None
+
+    def excess_misfit(self) -> float:
+        """Nats per row by which the data's regime moments miss the model's beyond what data the model generated
+        miss them: ``kl_mean + kl_cov - kl_rep`` (the KL divergence of the model's Gaussian from the regime's,
+        less its sampling-noise level), averaged over the rows of the checked regimes. The statistic of the
+        ``auto`` method's decision (:mod:`latentscm.inference.auto`); NaN when no regime was checked."""
+        ok = np.isfinite(self.kl_mean) & np.isfinite(self.kl_cov)
+        if not ok.any() or self.kl_rep is None:
+            return float("nan")
+        excess = self.kl_mean[ok] + self.kl_cov[ok] - self.kl_rep[ok]
+        return float(np.sum(self.rows[ok] * excess) / np.sum(self.rows[ok]))
 
     @property
     def failed(self):
@@ -132,9 +146,10 @@ class RegimeCheck:
 
     def to_json(self) -> dict:
         """Per-regime numbers for ``ppc.json``."""
-        keys = ("t_mean", "t_cov", "p_mean", "p_cov", "kl_mean", "kl_cov")
+        keys = ("t_mean", "t_cov", "p_mean", "p_cov", "kl_mean", "kl_cov") + (("kl_rep",) if self.kl_rep is not None
+                                                                                else ())
         return {"basis": self.basis, "num_draws": len(self.mean_rep), "threshold": self.threshold,
-                "kl_threshold": PPC_KL, **self.metrics(),
+                "kl_threshold": PPC_KL, "excess_misfit": self.excess_misfit(), **self.metrics(),
                 "regimes": [{"regime": int(r), "rows": int(n), **{k: float(getattr(self, k)[i]) for k in keys},
                              "failed": bool(self.failed[i])} for i, (r, n) in enumerate(zip(self.regimes, self.rows))]}
 
@@ -212,8 +227,9 @@ def regime_check(posterior, dataset, *, num_draws=100, seed=0) -> RegimeCheck:
     p_mean = _tail(t_mean, np.stack([t[0] for t in t_rep]))
     p_cov = _tail(t_cov, np.stack([t[1] for t in t_rep]))
     checked = np.isfinite(t_mean).sum()
+    kl_rep = np.mean([(t[0] + t[1]) / (2 * rows) for t in t_rep], axis=0)
     return RegimeCheck(ids, rows, label, mean, cov, mean_rep, cov_rep, t_mean, t_cov, p_mean, p_cov,
-                       t_mean / (2 * rows), t_cov / (2 * rows), PPC_ALPHA / max(2 * checked, 1))
+                       t_mean / (2 * rows), t_cov / (2 * rows), PPC_ALPHA / max(2 * checked, 1), kl_rep)
 
 
 def _principal_basis(xc, q, rng, iterations=4):

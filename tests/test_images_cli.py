@@ -68,17 +68,43 @@ def test_fit_picks_image_method_for_image_files(tmp_path, capsys, fake_fit, monk
 
     import latentscm.cli_commands
 
-    assert IMAGE_METHOD == "collapsed"
+    assert IMAGE_METHOD == "auto"
     monkeypatch.setattr(latentscm.cli_commands, "IMAGE_METHOD", "amortized")  # a default distinct from DEFAULT_METHOD
     train, _ = simulate(image_config(d=3, n_pairs=40, n_regimes=4, rows_per_regime=10, n_test_regimes=1), 0)
     path = train.save(tmp_path / "img.npz")
-    flat = dataclasses.replace(train, image_shape=None).save(tmp_path / "flat.npz")
+    flat = dataclasses.replace(train, image_shape=None).save(tmp_path / "flat.npz")  # D = 2500 >> d = 3
+    narrow = dataclasses.replace(train, image_shape=None, x=train.x[:, :29], projection=None)
+    narrow = narrow.save(tmp_path / "narrow.npz")
     assert main(["fit", "--data", str(path), "--out", str(tmp_path / "a")]) == 0
     assert main(["fit", "--data", str(path), "--method", "biols", "--out", str(tmp_path / "b")]) == 0
     assert main(["fit", "--data", str(flat), "--out", str(tmp_path / "c")]) == 0
-    assert [c["method"] for c in fake_fit] == ["amortized", "biols", "collapsed"]
+    assert main(["fit", "--data", str(narrow), "--out", str(tmp_path / "d")]) == 0  # D = 29 < 10 d
+    assert [c["method"] for c in fake_fit] == ["amortized", "biols", "amortized", "collapsed"]
     info = json.loads((tmp_path / "a" / "run.json").read_text())
     assert info["method"] == "amortized" and info["config"]["decoder"] == "mlp"
+
+
+def test_fit_says_which_decoder_auto_chose(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    import latentscm.inference
+
+    choice = {"decoder": "mlp", "method": "amortized", "reason": "mlp (amortized): because the evidence says so",
+              "misfit": 3.0}
+
+    def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progress=True):
+        assert method == "auto" and config.linear == {"steps": 300} and config.mlp == {"steps": 300}
+        post = _near_truth(dataset, "amortized")
+        return dataclasses.replace(post, info={"decoder_choice": choice})
+
+    monkeypatch.setattr(latentscm.inference, "fit", fit)
+    train, _ = simulate(image_config(d=3, n_pairs=40, n_regimes=4, rows_per_regime=10, n_test_regimes=1), 0)
+    path = train.save(tmp_path / "img.npz")
+    config = tmp_path / "auto.toml"
+    config.write_text("[fit]\nlinear = {steps = 300}\nmlp = {steps = 300}\n")
+    assert main(["fit", "--data", str(path), "--config", str(config), "--out", str(tmp_path / "a")]) == 0
+    assert "decoder: mlp (amortized): because the evidence says so" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["decoder_choice"] == choice
 
 
 def test_simulate_images(tmp_path, capsys):
@@ -89,3 +115,9 @@ def test_simulate_images(tmp_path, capsys):
     assert data.D == 2500 and data.image_shape == (50, 50) and data.meta["config"]["obs_noise"] == 0.05
     assert main(["simulate", "--out", str(out), "--projection", "chemistry_shift", "--d", "6"]) == 2
     assert "room for 1..5" in capsys.readouterr().err
+    assert main(["simulate", "--out", str(out), "--projection", "chemistry", "--scale", "saturating", "--d", "3",
+                 "--n-regimes", "3", "--rows-per-regime", "4"]) == 0
+    config = Dataset.load(out).meta["config"]
+    assert config["value_scale"] == 1.0 and list(config["weight_range"]) == [1.0, 3.0]
+    assert main(["simulate", "--out", str(out), "--scale", "saturating"]) == 2
+    assert "--scale saturating is for images" in capsys.readouterr().err

@@ -18,6 +18,9 @@ Two layouts, both numpy only, both deterministic (the pixel noise is added by th
     a pixel lights up only while the block passes over it. A decoder must be nonlinear.
     ``d <= 5``.
 
+How often the clipping bites depends on the SCM's scale: :func:`clipped_fraction` reports it per node
+(``image_config(layout, scale="saturating")`` makes it frequent, see :mod:`latentscm.data.simulate`).
+
 Only the informative channel is rendered (grey, ``image_shape = (50, 50)``): the reference images are
 RGB with the information in the red channel only; the other channels carry no signal, and dropping
 them divides the observation dimension by three.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["IMAGE_LAYOUTS", "IMAGE_SHAPE", "IMAGE_SIZE", "CELL", "Z_CLIP", "check_fits", "chemistry_cells",
-           "chemistry_projection", "max_latents", "render"]
+           "chemistry_projection", "clipped_fraction", "max_latents", "render"]
 
 IMAGE_SIZE = 50
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE)
@@ -118,3 +121,12 @@ def chemistry_projection(d: int) -> np.ndarray:
         A[j, CELL * r:CELL * (r + 1), CELL * c:CELL * (c + 1)] = 1.0 / 16.0
         b[CELL * r:CELL * (r + 1), CELL * c:CELL * (c + 1)] = 0.5
     return A.reshape(d, -1), b.reshape(-1)
+
+
+def clipped_fraction(z) -> np.ndarray:
+    """(d,) fraction of the rows of ``z`` (N, d) whose latent the renderers clip (``|z_j| > 8``): there the
+    image no longer moves with z (``chemistry``: the block is saturated black or white)."""
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"clipped_fraction: z must be 2-D (N, d), got shape {z.shape}")
+    return (np.abs(z) > Z_CLIP).mean(0)

@@ -213,24 +213,37 @@ def build_amortized(dataset, config: AmortizedConfig, priors, seed) -> Amortized
     return AmortizedBuild(problem, ini, encoder0, decoder0, units, known, x_norm, batch)
 
 
-def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, progress=True):
-    """Fit the amortized model to ``dataset``; returns a :class:`Posterior`."""
+def _latents(encoder, dataset, config, x_norm, draws, key):
+    """Latent means and sds (N, d) of ``dataset``'s rows: the encoder's, with x standardised as in the fit
+    (``x_norm``); with ``use_pairs``, each pair's row b through the pair's transform."""
+    data, units, _ = _data(dataset, config)
+    data["x_std"] = (data["x"] - jnp.asarray(x_norm[0])) / jnp.asarray(x_norm[1])
+    missing = data["missing"] if config.unknown_values == "latent" else None
+    latent_mean, latent_sd = encode(encoder, data["x_std"], data["targets"], data["values"], missing)
+    if units is not None and len(units[1]):  # row b of each pair: through the pair's transform
+        b = units[1][:, 1]
+        latent_mean[b], latent_sd[b] = pair_latents(encoder, data, units[1], draws, config, key)
+    return latent_mean, latent_sd
+
+
+def fit_amortized(dataset, *, config: AmortizedConfig, priors=None, seed=0, progress=True, latents_for=None):
+    """Fit the amortized model to ``dataset``; returns a :class:`Posterior`. Its latent summaries are those of
+    ``latents_for``'s rows (a Dataset with the same d and D, e.g. all rows when ``dataset`` is a split of
+    them; default ``dataset``)."""
     start = time.perf_counter()
     priors = parse_priors(priors)
     _, key_svi, key_draw, key_predictive = seed_keys(seed, 4)  # the first: the start's (build_amortized)
     built = build_amortized(dataset, config, priors, seed)
-    data, units, d = built.problem.data, built.units, dataset.d
+    d = dataset.d
     svi = solve(built.problem, key_svi, config.steps, chunk=config.chunk, progress=progress, desc="amortized",
                 checkpoint=checkpoint_for("amortized", config, priors, seed, dataset))
     params = svi.restart(svi.best)
     draws = draw(make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known), params,
                  key_draw)
     encoder = eqx.combine(params["encoder$params"], built.encoder0)
-    missing = data["missing"] if config.unknown_values == "latent" else None
-    latent_mean, latent_sd = encode(encoder, data["x_std"], data["targets"], data["values"], missing)
-    if units is not None and len(units[1]):  # row b of each pair: through the pair's transform
-        b = units[1][:, 1]
-        latent_mean[b], latent_sd[b] = pair_latents(encoder, data, units[1], draws, config, key_draw)
+    latent_mean, latent_sd = _latents(encoder, dataset if latents_for is None else latents_for, config,
+                                      built.x_norm, draws, key_draw)
+    units = built.units
     if config.decoder == "linear":
         decoder = LinearDecoder(draws["decoder_weight"], draws["decoder_bias"], draws["obs_scale"],
                                 value_scale=config.value_scale, pairs=config.use_pairs)

@@ -12,6 +12,7 @@ from .._validate import normalise
 from ..data import DataError, Dataset
 from ..models.priors import parse_priors
 from .amortized import AmortizedConfig, fit_amortized
+from .auto import AutoConfig, fit_auto
 from .biols import BiolsConfig, fit_biols
 from .collapsed import CollapsedConfig, fit_collapsed
 from .diagnostics import FitDiagnosticWarning, moment_problems
@@ -29,6 +30,8 @@ METHODS = {
     "mcmc": Method(MCMCConfig, fit_mcmc, ("linear", "identity")),
     "biols": Method(BiolsConfig, fit_biols, ("linear", "mlp")),
     "amortized": Method(AmortizedConfig, fit_amortized, ("linear", "mlp")),
+    # collapsed's linear decoder, checked, refined with amortized's MLP decoder when the check fails
+    "auto": Method(AutoConfig, fit_auto, ("linear", "mlp")),
 }
 
 
@@ -107,9 +110,10 @@ def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progre
         inferred = (posterior.target_probs > 0.5).astype(np.int8)[np.searchsorted(posterior.regimes, dataset.regime)]
         targets = np.where(dataset.target_unknown, inferred, dataset.targets)
         values = np.where(targets > dataset.targets, np.nan, values)
+    value_scale = posterior.info.get("config", {}).get("value_scale", 1.0)  # the fit's own (auto: the kept fit's)
     problems = moment_problems(dataset.x, targets, values,
                                {"W": posterior.W, "noise_scales": posterior.noise_scales, **posterior.decoder},
-                               tau=cfg.tau, value_scale=getattr(cfg, "value_scale", 1.0))
+                               tau=posterior.tau, value_scale=value_scale)
     for problem in problems:
         warnings.warn(f"{method}: {problem}", FitDiagnosticWarning, stacklevel=2)
     return dataclasses.replace(posterior, diagnostics=list(posterior.diagnostics) + problems) if problems else posterior
