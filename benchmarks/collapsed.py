@@ -103,7 +103,7 @@ def run_fit(name, data, test, config, seed):
 
 
 def run_one(name, data, test, config, seed):
-    cmd = [sys.executable, "-m", "latentscm", "fit", "--data", str(data), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "latentscm", "fit", "--method", "collapsed", "--data", str(data), "--seed", str(seed),
            "--json", str(WORK / f"{name}.json"), "--out", str(WORK / f"run-{name}")]
     if test is not None:
         cmd += ["--test", str(test)]
