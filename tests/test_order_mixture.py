@@ -61,6 +61,9 @@ def test_problems_name_unreliable_weights():
     (problem,) = mix.problems()
     assert "PSIS k up to 0.90" in problem and "[1, 0]" in problem
     assert mix.summary()["max_khat"] == pytest.approx(0.9)
+    stopped = mix._replace(khat=np.zeros(2), complete=False)
+    (problem,) = stopped.problems()
+    assert "search stopped after weighing 2 orders" in problem
 
 
 @pytest.mark.slow

@@ -19,14 +19,15 @@ scales). For each candidate order:
    Pareto-smoothed importance sampling (PSIS) gives the smoothed weights and the shape ``k`` (above 0.7
    the estimate is not reliable: a warning).
 
-Candidates: every order when they fit one batch of 32 (d <= 4); otherwise a search from the guide's own orders that
-adds the adjacent transpositions of every order within ``log(1e4)`` of the best evidence, until none is
-new or ``max_orders`` were weighed (then a note says the search stopped early). The posterior's draws
-are resampled: an order from the mixture weights, then that order's continuous sites from its PSIS
-weights. Decoder sites (``decoder_weight``, ``decoder_bias``, ``obs_scale``) are held at the guide's
-mean while weighing (they are shared by all orders and far more tightly determined than the SCM's sites),
-so with a linear decoder the weights are ``p(order | x, decoder)``; with ``decoder = "identity"`` they are
-exact up to Monte Carlo error.
+Candidates: every order when they fit one batch of 32 (d <= 4); otherwise a search from the guide's own
+orders that adds the adjacent transpositions of every order within ``log(1e4)`` of the best evidence, until
+none is new or ``max_orders`` were weighed (then :meth:`OrderMixture.problems` says the search stopped
+early). The posterior's draws are resampled: an order from the mixture weights, then that order's
+continuous sites from its PSIS weights. Decoder sites (``decoder_weight``, ``decoder_bias``,
+``obs_scale``) are held fixed while weighing (the caller's values, by default the guide's median: they are
+shared by all orders and far more tightly determined than the SCM's sites), so with a linear decoder the
+weights are ``p(order | x, decoder)`` (``collapsed.weighing_problem`` weighs them on x's coordinates in the
+decoder's row space); with ``decoder = "identity"`` they are exact up to Monte Carlo error.
 """
 
 from __future__ import annotations
@@ -70,13 +71,16 @@ class OrderMixture(NamedTuple):
     draws: dict
 
     def problems(self, mass=0.01) -> list[str]:
-        """Why the weights cannot be trusted, if they cannot: PSIS k above 0.7 for an order carrying at least
-        ``mass`` of the posterior."""
+        """Why the weights cannot be trusted, if they cannot: the search stopped with candidates left, or PSIS
+        k above 0.7 for an order carrying at least ``mass`` of the posterior."""
+        out = [] if self.complete else [
+            f"order posterior: the search stopped after weighing {len(self.orders)} orders (mixture_orders) with "
+            "candidates within reach of the best left unweighed; orders beyond them get no mass"]
         heavy = (self.probs >= mass) & (self.khat > KHAT_MAX)
         if not heavy.any():
-            return []
+            return out
         worst = int(np.argmax(np.where(heavy, self.khat, -np.inf)))
-        return [f"order posterior: the importance weights of {int(heavy.sum())} order(s) carrying "
+        return out + [f"order posterior: the importance weights of {int(heavy.sum())} order(s) carrying "
                 f"{self.probs[heavy].sum():.2f} of the mass are unreliable (PSIS k up to {self.khat[worst]:.2f} "
                 f"> {KHAT_MAX}, order {self.orders[worst].tolist()}); their probabilities are rough"]
 
