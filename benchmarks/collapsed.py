@@ -22,7 +22,8 @@ hidden       the default data with the intervention values removed (``unknown_va
 Usage: ``python benchmarks/collapsed.py [--quick] [--seeds 0 1 2] [--cases default,reference]
 [--set KEY=VALUE ... [--alternate]] [--name NAME]`` writes ``benchmarks/results/NAME.{csv,md}``. ``--set``
 overrides settings of every fit; with ``--alternate`` every fit runs twice back to back, with the defaults
-and with the overrides (case ``CASE+set``): timings of the two compared under the same load.
+and with the overrides (case ``CASE+set``; ``--set-first``: in the other order): timings of the two compared
+under the same load (the first of two back-to-back fits measured up to 20 % slower: run both orders).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def external_dataset(seed, d=5, D=100, n_rows=4000, n_regimes=16):
 
 OVERRIDES: dict = {}  # --set
 ALTERNATE = False  # --alternate
+SET_FIRST = False  # --set-first
 
 
 def run_fit(name, data, test, config, seed):
@@ -97,9 +99,10 @@ def run_fit(name, data, test, config, seed):
         return run_one(name, data, test, config, seed)
     if not ALTERNATE:
         return run_one(name, data, test, {**config, **OVERRIDES}, seed)
-    base = run_one(name, data, test, config, seed)
     case, _, tail = name.rpartition("-seed")
-    return [base, run_one(f"{case}+set-seed{tail}", data, test, {**config, **OVERRIDES}, seed)]
+    runs = [lambda: run_one(name, data, test, config, seed),
+            lambda: run_one(f"{case}+set-seed{tail}", data, test, {**config, **OVERRIDES}, seed)]
+    return [run() for run in (runs[::-1] if SET_FIRST else runs)]
 
 
 def run_one(name, data, test, config, seed):
@@ -135,9 +138,10 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="*", help="seeds (default 0-4, --quick 0)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of every fit (JSON values)")
     parser.add_argument("--alternate", action="store_true", help="run every fit with and without --set")
+    parser.add_argument("--set-first", action="store_true", help="with --alternate: the --set fit first")
     args = parser.parse_args(argv)
-    global ALTERNATE
-    ALTERNATE = args.alternate
+    global ALTERNATE, SET_FIRST
+    ALTERNATE, SET_FIRST = args.alternate, args.set_first
     for item in args.set:
         key, _, value = item.partition("=")
         try:
