@@ -6,9 +6,8 @@ import pytest
 
 from latentscm.data.simulate import observed_chain
 from latentscm.inference.collapsed import CollapsedConfig, build_collapsed
-from latentscm.inference.guide import site_specs
 from latentscm.inference.mcmc_exact import exact_order_posterior, order_total_variation
-from latentscm.inference.order_mixture import (OrderMixture, make_log_joint, node_weights, position_tril,
+from latentscm.inference.order_mixture import (OrderMixture, node_weights, position_tril, prepare_weighing,
                                                weigh_orders)
 from latentscm.models.priors import parse_priors
 from latentscm.models.scm import tril_to_matrix, weights_from_order
@@ -39,10 +38,9 @@ def test_order_weights_match_enumeration():
     orders, probs = exact_order_posterior(data.x, data.targets, data.values, 1.0, np.ones(d), 0.1)
     with jax.enable_x64(True):
         built = build_collapsed(data, CollapsedConfig(decoder="identity"), parse_priors(PINNED), 0)
-        specs = site_specs(built.problem.model, 1.0, built.problem.data)
-        joint = make_log_joint(built.problem.model, specs)
-        zero = np.zeros(sum(int(np.prod(s)) for s, _ in specs.values()))
-        mix = weigh_orders(joint, built.problem.data, {}, lambda order: zero, orders[:1], jax.random.key(0), d=d,
+        weighing = prepare_weighing(built.problem.model, built.problem.data, None, fixed={}, draws_per_order=500)
+        zero = np.zeros(sum(int(np.prod(s)) for s, _ in weighing.sites.values()))
+        mix = weigh_orders(weighing, built.problem.data, lambda order: zero, orders[:1], jax.random.PRNGKey(0), d=d,
                            num_draws=2000)
     assert isinstance(mix, OrderMixture) and mix.complete and len(mix.orders) == 24
     index = {tuple(o): i for i, o in enumerate(orders.tolist())}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from concurrent.futures import ThreadPoolExecutor
 import time
 import warnings
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from .diagnostics import FitDiagnosticWarning, restart_problems
 from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
                     step_factors)
 from .initialise import initialise
-from .order_mixture import mixture_from_guide
+from .order_mixture import mixture_from_guide, prepare_weighing
 from .posterior import Posterior
 from .sharding import resolve_devices, shard_stats, shard_units
 from .svi import SVIProblem, checkpoint_for, geometric_schedule, loss_tail, seed_keys, solve
@@ -208,6 +209,23 @@ def _model_of(config, priors, tstats, known):
     return model
 
 
+def _weighing_ahead(built, dataset, priors):
+    """The order mixture's weighing program traced and lowered now (its shapes do not depend on the fit) and
+    compiled in a thread while the SVI runs: ``(Weighing, Future of the compiled weigher)``; None when inferred
+    targets enter the model as constants (then it is compiled after the fit)."""
+    if built.tstats is not None:
+        return None
+    with jax.enable_x64(True):
+        start = jax.tree.map(lambda a: np.asarray(a[0]), built.problem.params)  # the decoder's shapes
+        model, stats, fixed = weighing_problem(built, dataset, priors, start)
+        weighing = prepare_weighing(model, stats, start, fixed=fixed, draws_per_order=built.config.mixture_draws,
+                                    lower=True)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-weighing")
+    future = pool.submit(weighing.weigher.compile)
+    pool.shutdown(wait=False)
+    return weighing, future
+
+
 def weighing_problem(built, dataset, priors, params):
     """What the order mixture weighs with (:func:`~.order_mixture.mixture_from_guide`): ``(model, stats,
     fixed decoder)``. With a linear decoder held at the guide's median ``A, b, s``, x's density factorises
@@ -240,6 +258,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     with jax.enable_x64(x64):
         built = build_collapsed(dataset, config, priors, seed)
         config = built.config
+        ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
         svi = solve(built.problem, keys[0], config.steps, chunk=config.chunk, progress=progress, desc="collapsed",
                     checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset))
         sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
@@ -251,12 +270,13 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     mixture = None
     if uses_mixture(config, d):  # the calibrated order posterior replaces the guide's orders (SCM sites)
         with jax.enable_x64(True):
+            best = svi.restart(svi.best)
+            model, stats, fixed = weighing_problem(built, dataset, priors, best)
+            weighing = (prepare_weighing(model, stats, best, fixed=fixed, draws_per_order=config.mixture_draws)
+                        if ahead is None else ahead[0]._replace(weigher=ahead[1].result(), fixed=fixed))
             seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
-            model, stats, fixed = weighing_problem(built, dataset, priors, svi.restart(svi.best))
-            mixture = mixture_from_guide(model, stats, svi.restart(svi.best), draws, keys[-1], fixed=fixed,
-                                         seeds=seeds, num_draws=config.num_draws,
-                                         draws_per_order=config.mixture_draws, max_orders=config.mixture_orders,
-                                         seed=seed)
+            mixture = mixture_from_guide(weighing, stats, best, draws, keys[-1], seeds=seeds,
+                                         num_draws=config.num_draws, max_orders=config.mixture_orders, seed=seed)
             draws = {**draws, **mixture.draws}
     draws = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in draws.items()}
     diagnostics = _diagnostics(dataset, config, built.ini, svi, restart_probs, mixture)

@@ -218,14 +218,14 @@ def _neighbours(order):
         yield tuple(o)
 
 
-def weigh_orders(joint, data, fixed, start, seeds, key, *, d, num_draws, draws_per_order=256, max_orders=256,
-                 seed=0):
+def weigh_orders(weighing, data, start, seeds, key, *, d, num_draws, max_orders=256, seed=0):
     """Weigh candidate orders (module docstring) and resample ``num_draws`` posterior draws.
 
-    joint: a :class:`LogJoint`; data, fixed: its model's data and held sites; start: ``order (tuple) -> u0`` (flat unconstrained start);
-    seeds: orders (S, d) to search from (the guide's draws); key: a JAX key. Returns an :class:`OrderMixture`.
+    weighing: a :class:`Weighing`; data: its model's data; start: ``order (tuple) -> u0`` (flat unconstrained
+    start); seeds: orders (S, d) to search from (the guide's draws); key: a raw JAX key (2,). Returns an
+    :class:`OrderMixture`.
     """
-    weigher = make_weigher(joint.f, draws_per_order)
+    weigher, fixed, joint = weighing.weigher, weighing.fixed, weighing.joint
     everything = math.factorial(d) <= min(_BATCH, max_orders)  # all orders when they fit one batch (d <= 4)
     pending = list(itertools.permutations(range(d))) if everything else list(dict.fromkeys(map(tuple, seeds)))
     done, results = [], []
@@ -274,21 +274,46 @@ def _resample(orders, probs, smoothed, us, constrain, d, num, rng):
     return out
 
 
-def mixture_from_guide(model, data, params, draws, key, *, seeds=None, fixed=None, num_draws, draws_per_order=256,
-                       max_orders=256, seed=0):
-    """:func:`weigh_orders` for a fitted mean-field guide of ``model(temperature, data)``: ``params`` one
-    restart's variational parameters (``{site}_loc`` unconstrained), ``draws`` the guide's draws (``W``,
-    ``order``), ``seeds`` the orders to search from (default: the draws'; e.g. every restart's). Decoder sites are held at the guide's median; every search starts from the guide's mean ``W``
-    moved into the candidate order's positions (``edge_weight``), other position-space sites at 0
-    (unconstrained), the rest at the guide's locations."""
+class Weighing(NamedTuple):
+    """:func:`prepare_weighing`'s result: the weighed sites' specs, the held sites' values, the log joint and
+    the weigher (jitted, or compiled for the data's shapes)."""
+
+    sites: dict
+    fixed: dict
+    joint: LogJoint
+    weigher: object
+
+
+def prepare_weighing(model, data, params, *, fixed=None, draws_per_order=256, lower=False) -> Weighing:
+    """The weighing program of ``model(temperature, data)``: every continuous site but the held ones (``fixed``,
+    constrained values; by default the decoder sites at the guide median of ``params``). ``lower=True``
+    traces and lowers the weigher now for ``data``'s shapes (``weigher`` is then a ``jax.stages.Lowered``):
+    its program depends on shapes only, so it can be compiled before the fit ends (``collapsed`` compiles it
+    in a thread while the SVI runs: XLA's compilation touches no NumPyro handler) and used with other data
+    and held values of the same shapes."""
     from .guide import site_specs
 
     specs = site_specs(model, 1.0, data)
     if fixed is None:
         fixed = {name: biject_to(specs[name][1])(jnp.asarray(params[f"{name}_loc"]))
                  for name in DECODER_SITES if name in specs}
-    scm = {name: spec for name, spec in specs.items() if name not in fixed}
-    joint = make_log_joint(model, scm)
+    sites = {name: spec for name, spec in specs.items() if name not in fixed}
+    joint = make_log_joint(model, sites)
+    weigher = make_weigher(joint.f, draws_per_order)
+    if lower:
+        d = sites["noise_scale"][0][0]
+        n = sum(math.prod(shape) for shape, _ in sites.values())
+        weigher = weigher.lower(jnp.zeros((_BATCH, d, d)), jnp.zeros((_BATCH, n)),
+                                jax.random.split(jax.random.PRNGKey(0), _BATCH), data, fixed)
+    return Weighing(sites, fixed, joint, weigher)
+
+
+def mixture_from_guide(weighing, data, params, draws, key, *, seeds=None, num_draws, max_orders=256, seed=0):
+    """:func:`weigh_orders` for a fitted mean-field guide: ``weighing`` from :func:`prepare_weighing` (its model's
+    ``data``), ``params`` one restart's variational parameters (``{site}_loc`` unconstrained), ``draws`` the
+    guide's draws (``W``, ``order``), ``seeds`` the orders to search from (default: the draws'; e.g. every
+    restart's). Every search starts from the guide's mean ``W`` moved into the candidate order's positions
+    (``edge_weight``), other position-space sites at 0 (unconstrained), the rest at the guide's locations."""
     W_mean = np.mean(np.asarray(draws["W"], np.float64), 0)
     d = W_mean.shape[0]
     tril = (tril_size(d),)
@@ -296,9 +321,9 @@ def mixture_from_guide(model, data, params, draws, key, *, seeds=None, fixed=Non
     def start(order):  # flat in ravel_pytree's order (sorted names), numpy
         parts = {name: position_tril(W_mean, order) if name == "edge_weight"
                  else np.zeros(shape) if shape == tril else np.asarray(params[f"{name}_loc"])
-                 for name, (shape, _) in scm.items()}
+                 for name, (shape, _) in weighing.sites.items()}
         return np.concatenate([np.ravel(parts[name]) for name in sorted(parts)])
 
     seeds = np.asarray(draws["order"] if seeds is None else seeds)
-    return weigh_orders(joint, data, fixed, start, seeds, key, d=d, num_draws=num_draws,
-                        draws_per_order=draws_per_order, max_orders=max_orders, seed=seed)
+    return weigh_orders(weighing, data, start, seeds, key, d=d, num_draws=num_draws, max_orders=max_orders,
+                        seed=seed)
