@@ -10,12 +10,12 @@ exact-d4, exact-d5  decoder = identity (z observed), Normal(0, 1) edge prior, no
                     orders, 4 chains).
 default             the problem ``latentscm run`` simulates (paired, d=5, D=100, ER-1, linear projection, 2000
                     pairs, 20 regimes; rows taken as independent by mcmc), the method's default settings (4
-                    vectorised chains, 500 warm-up + 500 kept iterations, Laplace mass matrix): E-SHD, AUROC,
+                    vectorised chains, 500 warm-up + 1000 kept iterations, Laplace mass matrix): E-SHD, AUROC,
                     MCC, max R-hat and min bulk ESS of W, divergences, order acceptance, seconds.
 
 Fits run in this process (``seconds`` is the whole fit: starts, compilation, the Laplace step, sampling, the
 latent summaries and diagnostics). Usage: ``python benchmarks/mcmc_exact.py [--seeds 0 1 2] [--warmup 500
---samples 500]`` writes ``benchmarks/results/mcmc.{csv,md}``.
+--samples 1000]`` writes ``benchmarks/results/mcmc.{csv,md}``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds of the default-setting runs")
     parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--skip-exact", action="store_true")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
