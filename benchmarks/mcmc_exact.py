@@ -15,7 +15,7 @@ default             the problem ``latentscm run`` simulates (paired, d=5, D=100,
 
 Fits run in this process (``seconds`` is the whole fit: starts, compilation, the Laplace step, sampling, the
 latent summaries and diagnostics). Usage: ``python benchmarks/mcmc_exact.py [--seeds 0 1 2] [--warmup 500
---samples 1000]`` writes ``benchmarks/results/mcmc.{csv,md}``.
+--samples 1000] [--skip-exact] [--name mcmc]`` writes ``benchmarks/results/<name>.{csv,md}``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--skip-exact", action="store_true")
+    parser.add_argument("--name", default="mcmc", help="results file stem under benchmarks/results")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -96,15 +97,15 @@ def main(argv=None):
     df = pd.DataFrame(records)
     from latentscm._io import atomic_write
 
-    atomic_write(RESULTS / "mcmc.csv", lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(RESULTS / f"{args.name}.csv", lambda tmp: df.to_csv(tmp, index=False))
     text = (f"# mcmc: results\n\nMachine: {os.cpu_count()}-core CPU shared with two other engineers' jobs "
-            f"(the run pinned to one core with `taskset -c 1`, load average 3-5 on the 2 cores), no GPU "
+            f"(the run pinned to one core with `taskset -c 1`, load average 1-6 on the 2 cores), no GPU "
             f"({platform.machine()}): the seconds overstate a quiet machine's. 4 vectorised chains everywhere; "
             f"`seconds` is the whole fit including compilation. Default setting: {args.warmup} warm-up + "
             f"{args.samples} kept iterations per chain, Laplace mass matrix.\n\n")
     for case, part in df.groupby("case", sort=False):
         text += f"## {case}\n\n" + part.dropna(axis=1, how="all").round(4).to_markdown(index=False) + "\n\n"
-    atomic_write(RESULTS / "mcmc.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(RESULTS / f"{args.name}.md", lambda tmp: Path(tmp).write_text(text))
     print(df.round(4).to_string())
 
 
