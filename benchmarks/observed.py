@@ -56,7 +56,7 @@ def exact_rows():
         fits = {
             "mcmc": fit(data, "mcmc", priors=priors, seed=0, progress=False,
                         config={"decoder": "identity", "fixed_noise_scales": (1.0,) * d, "num_warmup": 300,
-                                "num_samples": 1000 * (d - 2), "order_init": "random", "chunk": 500}),
+                                "num_samples": 1000 * (d - 2), "order_init": "random"}),
             "collapsed": fit(data, "collapsed", seed=0, progress=False,
                              priors={**priors, "noise_scale": {"dist": "lognormal", "loc": 0.0, "scale": 0.01}},
                              config={"decoder": "identity", "num_draws": 4000}),

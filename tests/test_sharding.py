@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(r"""
     out = {"n_devices": len(jax.devices())}
     if "--mcmc" in sys.argv:
         train, _ = simulate(SimulationConfig(d=3, D=6, n_pairs=80, n_regimes=4, rows_per_regime=20), seed=2)
-        cfg = {"num_warmup": 15, "num_samples": 10, "num_chains": 4, "chunk": 25, "max_tree_depth": 4}
+        cfg = {"num_warmup": 15, "num_samples": 10, "num_chains": 4, "max_tree_depth": 4}
         runs = {m: fit(train, "mcmc", config={**cfg, "chain_method": m}, seed=0, progress=False)
                 for m in ("vectorized", "parallel")}
         v, p = runs["vectorized"], runs["parallel"]

@@ -1,58 +1,15 @@
-"""``mcmc``: HMC-within-Gibbs on the collapsed model, with Metropolis moves on the node order.
+"""``mcmc``: NUTS on the collapsed model composed with Metropolis moves on the node order.
 
-Target: the joint posterior of the collapsed model (:mod:`latentscm.models.collapsed`; z integrated
-out, linear decoder) or, with ``decoder="identity"``, of the SCM with z observed (``x = z``,
-:func:`identity_model`). One MCMC iteration, per chain:
+Target: the joint posterior of the collapsed model (:mod:`latentscm.models.collapsed`; z integrated out
+exactly from per-regime sufficient statistics, so one density evaluation costs the same whatever N) or,
+with ``decoder="identity"``, of the SCM with z observed (``x = z``,
+:func:`~latentscm.models.observed.identity_model`). The chain is one NumPyro ``MCMCKernel``,
+:class:`~latentscm.inference.mcmc_kernel.OrderNUTS` (order moves, then NUTS on every continuous site,
+with a dense Laplace mass matrix by default), and :class:`numpyro.infer.MCMC` runs the chains, warm-up,
+progress bar and ``chain_method``.
 
-0. With the linear decoder and ``decoder_update="gibbs"`` (the default): draw the latents
-   ``z ~ p(z | x, rest)`` exactly, then the decoder ``A, b ~ p(A, b | z, x, s)`` (conjugate), and
-   let steps 1-2 target :func:`augmented_model` (the SCM's sites and ``obs_scale`` given z, A, b).
-   A Gibbs sampler on ``(z, A, b, rest)`` whose marginal is the collapsed posterior; NUTS then never
-   sees the 600-dimensional, tightly determined decoder (see ``docs/mcmc.md``).
-   ``decoder_update="nuts"`` keeps the decoder in the NUTS step on the collapsed model instead.
-1. ``order_moves`` Metropolis-Hastings updates of the node order ``P`` (and, for one move type,
-   a coordinate permutation of ``L``) targeting ``p(P, L | rest)``; the continuous sites other
-   than ``L`` stay fixed. Two symmetric proposals, chosen with probability ``swap_prob`` and
-   ``1 - swap_prob``:
-
-   * **random swap**: exchange the positions of two uniformly chosen nodes, ``L`` fixed. With
-     ``L`` in position space this relabels which nodes the weights connect (the graph changes);
-     the proposal is symmetric, so the acceptance ratio is the ratio of the joint densities.
-   * **adjacent reversal**: exchange the nodes at positions ``k, k+1`` (``k`` uniform) and permute
-     ``L`` consistently, ``L' = Q L Q^T`` with the one entry that would leave the lower triangle,
-     ``L[k+1, k]``, kept in place. In node space this keeps every edge weight except that the edge
-     between the two swapped nodes is *reversed* with the same weight (``W'[j, i] = W[i, j]``).
-     A plain graph-preserving swap (``L' = Q L Q^T``) is valid only when ``L[k+1, k] == 0``, which
-     has probability zero for continuous weights; the reversal variant is always valid. It is a
-     deterministic involution that permutes coordinates of ``L`` (and of the horseshoe's local
-     scales, if used): unit Jacobian in the unconstrained space too, so with ``k`` uniform the
-     acceptance ratio is again the joint-density ratio (the i.i.d. edge prior cancels).
-
-   The uniform order prior cancels in both.
-2. One NUTS step on all continuous sites (``edge_weight``, ``noise_scale``, ``obs_scale``, the
-   decoder unless step 0 draws it, horseshoe scales) of the model conditioned on the current order, with step size and diagonal mass matrix
-   adapted during warmup (the adaptation sees the order changing, which is fine: the adapted
-   kernel is fixed after warmup and each step leaves the conditional invariant).
-
-Chains run vectorised (``jax.vmap`` over one jitted step; ``chain_method="vectorized"``), one
-after another (``"sequential"``, same code with a chain batch of one), or vectorised with the chain
-axis split over JAX devices (``"parallel"``: the chains' states sharded with a ``NamedSharding``,
-as many devices as divide ``num_chains``; same draws as ``"vectorized"`` up to float error). numpyro's ``HMCGibbs`` is not
-used because its Gibbs function may only return the Gibbs sites, while the adjacent reversal also
-moves ``L``; the loop here is numpyro's functional ``hmc(..., algo="NUTS")`` kernel plus a
-``lax.fori_loop`` of order moves, run in jitted chunks of ``chunk`` iterations under a progress bar.
-
-Initialisation: the data-driven initialisation (:func:`~latentscm.inference.initialise.initialise`;
-for the identity decoder the order proposal and regressions on ``x`` itself) in every chain, with
-Gaussian jitter ``init_jitter`` on ``L`` and ``log sigma``; ``order_init="random"`` starts each chain
-from a random order instead (weights refitted in that order), and ``svi_init_steps > 0`` starts chain
-``c`` from draw ``c`` of a short ``collapsed`` SVI fit.
-
-Modules: the chain (:mod:`.mcmc_kernel`), the Gibbs augmentation (:mod:`.mcmc_gibbs`), the exact order
-posterior (:mod:`.mcmc_exact`); this one holds the settings, the starts, the chain driver and the fit.
-
-Exactness check: :func:`~latentscm.inference.mcmc_exact.exact_order_posterior` enumerates ``p(order | z)`` in closed form for the
-identity decoder with Normal edge priors and fixed noise scales (Bayesian linear regression per node).
+Modules: the kernel (:mod:`.mcmc_kernel`), the chains' starts (:mod:`.mcmc_start`), the exact order
+posterior by enumeration (:mod:`.mcmc_exact`); this one holds the settings, the fit and its diagnostics.
 """
 
 from __future__ import annotations
@@ -61,33 +18,31 @@ import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import jax.scipy.linalg
 from numpyro import handlers
-from tqdm.auto import tqdm
+from numpyro.infer import MCMC
 
 from .._validate import KNOWN_ORDER, check_fields, flag, integer, number, one_of, optional, sequence, setting
 from ..models.collapsed import collapsed_model, sufficient_stats
 from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
-from .decoders import IdentityDecoder, LinearDecoder
-from .mcmc_gibbs import augmented_model, make_augmentation
-from .mcmc_kernel import ChainState, make_sampler
 from ._datarules import check_decoder, check_known_order, check_unknowns
 from .collapsed import latent_summaries
-from .sharding import shard_leading
-from .initialise import _node_fit, initialise
+from .decoders import IdentityDecoder, LinearDecoder
+from .mcmc_kernel import MASSES, OrderNUTS
+from .mcmc_start import chain_starts, init_params
 from .posterior import Posterior
 from .svi import seed_keys
-
-_CONSTRAIN_DRAWS = 500  # draws per call when the kept draws are mapped to constrained values
 
 DECODERS = ("linear", "identity")
 _DECODER_WHY = ("mcmc integrates z out exactly, which needs a linear decoder ('identity': x is z itself); for a "
                 "nonlinear decoder such as 'mlp' use a variational method")
+_SUMMARY_DRAWS = 1000  # evenly spaced draws the latent summaries (mixture mean and sd of p(z_n | x, ...)) use
+_FIELDS = ("diverging", "accept_prob", "num_steps", "step_size", "moves")
 
 
 @dataclass(frozen=True)
@@ -95,25 +50,27 @@ class MCMCConfig:
     """Settings of the ``mcmc`` method (bounds declared per field, checked in ``__post_init__``).
 
     num_warmup, num_samples: iterations per chain (draws kept: ``num_chains * num_samples``);
-    num_chains; chain_method: ``"vectorized"``, ``"sequential"`` or ``"parallel"`` (over devices); decoder: ``"linear"`` (collapsed
-    model) or ``"identity"`` (``x`` is ``z``, needs ``D == d``); order_moves: Metropolis order
-    proposals per iteration (None: d); swap_prob: probability that a proposal is a random swap (else
-    an adjacent reversal); target_accept_prob, max_tree_depth, dense_mass: NUTS; tau: intervention
-    noise scale; fixed_noise_scales: (d,) known SCM noise scales (no ``noise_scale`` site then);
-    known_order: fixes the order (no order moves); order_init: ``"proposal"`` or ``"random"``;
+    num_chains; chain_method: ``"vectorized"``, ``"sequential"`` or ``"parallel"`` (NumPyro's: one chain
+    per JAX device); decoder: ``"linear"`` (collapsed model) or ``"identity"`` (``x`` is ``z``, needs
+    ``D == d``); mass_matrix: ``"laplace"`` (dense inverse Hessian at each chain's conditional mode, fixed;
+    chains start from a draw of that Gaussian) or ``"adapt"`` (NumPyro's windowed adaptation, diagonal unless
+    ``dense_mass``); order_moves: Metropolis order proposals per iteration (None: 4 d); swap_prob: probability
+    that a proposal is a random swap (else a relocation of one node, its pair weights carried); target_accept_prob, max_tree_depth: NUTS;
+    tau: intervention noise scale; fixed_noise_scales: (d,) known SCM noise scales (no ``noise_scale`` site
+    then); known_order: fixes the order (no order moves); order_init: ``"proposal"`` or ``"random"``;
     init_jitter: sd of the Gaussian jitter of each chain's start (unconstrained L and log sigma);
     svi_init_steps: > 0 runs a short ``collapsed`` SVI fit first and starts each chain from one of its
-    draws (linear decoder only); chunk: iterations per jitted call (progress-bar granularity).
+    draws (linear decoder only).
     """
 
     num_warmup: int = setting(500, integer(0))
-    num_samples: int = setting(500, integer(1))
+    num_samples: int = setting(1000, integer(1))
     num_chains: int = setting(4, integer(1))
     chain_method: str = setting("vectorized", one_of("vectorized", "sequential", "parallel"))
     decoder: str = setting("linear", one_of(*DECODERS), why=_DECODER_WHY)
-    decoder_update: str = setting("gibbs", one_of("gibbs", "nuts"))
-    order_moves: int | None = setting(None, optional(integer(0), "for d moves"))
-    swap_prob: float = setting(0.5, number(ge=0, le=1))
+    mass_matrix: str = setting("laplace", one_of(*MASSES))
+    order_moves: int | None = setting(None, optional(integer(0), "for 4 d moves"))
+    swap_prob: float = setting(0.1, number(ge=0, le=1))
     target_accept_prob: float = setting(0.8, number(gt=0, lt=1))
     max_tree_depth: int = setting(8, integer(1))
     dense_mass: bool = setting(False, flag())
@@ -124,12 +81,14 @@ class MCMCConfig:
     order_init: str = setting("proposal", one_of("proposal", "random"))
     init_jitter: float = setting(0.1, number(ge=0))
     svi_init_steps: int = setting(0, integer(0))
-    chunk: int = setting(50, integer(1))
 
     def __post_init__(self):
         check_fields(self, "mcmc")
         if self.svi_init_steps and self.decoder != "linear":
             raise ValueError("mcmc: svi_init_steps needs decoder='linear' (the collapsed SVI fit)")
+        if self.dense_mass and self.mass_matrix == "laplace":
+            raise ValueError("mcmc: dense_mass applies to mass_matrix='adapt' (the Laplace mass matrix is "
+                             "always dense); drop dense_mass or set mass_matrix='adapt'")
 
     def check_dataset(self, dataset):
         """Refuse, before any work, a dataset these settings cannot fit (DataError / ValueError)."""
@@ -141,176 +100,91 @@ class MCMCConfig:
         check_unknowns("mcmc", dataset)
 
 
-def _chain_starts(dataset, config, rng, d):
-    """Per-chain constrained start values and orders (C, d); the proposal order; the SVI posterior or None."""
-    C = config.num_chains
-    x, t = dataset.x, dataset.targets
-    v = np.where(t > 0, np.nan_to_num(np.asarray(dataset.values, np.float64)), 0.0)
-    svi = None
-    identity = config.decoder == "identity"
-    ini = initialise(x, t, v, order=config.known_order, observed=identity, tau=config.tau,
-                     seed=0)
-    z_hat, proposal = ini.z, ini.order
-    dec = {} if identity else {"decoder_weight": ini.A, "decoder_bias": ini.b, "obs_scale": ini.obs_scale}
-    if config.svi_init_steps:
-        from .collapsed import CollapsedConfig, fit_collapsed
+def _model(dataset, config, priors, fixed):
+    """The sampled model ``model(stats, *, order)`` and its statistics: the collapsed model on the per-pattern
+    sufficient statistics (rows taken as independent), or the identity model on z's statistics."""
+    if config.decoder == "identity":
+        stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
+        base = partial(identity_model, priors=priors, tau=config.tau)
+    else:
+        stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
+        base = partial(collapsed_model, priors=priors, tau=config.tau)
 
-        svi = fit_collapsed(dataset, config=CollapsedConfig(
-            steps=config.svi_init_steps, num_draws=max(C, 2), tau=config.tau, known_order=config.known_order),
-            priors=None, seed=int(rng.integers(2**31)), progress=False)
-    starts, orders = [], []
-    for c in range(C):
-        if svi is not None:
-            order = svi.orders[c]
-            W, sigma = svi.W[c], svi.noise_scales[c]
-            vals = {"decoder_weight": svi.decoder["A"][c], "decoder_bias": svi.decoder["b"][c],
-                    "obs_scale": svi.decoder["obs_scale"][c]}
-        else:
-            order = proposal if (config.order_init == "proposal" or config.known_order) else rng.permutation(d)
-            W, sigma = np.zeros((d, d)), np.ones(d)
-            for p, j in enumerate(order):
-                _, coef, sigma[j] = _node_fit(z_hat, t, j, list(order[:p]))
-                W[order[:p], j] = coef
-            vals = dict(dec)
-        L = W[np.ix_(order, order)].T[np.tril_indices(d, -1)]
-        vals["edge_weight"] = L + config.init_jitter * rng.normal(size=L.shape)
-        if config.fixed_noise_scales is None:
-            vals["noise_scale"] = sigma * np.exp(config.init_jitter * rng.normal(size=d))
-        starts.append(vals)
-        orders.append(np.asarray(order))
-    return starts, np.stack(orders).astype(np.int32), np.asarray(proposal), svi
+    def model(stats, *, order):
+        with handlers.condition(data={} if fixed is None else {"noise_scale": fixed}):
+            base(stats, order=order)
+
+    return model, stats
 
 
-def _run_chains(run, init_fn, z0, aux0, orders, keys, data, num_warmup, total, config, progress):
-    """Run a chain batch; returns stacked StepInfo with leading (chain, iteration) of the kept draws."""
-    state, aux = jax.jit(jax.vmap(init_fn, in_axes=(0, 0, 0, 0, None)))(z0, jnp.asarray(orders), aux0, keys, data)
-    hkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    state = ChainState(state, jnp.asarray(orders), aux, hkeys)
-    n_chunks = -(-total // config.chunk)
-    size = -(-total // n_chunks)
-    outs = []
-    bar = tqdm(total=total, desc="mcmc", disable=not progress, leave=False)
-    done = divergences = 0
-    try:
-        while done < total:
-            state, out = run(state, data, size)
-            out = jax.tree.map(np.asarray, out)
-            outs.append(out)
-            divergences += int(out.diverging[:, max(num_warmup - done, 0):].sum())
-            bar.update(min(size, total - done))
-            done += size
-            bar.set_postfix(phase="warmup" if done <= num_warmup else "sampling", divergences=divergences)
-    finally:
-        bar.close()
-    out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *outs)
-    return jax.tree.map(lambda a: a[:, num_warmup:total], out)
+def stats_d(stats):
+    """The number of latents d of collapsed or identity statistics."""
+    return stats.gram.shape[-1] if hasattr(stats, "gram") else stats.d
+
+
+def _run(model, stats, starts, orders, config, seed, progress):
+    """Run the chains with :class:`numpyro.infer.MCMC`; returns the draws (chain-major, leading C * S) and the
+    extra fields (leading C * S)."""
+    n_moves = 4 * stats_d(stats) if config.order_moves is None else config.order_moves
+    n_moves = 0 if config.known_order is not None else n_moves
+    kernel = OrderNUTS(model, order_moves=n_moves, swap_prob=config.swap_prob, mass=config.mass_matrix,
+                       dense_mass=config.dense_mass, target_accept_prob=config.target_accept_prob,
+                       max_tree_depth=config.max_tree_depth)
+    params = init_params(model, (stats,), starts, orders)
+    if config.num_chains == 1:
+        params = jax.tree.map(lambda a: a[0], params)
+    with warnings.catch_warnings():  # "not enough devices": NumPyro then runs the chains one by one
+        warnings.filterwarnings("ignore", message="There are not enough devices")
+        mcmc = MCMC(kernel, num_warmup=config.num_warmup, num_samples=config.num_samples,
+                    num_chains=config.num_chains, chain_method=config.chain_method, progress_bar=progress)
+    mcmc.run(jnp.asarray(seed_keys(seed, 1)[0]), stats, init_params=params, extra_fields=_FIELDS)
+    draws = jax.tree.map(np.asarray, mcmc.get_samples())
+    return draws, jax.tree.map(np.asarray, mcmc.get_extra_fields())
 
 
 def fit_mcmc(dataset, *, config: MCMCConfig, priors=None, seed=0, progress=True):
-    """Sample the posterior of ``dataset`` by HMC-within-Gibbs; returns a :class:`Posterior`.
+    """Sample the posterior of ``dataset`` with :class:`OrderNUTS` chains; returns a :class:`Posterior`.
 
     All input checks run before any compilation.
     """
     start = time.perf_counter()
     priors = parse_priors(priors)
-    d = dataset.d
-    gibbs = config.decoder == "linear" and config.decoder_update == "gibbs"
+    d, C, tau = dataset.d, config.num_chains, config.tau
     fixed = None if config.fixed_noise_scales is None else np.asarray(config.fixed_noise_scales, np.float64)
-    # built before any work: it checks that the decoder priors are normal (conjugate given z)
-    augment = make_augmentation(priors, config.tau, fixed) if gibbs else None
     rng = np.random.default_rng(seed)
-    C, tau = config.num_chains, config.tau
     with jax.enable_x64(True):
-        starts, orders0, proposal, svi = _chain_starts(dataset, config, rng, d)
-        model, data = _model(dataset, config, priors, fixed, gibbs)
-        init_fn, z0, aux0, step, postprocess = make_sampler(model, data, starts, orders0, config,
-                                                            config.num_warmup, augment)
-
-        def run(state, data, n):
-            state, out = jax.lax.scan(lambda s, _: jax.vmap(step, in_axes=(0, None))(s, data), state, None, length=n)
-            return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # (chain, iteration, ...)
-
-        run = jax.jit(run, static_argnums=2)
-        keys = seed_keys(seed, C)
-        total = config.num_warmup + config.num_samples
-        if config.chain_method in ("vectorized", "parallel"):
-            if config.chain_method == "parallel":  # the chain axis split over the devices (jit follows)
-                devs = jax.devices()[:max(k for k in range(1, len(jax.devices()) + 1) if C % k == 0)]
-                z0, aux0, keys = shard_leading((z0, aux0, keys), devs)
-            out = _run_chains(run, init_fn, z0, aux0, orders0, keys, data, config.num_warmup, total, config, progress)
-        else:
-            one = lambda tree, c: jax.tree.map(lambda a: a[c:c + 1], tree)  # noqa: E731
-            parts = [_run_chains(run, init_fn, one(z0, c), one(aux0, c), orders0[c:c + 1], keys[c:c + 1], data,
-                                 config.num_warmup, total, config, progress) for c in range(C)]
-            out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
-        draws = _constrain(postprocess, out, data)
-        draws.update({k: v.reshape((-1,) + v.shape[2:]) for k, v in out.dec.items()})
+        starts, orders0, proposal, svi = chain_starts(dataset, config, rng)
+        model, stats = _model(dataset, config, priors, fixed)
+        draws, extra = _run(model, stats, starts, orders0, config, seed, progress)
         S = C * config.num_samples
-        noise = draws["noise_scale"] if fixed is None else np.broadcast_to(np.asarray(fixed), (S, d)).copy()
+        noise = draws["noise_scale"] if fixed is None else np.broadcast_to(fixed, (S, d)).copy()
         if config.decoder == "linear":
             decoder = LinearDecoder(draws["decoder_weight"], draws["decoder_bias"], draws["obs_scale"])
+            keep = np.linspace(0, S - 1, min(S, _SUMMARY_DRAWS)).round().astype(int)
             latent_mean, latent_sd = latent_summaries(
-                dataset, {"W": draws["W"], "noise_scale": noise, "decoder_weight": decoder["A"],
-                          "decoder_bias": decoder["b"], "obs_scale": decoder["obs_scale"]}, tau)
+                dataset, {"W": draws["W"][keep], "noise_scale": noise[keep], "decoder_weight": decoder["A"][keep],
+                          "decoder_bias": decoder["b"][keep], "obs_scale": decoder["obs_scale"][keep]}, tau)
         else:
             decoder = IdentityDecoder()
             latent_mean, latent_sd = np.asarray(dataset.x, np.float64), np.zeros((dataset.N, d))
-    orders = out.order.reshape(S, d)
-    counts = {k: int(getattr(out, k).sum()) for k in ("swap_accepted", "swap_proposed", "reversal_accepted",
-                                                      "reversal_proposed")}
+    moves = extra["moves"].reshape(-1, 4).sum(0)
     post = Posterior(
-        method="mcmc", W=draws["W"], noise_scales=noise, orders=orders, decoder=decoder,
+        method="mcmc", W=draws["W"], noise_scales=noise, orders=draws["order"].reshape(S, d), decoder=decoder,
         latent_mean=latent_mean, latent_scale=latent_sd, elbo=np.zeros(0), seconds=0.0, tau=tau,
         info={"num_chains": C, "config": config.__dict__, "priors": priors.describe(),
-              "proposal_order": proposal.tolist(), "divergences": int(out.diverging.sum()),
-              "mean_accept_prob": float(out.accept_prob.mean()), "mean_leapfrog_steps": float(out.num_steps.mean()),
-              "order_acceptance": _rate(counts["swap_accepted"] + counts["reversal_accepted"],
-                                        counts["swap_proposed"] + counts["reversal_proposed"]),
-              "swap_acceptance": _rate(counts["swap_accepted"], counts["swap_proposed"]),
-              "reversal_acceptance": _rate(counts["reversal_accepted"], counts["reversal_proposed"]),
+              "proposal_order": proposal.tolist(), "divergences": int(extra["diverging"].sum()),
+              "mean_accept_prob": float(extra["accept_prob"].mean()),
+              "mean_leapfrog_steps": float(extra["num_steps"].mean()),
+              "step_size": float(np.median(extra["step_size"])),
+              "order_acceptance": _rate(moves[0] + moves[2], moves[1] + moves[3]),
+              "swap_acceptance": _rate(moves[0], moves[1]), "relocation_acceptance": _rate(moves[2], moves[3]),
               "svi_init": svi is not None},
     )
     return dataclasses.replace(post, info=post.info | diagnostics(post), seconds=time.perf_counter() - start)
 
 
-def _model(dataset, config, priors, fixed, gibbs):
-    """The sampled model ``model(data, order, aux)`` and its data: the collapsed (or identity) model on the
-    sufficient statistics, or under Gibbs updates the model given the augmentation, with the raw arrays."""
-    raw, tau = None, config.tau
-    if config.decoder == "identity":
-        stats = identity_stats(jnp.asarray(dataset.x, jnp.float64), dataset.targets, dataset.values)
-        base_model = identity_model
-    elif gibbs:
-        stats, base_model = None, None
-        raw = (jnp.asarray(dataset.x, jnp.float64), jnp.asarray(dataset.targets),
-               jnp.asarray(np.where(dataset.targets > 0, np.nan_to_num(dataset.values), 0.0), jnp.float64))
-    else:
-        stats = jax.tree.map(jnp.asarray, sufficient_stats(dataset.x, dataset.targets, dataset.values))
-        base_model = collapsed_model
-
-    def model(data, order, aux):
-        with handlers.condition(data={} if fixed is None else {"noise_scale": fixed}):
-            if gibbs:
-                augmented_model(data, order, aux, priors=priors, tau=tau)
-            else:
-                base_model(data["stats"], priors=priors, tau=tau, order=order)
-
-    return model, {"stats": stats, "raw": raw}
-
-
 def _rate(a, b):
     return float(a / b) if b else float("nan")
-
-
-def _constrain(postprocess, out, data, chunk=_CONSTRAIN_DRAWS):
-    """Constrained draws (chain-major flattened, leading C * S) from the unconstrained chain output."""
-    z = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out.z)
-    order = out.order.reshape(-1, out.order.shape[-1])
-    f = jax.jit(jax.vmap(postprocess, in_axes=(0, 0, None)))
-    n = len(order)
-    parts = [jax.tree.map(np.asarray, f(jax.tree.map(lambda a: jnp.asarray(a[i:i + chunk]), z),
-                                       jnp.asarray(order[i:i + chunk]), data)) for i in range(0, n, chunk)]
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
 def diagnostics(posterior):
