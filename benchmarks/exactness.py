@@ -72,7 +72,7 @@ def _fit(data, method, d, order_posterior=None):
 
     if method == "mcmc":
         config = {"decoder": "identity", "fixed_noise_scales": (1.0,) * d, "num_warmup": 300,
-                  "num_samples": DRAWS // 4, "num_chains": 4, "order_init": "random", "chunk": 500}
+                  "num_samples": DRAWS // 4, "num_chains": 4, "order_init": "random"}
         return fit(data, "mcmc", priors={"edge_weight": PRIORS["edge_weight"]}, seed=0, progress=False,
                    config=config)
     return fit(data, "collapsed", priors=PRIORS, seed=0, progress=False,
