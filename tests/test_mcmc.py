@@ -13,7 +13,8 @@ from latentscm.data import SimulationConfig, simulate
 from latentscm.data.scm import topological_order
 from latentscm.data.simulate import observed_chain as chain_data
 from latentscm.inference import Posterior, fit
-from latentscm.inference.mcmc_kernel import OrderNUTS, laplace, pair_index, relocation
+from latentscm.inference.laplace import laplace
+from latentscm.inference.mcmc_kernel import OrderNUTS, pair_index, relocation
 from latentscm.inference.mcmc_exact import exact_order_posterior, order_total_variation
 from latentscm.models.observed import identity_log_likelihood, identity_stats
 from latentscm.metrics import structure_metrics

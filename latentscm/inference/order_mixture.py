@@ -11,9 +11,9 @@ out, as the collapsed model does):
 with ``theta`` the SCM's continuous sites (edge weights in position space, noise scales, hierarchical
 scales). For each candidate order:
 
-1. **Laplace**: damped Newton steps (eigenvalue-floored Hessian, best of four step lengths) from the
-   guide's mean weights moved into that order's positions, in the unconstrained space; the Gaussian
-   ``N(mode, H^-1)`` is the proposal;
+1. **Laplace** (:func:`~latentscm.inference.laplace.laplace`, shared with the ``mcmc`` kernel): damped Newton
+   steps from the guide's mean weights moved into that order's positions, in the unconstrained space; the
+   Gaussian ``N(mode, H^-1)`` is the proposal;
 2. **importance sampling**: ``draws_per_order`` proposals, log weights ``log p(x, theta | order) -
    log q(theta)``; the evidence is their mean weight, its Monte Carlo error their variance, and ArviZ's
    Pareto-smoothed importance sampling (PSIS) gives the smoothed weights and the shape ``k`` (above 0.7
@@ -44,13 +44,13 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import log_density
 
 from ..models.scm import tril_size
+from .laplace import laplace
 
 DECODER_SITES = ("decoder_weight", "decoder_bias", "obs_scale")
 KHAT_MAX = 0.7  # PSIS shape above which an order's evidence is unreliable (Vehtari et al. 2024)
 _WINDOW = math.log(1e4)  # the search expands orders within this many nats of the best
-_NEWTON = 6  # damped Newton steps per order (from the guide's weights: the log joint is close to quadratic in them)
-_STEPS = (1.0, 0.5, 0.25, 0.05)  # step lengths tried per Newton step
-_FLOOR = 1e-6  # eigenvalue floor of the negative Hessian
+_NEWTON = 6  # at most this many damped Newton steps per order (from the guide's weights: the log joint is close
+# to quadratic in them)
 _BATCH = 32  # orders weighed per call
 
 
@@ -142,35 +142,10 @@ def node_weights(l_vec, orders):
     return W
 
 
-def _laplace(f, u):
-    """Damped Newton ascent of ``f`` from ``u``; returns the end point and the eigen-decomposition of the
-    (floored) negative Hessian at the step before it (one Hessian program, not two: the proposal's shape
-    need not be exact, importance sampling corrects it)."""
-    def grads(u):  # the gradient and, reverse over it, the Hessian (custom VJPs have no forward mode)
-        g = jax.grad(f)(u)
-        return g, g
-
-    def newton(carry, _):
-        u, _, _ = carry
-        hess, g = jax.jacrev(grads, has_aux=True)(u)
-        vals, vecs = jnp.linalg.eigh(-hess)
-        vals = jnp.maximum(jnp.abs(vals), _FLOOR)
-        step = vecs @ ((vecs.T @ g) / vals)
-        tries = jnp.stack([u + a * step for a in _STEPS] + [u])
-        scores = jax.vmap(f)(tries)
-        scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
-        return (tries[jnp.argmax(scores)], vals, vecs), None
-
-    n = u.shape[0]
-    (u, vals, vecs), _ = jax.lax.scan(newton, (u, jnp.ones(n, u.dtype), jnp.eye(n, dtype=u.dtype)), None,
-                                      length=_NEWTON)
-    return u, vals, vecs
-
-
 def _weigh_one(f, u0, key, num):
     """One order (``f`` its log joint): Laplace proposal, ``num`` draws, their log weights (num,) and the draws
     (num, n)."""
-    mode, vals, vecs = _laplace(f, u0)
+    mode, vecs, vals = laplace(lambda u: -f(u), u0, max_steps=_NEWTON)
     eps = jax.random.normal(key, (num, mode.shape[0]))
     u = mode + (eps / jnp.sqrt(vals)) @ vecs.T
     log_q = -0.5 * jnp.sum(eps**2, 1) + 0.5 * jnp.sum(jnp.log(vals)) - 0.5 * mode.shape[0] * math.log(2 * math.pi)
