@@ -80,7 +80,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds of the default-setting runs")
     parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--skip-exact", action="store_true")
     parser.add_argument("--name", default="mcmc", help="results file stem under benchmarks/results")
     args = parser.parse_args(argv)

@@ -64,7 +64,7 @@ class MCMCConfig:
     """
 
     num_warmup: int = setting(500, integer(0))
-    num_samples: int = setting(1000, integer(1))
+    num_samples: int = setting(2000, integer(1))
     num_chains: int = setting(4, integer(1))
     chain_method: str = setting("vectorized", one_of("vectorized", "sequential", "parallel"))
     decoder: str = setting("linear", one_of(*DECODERS), why=_DECODER_WHY)
