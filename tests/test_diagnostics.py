@@ -35,6 +35,8 @@ def test_graph_disagreement_within_noise_is_reported():
     assert "restart 1 differs from the kept restart 0 in 3 edges (edge probability > 0.5)" in problem
     assert "has 0->2, 1->0" in problem and "lacks 0->1" in problem
     assert problem.endswith("the data do not decide between the graphs and the posterior shows only one")
+    # when the posterior weighs the orders (both restarts' orders seed it), that is no problem, even for the anchor
+    assert restart_problems(tails([-1000.0, -1000.2]), np.stack([GRAPH, other]), anchor=1, weighed=True) == []
 
 
 def test_a_random_start_stuck_lower_is_not_a_problem_but_a_beaten_anchor_is():

@@ -74,8 +74,7 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
     max_listed : int
         At most this many differing edges are named per restart.
     weighed : bool
-        The posterior weighs the orders itself (``collapsed``'s order mixture, seeded with every restart's
-        orders): restarts that disagree within noise are then represented in it, not a problem.
+        The posterior weighs the orders itself (``collapsed``'s order mixture, seeded with every restart's orders).
 
     Returns
     -------
@@ -115,12 +114,10 @@ def restart_problems(tail_elbo, edge_probs, *, best: int | None = None, anchor: 
                           for label, e in (("has", extra), ("lacks", missing)) if e)
         differs = (f"restart {r} differs from the kept restart {best} in {n} edge{'s' if n != 1 else ''} "
                    f"(edge probability > {threshold:g}): it {parts}")
-        if abs(diff) <= noise:
-            if weighed:
-                continue
-            problems.append(f"restarts disagree on the graph with ELBOs within noise ({means[best]:.1f} and "
-                            f"{means[r]:.1f}, noise {noise:.1f}): {differs}; the data do not decide between "
-                            "the graphs and the posterior shows only one")
+        if abs(diff) <= noise:  # when the orders are weighed, both graphs are in the posterior: no problem
+            problems += [] if weighed else [
+                f"restarts disagree on the graph with ELBOs within noise ({means[best]:.1f} and {means[r]:.1f}, noise "
+                f"{noise:.1f}): {differs}; the data do not decide between the graphs and the posterior shows only one"]
         elif r == anchor:
             problems.append(f"the data-driven start (restart {r}) ended {diff:.1f} below restart {best} (noise "
                             f"{noise:.1f}) on another graph: {differs}; the identification missed the optimum or "
