@@ -3,7 +3,6 @@ held out)."""
 
 import dataclasses
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

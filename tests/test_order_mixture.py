@@ -7,27 +7,25 @@ import pytest
 from latentscm.data.simulate import observed_chain
 from latentscm.inference.collapsed import CollapsedConfig, build_collapsed
 from latentscm.inference.mcmc_exact import exact_order_posterior, order_total_variation
-from latentscm.inference.order_mixture import (OrderMixture, node_weights, position_tril, prepare_weighing,
-                                               weigh_orders)
+from latentscm.inference.order_mixture import OrderMixture, prepare_weighing, weigh_orders
 from latentscm.models.priors import parse_priors
-from latentscm.models.scm import tril_to_matrix, weights_from_order
+from latentscm.models.scm import position_tril, tril_to_matrix, weights_from_order
 from latentscm.models.permutation import matrix_from_order
 
 PINNED = {"edge_weight": {"dist": "normal", "scale": 1.0},
           "noise_scale": {"dist": "lognormal", "loc": 0.0, "scale": 0.01}}
 
 
-def test_position_and_node_weights_are_inverse():
+def test_position_tril_inverts_weights_from_order():
     rng = np.random.default_rng(0)
     d = 5
     l_vec = rng.normal(size=(4, 10))
     orders = np.stack([rng.permutation(d) for _ in range(4)])
-    W = node_weights(l_vec, orders)
     with jax.enable_x64(True):
-        ref = weights_from_order(tril_to_matrix(np.asarray(l_vec), d), matrix_from_order(orders))
-    np.testing.assert_allclose(W, np.asarray(ref), atol=1e-12)
+        W = np.asarray(weights_from_order(tril_to_matrix(l_vec, d), matrix_from_order(orders)))
     for k in range(4):
         np.testing.assert_array_equal(position_tril(W[k], orders[k]), l_vec[k])
+        assert np.count_nonzero(W[k]) == 10  # every free entry placed once
 
 
 def test_order_weights_match_enumeration():
@@ -38,7 +36,7 @@ def test_order_weights_match_enumeration():
     orders, probs = exact_order_posterior(data.x, data.targets, data.values, 1.0, np.ones(d), 0.1)
     with jax.enable_x64(True):
         built = build_collapsed(data, CollapsedConfig(decoder="identity"), parse_priors(PINNED), 0)
-        weighing = prepare_weighing(built.problem.model, built.problem.data, None, fixed={}, draws_per_order=500)
+        weighing = prepare_weighing(built.problem.model, built.problem.data, {}, draws_per_order=500)
         zero = np.zeros(sum(int(np.prod(s)) for s, _ in weighing.sites.values()))
         mix = weigh_orders(weighing, built.problem.data, lambda order: zero, orders[:1], jax.random.PRNGKey(0), d=d,
                            num_draws=2000)
@@ -50,7 +48,9 @@ def test_order_weights_match_enumeration():
     assert np.max(mix.khat) < 0.7 and not mix.problems()
     assert order_total_variation(mix.draws["order"], orders, probs) < 0.06  # 2000 resampled draws
     # the draws' W is the position-space weights placed by their order
-    np.testing.assert_allclose(mix.draws["W"], node_weights(mix.draws["edge_weight"], mix.draws["order"]))
+    for W, l_vec, order in zip(mix.draws["W"][:50], mix.draws["edge_weight"], mix.draws["order"]):
+        np.testing.assert_allclose(position_tril(W, order), l_vec)
+        assert np.count_nonzero(W) == np.count_nonzero(l_vec)
 
 
 def test_problems_name_unreliable_weights():

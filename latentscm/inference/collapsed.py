@@ -218,8 +218,7 @@ def _weighing_ahead(built, dataset, priors):
     with jax.enable_x64(True):
         start = jax.tree.map(lambda a: np.asarray(a[0]), built.problem.params)  # the decoder's shapes
         model, stats, fixed = weighing_problem(built, dataset, priors, start)
-        weighing = prepare_weighing(model, stats, start, fixed=fixed, draws_per_order=built.config.mixture_draws,
-                                    lower=True)
+        weighing = prepare_weighing(model, stats, fixed, draws_per_order=built.config.mixture_draws, lower=True)
     pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-weighing")
     future = pool.submit(weighing.weigher.compile)
     pool.shutdown(wait=False)
@@ -272,7 +271,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         with jax.enable_x64(True):
             best = svi.restart(svi.best)
             model, stats, fixed = weighing_problem(built, dataset, priors, best)
-            weighing = (prepare_weighing(model, stats, best, fixed=fixed, draws_per_order=config.mixture_draws)
+            weighing = (prepare_weighing(model, stats, fixed, draws_per_order=config.mixture_draws)
                         if ahead is None else ahead[0]._replace(weigher=ahead[1].result(), fixed=fixed))
             seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
             mixture = mixture_from_guide(weighing, stats, best, draws, keys[-1], seeds=seeds,

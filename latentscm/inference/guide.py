@@ -24,7 +24,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
-from ..models.scm import tril_size, tril_to_matrix, weights_from_order
+from ..models.scm import position_tril, tril_size, tril_to_matrix, weights_from_order
 
 INIT_SCALE = 0.01  # guide sd of every continuous site at the start (the decoder's: see decoder_scales)
 
@@ -88,8 +88,7 @@ def initial_params(specs, ini, d, config, rng):
     out = {}
     for r in range(R):
         order = ini.order if (r == 0 and config.order_init == "proposal") or config.known_order else rng.permutation(d)
-        W_pos = ini.W[np.ix_(order, order)]  # W_pos[a, b]: position a -> position b
-        L = W_pos.T[np.tril_indices(d, -1)] if r == 0 or config.known_order else np.zeros(tril_size(d))
+        L = position_tril(ini.W, order) if r == 0 or config.known_order else np.zeros(tril_size(d))
         locs = {
             "edge_weight": L, "noise_scale": np.log(ini.sigma), "decoder_weight": ini.A,
             "decoder_bias": ini.b, "obs_scale": np.log(ini.obs_scale),

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions.transforms import biject_to
 
+from ..models.scm import position_tril
 from .guide import site_specs
 from .initialise import _node_fit, initialise
 
@@ -48,7 +49,7 @@ def chain_starts(dataset, config, rng):
                 _, coef, sigma[j] = _node_fit(ini.z, t, j, list(order[:p]))
                 W[order[:p], j] = coef
             vals = dict(dec)
-        L = W[np.ix_(order, order)].T[np.tril_indices(d, -1)]
+        L = position_tril(W, order)
         vals["edge_weight"] = L + config.init_jitter * rng.normal(size=L.shape)
         vals["noise_scale"] = sigma * np.exp(config.init_jitter * rng.normal(size=d))
         starts.append(vals)

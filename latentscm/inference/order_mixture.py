@@ -24,8 +24,8 @@ orders that adds the adjacent transpositions of every order within ``log(1e4)`` 
 none is new or ``max_orders`` were weighed (then :meth:`OrderMixture.problems` says the search stopped
 early). The posterior's draws are resampled: an order from the mixture weights, then that order's
 continuous sites from its PSIS weights. Decoder sites (``decoder_weight``, ``decoder_bias``,
-``obs_scale``) are held fixed while weighing (the caller's values, by default the guide's median: they are
-shared by all orders and far more tightly determined than the SCM's sites), so with a linear decoder the
+``obs_scale``) are held fixed while weighing (the caller's values, the guide's median in ``collapsed``: they
+are shared by all orders and far more tightly determined than the SCM's sites), so with a linear decoder the
 weights are ``p(order | x, decoder)`` (``collapsed.weighing_problem`` weighs them on x's coordinates in the
 decoder's row space); with ``decoder = "identity"`` they are exact up to Monte Carlo error.
 """
@@ -43,10 +43,10 @@ from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import log_density
 
-from ..models.scm import tril_size
+from ..models.permutation import matrix_from_order
+from ..models.scm import position_tril, tril_size, tril_to_matrix, weights_from_order
 from .laplace import laplace
 
-DECODER_SITES = ("decoder_weight", "decoder_bias", "obs_scale")
 KHAT_MAX = 0.7  # PSIS shape above which an order's evidence is unreliable (Vehtari et al. 2024)
 _WINDOW = math.log(1e4)  # the search expands orders within this many nats of the best
 _NEWTON = 6  # at most this many damped Newton steps per order (from the guide's weights: the log joint is close
@@ -96,14 +96,6 @@ class OrderMixture(NamedTuple):
                 "weights": [[self.orders[i].tolist(), float(self.probs[i])] for i in idx if self.probs[i] > 1e-9]}
 
 
-def position_tril(matrix, order):
-    """The strictly lower-triangular entries, in ``order``'s positions, of a node-space (d, d) matrix:
-    ``L[b, a] = matrix[order[a], order[b]]`` for b > a (pairs the order does not allow are dropped)."""
-    d = len(order)
-    rows, cols = np.tril_indices(d, -1)
-    return np.asarray(matrix)[np.asarray(order)[cols], np.asarray(order)[rows]]
-
-
 class LogJoint(NamedTuple):
     """:func:`make_log_joint`'s result: ``f(P, u)``, and ``constrain(u) -> {site: value}`` for flat ``u``."""
 
@@ -130,16 +122,6 @@ def make_log_joint(model, specs):
         return lp + log_det
 
     return LogJoint(jax.jit(f), constrain)  # jitted: traced once, however many transformations use it
-
-
-def node_weights(l_vec, orders):
-    """Node-space ``W`` (n, d, d) of position-space weights ``l_vec`` (n, d(d-1)/2) under ``orders`` (n, d):
-    ``W[order[a], order[b]] = L[b, a]`` (the inverse of :func:`position_tril`)."""
-    n, d = orders.shape
-    rows, cols = np.tril_indices(d, -1)
-    W = np.zeros((n, d, d))
-    W[np.arange(n)[:, None], orders[:, cols], orders[:, rows]] = l_vec
-    return W
 
 
 def _weigh_one(f, u0, key, num):
@@ -243,9 +225,13 @@ def _resample(orders, probs, smoothed, us, constrain, d, num, rng):
         rows.append(us[k][rng.choice(len(us[k]), size=count, p=w / w.sum())])
     perm = rng.permutation(num)  # draws in random order, as a sampler's
     rows, pick = np.concatenate(rows)[perm], pick[perm]
-    out = {name: np.asarray(v) for name, v in jax.jit(jax.vmap(constrain))(jnp.asarray(rows)).items()}
+    def sites_and_graph(rows, orders):
+        out = jax.vmap(constrain)(rows)
+        out["W"] = weights_from_order(tril_to_matrix(out["edge_weight"], d), matrix_from_order(orders))
+        return out
+
+    out = {name: np.asarray(v) for name, v in jax.jit(sites_and_graph)(jnp.asarray(rows), orders[pick]).items()}
     out["order"] = orders[pick]
-    out["W"] = node_weights(out["edge_weight"], out["order"])
     return out
 
 
@@ -259,20 +245,16 @@ class Weighing(NamedTuple):
     weigher: object
 
 
-def prepare_weighing(model, data, params, *, fixed=None, draws_per_order=256, lower=False) -> Weighing:
+def prepare_weighing(model, data, fixed, *, draws_per_order=256, lower=False) -> Weighing:
     """The weighing program of ``model(temperature, data)``: every continuous site but the held ones (``fixed``,
-    constrained values; by default the decoder sites at the guide median of ``params``). ``lower=True``
+    constrained values, e.g. the decoder at the guide's median: :func:`~.collapsed.weighing_problem`). ``lower=True``
     traces and lowers the weigher now for ``data``'s shapes (``weigher`` is then a ``jax.stages.Lowered``):
     its program depends on shapes only, so it can be compiled before the fit ends (``collapsed`` compiles it
     in a thread while the SVI runs: XLA's compilation touches no NumPyro handler) and used with other data
     and held values of the same shapes."""
     from .guide import site_specs
 
-    specs = site_specs(model, 1.0, data)
-    if fixed is None:
-        fixed = {name: biject_to(specs[name][1])(jnp.asarray(params[f"{name}_loc"]))
-                 for name in DECODER_SITES if name in specs}
-    sites = {name: spec for name, spec in specs.items() if name not in fixed}
+    sites = {name: spec for name, spec in site_specs(model, 1.0, data).items() if name not in fixed}
     joint = make_log_joint(model, sites)
     weigher = make_weigher(joint.f, draws_per_order)
     if lower:

@@ -15,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.linalg import solve_triangular
@@ -50,6 +51,15 @@ def sample_graph(d, edge_prior, noise_prior, order=None):
     P = numpyro.sample("P", UniformPermutation(d)) if order is None else jnp.eye(d)[jnp.asarray(order)]
     W = numpyro.deterministic("W", weights_from_order(tril_to_matrix(l_vec, d), P))
     return W, sigma, P
+
+
+def position_tril(matrix, order):
+    """The free entries of ``L`` (d(d-1)/2,) that a node-space (d, d) ``matrix`` has in ``order``'s positions
+    (numpy): ``L[b, a] = matrix[order[a], order[b]]`` for b > a; pairs the order does not allow are dropped.
+    The inverse of :func:`weights_from_order` for weights the order allows."""
+    order = np.asarray(order)
+    rows, cols = np.tril_indices(len(order), -1)
+    return np.asarray(matrix)[order[cols], order[rows]]
 
 
 def weights_from_order(L, P):
