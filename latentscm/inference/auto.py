@@ -92,10 +92,10 @@ class AutoConfig:
                 raise type(e)(f"auto: the MLP refinement (amortized) cannot take this dataset: {e}. Set "
                               "refine = 'never' (the linear fit and its check only) or fit with method "
                               "'collapsed'") from None
-            units = dataset.pair if dataset.pair is not None else np.arange(dataset.N)
-            if len(np.unique(units)) < 10:
+            count = len(np.unique(_units(dataset)))
+            if count < 10:
                 raise ValueError(f"auto: the held-out comparison needs at least 10 units (pairs or rows); the "
-                                 f"dataset has {len(np.unique(units))}. Use method 'collapsed' or refine = 'never'")
+                                 f"dataset has {count}. Use method 'collapsed' or refine = 'never'")
 
 
 def linear_misfit(check) -> float:
@@ -105,10 +105,15 @@ def linear_misfit(check) -> float:
     return check.excess_misfit()
 
 
+def _units(dataset):
+    """Each row's unit: its pair id when the data have them, else the row itself."""
+    return dataset.pair if dataset.pair is not None else np.arange(dataset.N)
+
+
 def split_units(dataset, holdout, seed):
     """(train_rows, heldout_rows) index arrays: a random ``holdout`` fraction of the units (pair ids when the
     data have them, else rows), at least one unit on each side; a pair's rows stay together."""
-    units = dataset.pair if dataset.pair is not None else np.arange(dataset.N)
+    units = _units(dataset)
     ids = np.unique(units)
     rng = np.random.default_rng([seed, 12])
     k = min(max(1, round(holdout * len(ids))), len(ids) - 1)
