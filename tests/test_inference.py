@@ -295,3 +295,37 @@ def test_scaled_settings_keep_the_paired_margin():
     assert scaled_settings(20, use_pairs=True)["logit_scale"] == 8.0 and scaled_settings(20, True)["use_pairs"]
     assert scaled_settings(100, use_pairs=True)["logit_scale"] == 8.0  # log(20 d) = 7.6 < 8
     assert scaled_settings(200, use_pairs=True)["logit_scale"] == round(np.log(4000), 2)  # 8.29
+
+
+def test_latent_summaries_blocks_match_the_exact_posterior():
+    """The blocked latent summaries (patterns of 3 to 70 rows, blocks of one size: the large pattern spans
+    several blocks, the small ones are padded) equal the mixture moments of each row's exact posterior."""
+    import jax
+
+    from latentscm.data import Dataset
+    from latentscm.inference.collapsed import latent_summaries
+    from latentscm.models.collapsed import make_units, unit_latent_posterior
+
+    rng = np.random.default_rng(0)
+    S, d, D = 5, 3, 6
+    targets = np.zeros((100, d), np.int8)  # patterns of 70 (observational), 3, 12 and 15 rows
+    targets[70:73, 0] = targets[73:85, 1] = 1
+    targets[85:, :2] = 1
+    train = Dataset.from_arrays(rng.normal(size=(100, D)), targets, np.where(targets, rng.normal(size=(100, d)), 0.0))
+    draws = {"W": np.triu(rng.normal(size=(S, d, d)), 1), "noise_scale": rng.uniform(0.5, 1.5, (S, d)),
+             "decoder_weight": rng.normal(size=(S, d, D)), "decoder_bias": rng.normal(size=(S, D)),
+             "obs_scale": rng.uniform(0.2, 0.4, S)}
+    units = make_units(train.x, train.targets, train.values)
+    m1, m2 = np.zeros((train.N, d)), np.zeros((train.N, d))
+    with jax.enable_x64(True):  # as fit_collapsed calls it
+        mean, sd = latent_summaries(train, draws, 0.1, units=units)
+        for u in units:
+            for s in range(S):
+                mu, cov = unit_latent_posterior(u, *(draws[k][s] for k in draws), 0.1)
+                rows = u.rows.reshape(-1)
+                mu = np.asarray(mu).reshape(len(rows), d)
+                var = np.diagonal(np.asarray(cov).reshape(len(u.x), u.x.shape[1] * d, -1), axis1=1, axis2=2)
+                m1[rows] += mu / S
+                m2[rows] += (mu**2 + var.reshape(len(rows), d)) / S
+    np.testing.assert_allclose(mean, m1, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(sd, np.sqrt(m2 - m1**2), rtol=1e-5, atol=1e-8)

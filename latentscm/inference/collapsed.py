@@ -59,7 +59,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
-_ROW_BUCKET = 1024  # latent summaries: a pattern's rows padded to a power of two up to this, then to its multiples
+_ROW_BUCKET = 1024  # latent summaries: rows per block at most (blocks: a power of two near the median pattern's rows)
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def _weighing_ahead(built, dataset, priors):
     if built.tstats is not None:
         return None
     with jax.enable_x64(True):
-        start = jax.tree.map(lambda a: np.asarray(a[0]), built.problem.params)  # the decoder's shapes
+        start = jax.tree.map(lambda a: np.asarray(a)[0], built.problem.params)  # the decoder's shapes
         model, stats, fixed = weighing_problem(built, dataset, priors, start)
         weighing = prepare_weighing(model, stats, fixed, draws_per_order=built.config.mixture_draws, lower=True)
     pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-weighing")
@@ -241,7 +241,8 @@ def weighing_problem(built, dataset, priors, params):
                                     projection=None, image_shape=None)
     config = dataclasses.replace(built.config, precision="float64")  # weighed in float64 (call under x64)
     _, stats, tstats = _statistics(projected, config, built.ini, built.devices[:1])
-    fixed = {"decoder_weight": jnp.asarray(A @ V), "decoder_bias": jnp.zeros(dataset.d), "obs_scale": jnp.asarray(s)}
+    fixed = {"decoder_weight": A @ V, "decoder_bias": np.zeros(dataset.d), "obs_scale": np.asarray(s)}  # numpy: no
+    # host-side JAX work (each such op is a compilation of its own)
     return _model_of(config, priors, tstats, built.known), stats, fixed
 
 
@@ -400,8 +401,8 @@ def _pattern_moments(W, sigma, A, b, s, masks, known, X, V, tau, value_scale):
 
 
 def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
-    """:func:`latent_summaries` on one device, units grouped by pattern (rows padded so that few shapes
-    compile; as many draws per call as keep the arrays small). Cost O(S (R d^3 + N D d)) instead of
+    """:func:`latent_summaries` on one device, units grouped by pattern, each pattern's rows in blocks of one
+    size (one compiled shape per unit size; as many draws per call as keep the arrays small). Cost O(S (R d^3 + N D d)) instead of
     O(S N d^3)."""
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
     moments = jax.vmap(_pattern_moments, in_axes=(0,) * 5 + (None,) * 4 + (None, None))
@@ -415,26 +416,27 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
     for u in units:
         U, k, d = u.targets.shape
         patterns, g = group_rows(np.concatenate([u.targets.reshape(U, -1), u.known.reshape(U, -1)], axis=1))
+        # every pattern's rows in blocks of one size (a power of two near the median pattern's rows, the last
+        # block padded): one compiled shape per unit size, however the patterns' sizes vary
+        block = 1 << min(max(3, int(np.log2(np.median(np.bincount(g))))), int(np.log2(_ROW_BUCKET)))
+        step = max(1, min(S, int(_SUMMARY_NUMBERS // (block * k * (u.x.shape[2] + d)))))  # draws per call
+        padded = -(-S // step) * step  # chunks of equal size, the last padded with weight 0
+        weight = (np.arange(padded) < S).astype(np.float64)
+        chunks = {key: np.concatenate([draws[key], np.repeat(draws[key][-1:], padded - S, 0)]) for key in keys}
         for r, pattern in enumerate(patterns):
-            idx = np.flatnonzero(g == r)
-            n = len(idx)  # padded to a power of two, or a multiple of _ROW_BUCKET: few shapes to compile
-            size = 1 << max(3, int(np.ceil(np.log2(n)))) if n <= _ROW_BUCKET else -(-n // _ROW_BUCKET) * _ROW_BUCKET
-            X = np.zeros((size,) + u.x.shape[1:])
-            V = np.zeros((size,) + u.values.shape[1:])
-            X[: len(idx)], V[: len(idx)] = u.x[idx], u.values[idx]
             masks = np.asarray(pattern[: k * d].reshape(1, k, d), np.float64)
             known = np.asarray(pattern[k * d:].reshape(1, k, d), np.float64)
-            rows = u.rows[idx].reshape(-1)
-            # chunks of equal size (the last padded with weight 0): one shape per pattern size
-            step = max(1, min(S, int(_SUMMARY_NUMBERS // (size * k * (u.x.shape[2] + d)))))
-            padded = -(-S // step) * step
-            weight = np.arange(padded) < S
-            chunks = {key: np.concatenate([draws[key], np.repeat(draws[key][-1:], padded - S, 0)])
-                      for key in keys}
-            for i in range(0, padded, step):
-                a, b_ = f(weight[i:i + step].astype(np.float64), *(chunks[key][i:i + step] for key in keys),
-                          masks, known, X, V, float(tau), float(value_scale))
-                m1[rows] += np.asarray(a)[: len(idx)].reshape(len(rows), -1)
-                m2[rows] += np.asarray(b_)[: len(idx)].reshape(len(rows), -1)
+            in_pattern = np.flatnonzero(g == r)
+            for j in range(0, len(in_pattern), block):
+                idx = in_pattern[j:j + block]
+                X = np.zeros((block,) + u.x.shape[1:])
+                V = np.zeros((block,) + u.values.shape[1:])
+                X[: len(idx)], V[: len(idx)] = u.x[idx], u.values[idx]
+                rows = u.rows[idx].reshape(-1)
+                for i in range(0, padded, step):
+                    a, b_ = f(weight[i:i + step], *(chunks[key][i:i + step] for key in keys),
+                              masks, known, X, V, float(tau), float(value_scale))
+                    m1[rows] += np.asarray(a)[: len(idx)].reshape(len(rows), -1)
+                    m2[rows] += np.asarray(b_)[: len(idx)].reshape(len(rows), -1)
     mean = m1 / S
     return mean, np.sqrt(np.maximum(m2 / S - mean**2, 0.0))

@@ -19,7 +19,7 @@ scales). For each candidate order:
    Pareto-smoothed importance sampling (PSIS) gives the smoothed weights and the shape ``k`` (above 0.7
    the estimate is not reliable: a warning).
 
-Candidates: every order when they fit one batch of 32 (d <= 4); otherwise a search from the guide's own
+Candidates: every order at d <= 4 (24); otherwise a search from the guide's own
 orders that adds the adjacent transpositions of every order within ``log(1e4)`` of the best evidence, until
 none is new or ``max_orders`` were weighed (then :meth:`OrderMixture.problems` says the search stopped
 early). The posterior's draws are resampled: an order from the mixture weights, then that order's
@@ -39,11 +39,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import log_density
 
-from ..models.permutation import matrix_from_order
 from ..models.scm import position_tril, tril_size, tril_to_matrix, weights_from_order
 from .laplace import laplace
 
@@ -51,7 +49,8 @@ KHAT_MAX = 0.7  # PSIS shape above which an order's evidence is unreliable (Veht
 _WINDOW = math.log(1e4)  # the search expands orders within this many nats of the best
 _NEWTON = 6  # at most this many damped Newton steps per order (from the guide's weights: the log joint is close
 # to quadratic in them)
-_BATCH = 32  # orders weighed per call
+_BATCH = 8  # orders weighed per call (a search weighs 10-40 orders at d = 5: little padding)
+_ALL_D = 4  # every order weighed up to this d (24 orders)
 
 
 class OrderMixture(NamedTuple):
@@ -97,7 +96,8 @@ class OrderMixture(NamedTuple):
 
 
 class LogJoint(NamedTuple):
-    """:func:`make_log_joint`'s result: ``f(P, u)``, and ``constrain(u) -> {site: value}`` for flat ``u``."""
+    """:func:`make_log_joint`'s result: ``f(P, u, data, fixed)``, and ``constrain(u) -> {site: value}`` for flat
+    ``u`` (both traceable)."""
 
     f: object
     constrain: object
@@ -105,11 +105,15 @@ class LogJoint(NamedTuple):
 
 def make_log_joint(model, specs):
     """The log joint ``f(P, u, data, fixed)`` of ``model(temperature, data)`` at permutation ``P`` (d, d), the flat
-    unconstrained sites ``specs`` ``u`` (Jacobian included) and the other sites held at ``fixed`` (constrained
-    values). The data and the held sites are arguments, not constants: the compiled program depends on shapes
-    only (the persistent compilation cache serves every fit of the same size)."""
+    unconstrained sites ``specs`` ``u`` (sorted by name, Jacobian included) and the other sites held at ``fixed``
+    (constrained values). The data and the held sites are arguments, not constants: the compiled program
+    depends on shapes only (the persistent compilation cache serves every fit of the same size)."""
     transforms = {name: biject_to(support) for name, (shape, support) in specs.items()}
-    _, unravel = ravel_pytree({name: jnp.zeros(shape) for name, (shape, _) in specs.items()})
+    names = sorted(specs)
+    ends = np.cumsum([math.prod(specs[n][0]) for n in names]).tolist()
+
+    def unravel(u):  # static slices: no host-side array work, nothing compiled outside the weigher
+        return {n: u[a:b].reshape(specs[n][0]) for n, a, b in zip(names, [0] + ends[:-1], ends)}
 
     def constrain(u):
         return {name: transforms[name](part) for name, part in unravel(u).items()}
@@ -135,12 +139,23 @@ def _weigh_one(f, u0, key, num):
     return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf), u
 
 
-def make_weigher(f, num):
-    """The jitted ``(Ps (B, d, d), u0 (B, n), keys (B,), data, fixed) -> (log_w (B, num), u (B, num, n))``."""
+def make_weigher(joint, num):
+    """The jitted ``(Ps (B, d, d), u0 (B, n), key (2,), index, data, fixed) -> (log_w (B, num), sites)``: each
+    order's proposals weighed; ``sites`` {site: (B, num, ...)} their constrained values with ``W`` (the weights
+    placed by the order). The batch's keys come from ``key`` folded with ``index``: one program, no host-side
+    random-number work between batches."""
     def one(P, u0, key, data, fixed):
-        return _weigh_one(lambda u: f(P, u, data, fixed), u0, key, num)
+        log_w, u = _weigh_one(lambda u: joint.f(P, u, data, fixed), u0, key, num)
+        sites = jax.vmap(joint.constrain)(u)
+        d = P.shape[0]
+        sites["W"] = jax.vmap(lambda l_vec: weights_from_order(tril_to_matrix(l_vec, d), P))(sites["edge_weight"])
+        return log_w, sites
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)))
+    def batch(Ps, u0, key, index, data, fixed):
+        keys = jax.random.split(jax.random.fold_in(key, index), Ps.shape[0])
+        return jax.vmap(one, in_axes=(0, 0, 0, None, None))(Ps, u0, keys, data, fixed)
+
+    return jax.jit(batch)
 
 
 def _psis(log_w):
@@ -182,22 +197,21 @@ def weigh_orders(weighing, data, start, seeds, key, *, d, num_draws, max_orders=
     start); seeds: orders (S, d) to search from (the guide's draws); key: a raw JAX key (2,). Returns an
     :class:`OrderMixture`.
     """
-    weigher, fixed, joint = weighing.weigher, weighing.fixed, weighing.joint
-    everything = math.factorial(d) <= min(_BATCH, max_orders)  # all orders when they fit one batch (d <= 4)
+    weigher, fixed = weighing.weigher, weighing.fixed
+    everything = math.factorial(d) <= max_orders and d <= _ALL_D  # every order (d <= 4)
     pending = list(itertools.permutations(range(d))) if everything else list(dict.fromkeys(map(tuple, seeds)))
     done, results = [], []
+    key = np.asarray(key, np.uint32)
     while pending and len(done) < max_orders:
         batch = pending[:min(_BATCH, max_orders - len(done))]
         pending = pending[len(batch):]
         padded = batch + [batch[0]] * (_BATCH - len(batch))  # one compiled shape
-        key, sub = jax.random.split(key)
-        log_w, u = weigher(jnp.asarray(np.eye(d)[np.array(padded)]),
-                           jnp.asarray(np.stack([start(o) for o in padded])), jax.random.split(sub, _BATCH),
-                           data, fixed)
+        log_w, sites = jax.device_get(weigher(np.eye(d)[np.array(padded)], np.stack([start(o) for o in padded]),
+                                              key, len(done), data, fixed))
         lw = np.asarray(log_w[:len(batch)], np.float64)
         smoothed, khat = _psis(lw)
         for i, order in enumerate(batch):
-            results.append((*_evidence(lw[i]), khat[i], smoothed[i], np.asarray(u[i])))
+            results.append((*_evidence(lw[i]), khat[i], smoothed[i], {n: v[i] for n, v in sites.items()}))
             done.append(order)
         if not everything:  # expand the orders within the window of the best
             log_z = np.array([r[0] for r in results])
@@ -210,38 +224,33 @@ def weigh_orders(weighing, data, start, seeds, key, *, d, num_draws, max_orders=
     log_z, ess, rse, khat = (np.array([r[i] for r in results]) for i in range(4))
     probs = np.exp(log_z - log_z.max())
     probs /= probs.sum()
-    draws = _resample(np.array(done), probs, [r[4] for r in results], [r[5] for r in results], joint.constrain, d,
-                      num_draws, np.random.default_rng(seed))
+    draws = _resample(np.array(done), probs, [r[4] for r in results], [r[5] for r in results], num_draws,
+                      np.random.default_rng(seed))
     return OrderMixture(np.array(done), log_z, probs, khat, ess, rse, not pending, draws)
 
 
-def _resample(orders, probs, smoothed, us, constrain, d, num, rng):
-    """``num`` draws: an order from ``probs``, then one of its proposals from its smoothed weights; the sites
-    constrained, with ``W`` (num, d, d) and ``order`` (num, d)."""
+def _resample(orders, probs, smoothed, sites, num, rng):
+    """``num`` draws: an order from ``probs``, then one of its proposals from its smoothed weights; ``sites``
+    holds each order's proposals' constrained values ({site: (num_proposals, ...)}, ``W`` included); the
+    draws get ``order`` (num, d) too."""
     pick = np.sort(rng.choice(len(orders), size=num, p=probs))
-    rows = []
+    parts = []
     for k, count in zip(*np.unique(pick, return_counts=True)):
         w = np.exp(smoothed[k] - np.max(smoothed[k]))
-        rows.append(us[k][rng.choice(len(us[k]), size=count, p=w / w.sum())])
+        rows = rng.choice(len(w), size=count, p=w / w.sum())
+        parts.append({n: v[rows] for n, v in sites[k].items()})
     perm = rng.permutation(num)  # draws in random order, as a sampler's
-    rows, pick = np.concatenate(rows)[perm], pick[perm]
-    def sites_and_graph(rows, orders):
-        out = jax.vmap(constrain)(rows)
-        out["W"] = weights_from_order(tril_to_matrix(out["edge_weight"], d), matrix_from_order(orders))
-        return out
-
-    out = {name: np.asarray(v) for name, v in jax.jit(sites_and_graph)(jnp.asarray(rows), orders[pick]).items()}
-    out["order"] = orders[pick]
+    out = {n: np.concatenate([p[n] for p in parts])[perm] for n in parts[0]}
+    out["order"] = orders[pick[perm]]
     return out
 
 
 class Weighing(NamedTuple):
-    """:func:`prepare_weighing`'s result: the weighed sites' specs, the held sites' values, the log joint and
-    the weigher (jitted, or compiled for the data's shapes)."""
+    """:func:`prepare_weighing`'s result: the weighed sites' specs, the held sites' values and the weigher
+    (:func:`make_weigher`: jitted, or lowered / compiled for the data's shapes)."""
 
     sites: dict
     fixed: dict
-    joint: LogJoint
     weigher: object
 
 
@@ -255,14 +264,13 @@ def prepare_weighing(model, data, fixed, *, draws_per_order=256, lower=False) ->
     from .guide import site_specs
 
     sites = {name: spec for name, spec in site_specs(model, 1.0, data).items() if name not in fixed}
-    joint = make_log_joint(model, sites)
-    weigher = make_weigher(joint.f, draws_per_order)
+    weigher = make_weigher(make_log_joint(model, sites), draws_per_order)
     if lower:
         d = sites["noise_scale"][0][0]
         n = sum(math.prod(shape) for shape, _ in sites.values())
-        weigher = weigher.lower(jnp.zeros((_BATCH, d, d)), jnp.zeros((_BATCH, n)),
-                                jax.random.split(jax.random.PRNGKey(0), _BATCH), data, fixed)
-    return Weighing(sites, fixed, joint, weigher)
+        weigher = weigher.lower(np.zeros((_BATCH, d, d)), np.zeros((_BATCH, n)), np.zeros(2, np.uint32), 0, data,
+                                fixed)
+    return Weighing(sites, fixed, weigher)
 
 
 def mixture_from_guide(weighing, data, params, draws, key, *, seeds=None, num_draws, max_orders=256, seed=0):
@@ -275,7 +283,7 @@ def mixture_from_guide(weighing, data, params, draws, key, *, seeds=None, num_dr
     d = W_mean.shape[0]
     tril = (tril_size(d),)
 
-    def start(order):  # flat in ravel_pytree's order (sorted names), numpy
+    def start(order):  # flat, sites in sorted name order (make_log_joint's), numpy
         parts = {name: position_tril(W_mean, order) if name == "edge_weight"
                  else np.zeros(shape) if shape == tril else np.asarray(params[f"{name}_loc"])
                  for name, (shape, _) in weighing.sites.items()}

@@ -45,8 +45,16 @@ class SVIInfo(NamedTuple):
 
 def seed_keys(seed, num):
     """``num`` PRNG keys (num, 2), a numpy array, from one split of ``seed``'s key: a fit takes every key it
-    uses from here (key i for job i), so no two jobs, nor two seeds, share a key."""
-    return np.asarray(jax.random.split(jax.random.PRNGKey(seed), num))
+    uses from here (key i for job i), so no two jobs, nor two seeds, share a key. One compiled call (the
+    seed an argument: every seed reuses it)."""
+    if seed >= 2**31:  # beyond int32: the seed is a constant of its own program
+        return np.asarray(jax.random.split(jax.random.PRNGKey(seed), num))
+    return np.asarray(_split_seed(np.int32(seed), num))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_seed(seed, num):
+    return jax.random.split(jax.random.PRNGKey(seed), num)
 
 
 def init(rng_key, params, optimizer):
@@ -162,8 +170,8 @@ class SVIFit(NamedTuple):
     tail: np.ndarray
 
     def restart(self, r):
-        """Restart ``r``'s parameters."""
-        return jax.tree.map(lambda a: a[r], self.params)
+        """Restart ``r``'s parameters (numpy: indexing a JAX array outside jit compiles a program per shape)."""
+        return jax.tree.map(lambda a: np.asarray(a)[r], self.params)
 
 
 def solve(problem: SVIProblem, key, steps, *, chunk=100, progress=True, desc="svi", checkpoint=None) -> SVIFit:
