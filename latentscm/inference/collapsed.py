@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from concurrent.futures import ThreadPoolExecutor
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -209,20 +210,45 @@ def _model_of(config, priors, tstats, known):
     return model
 
 
+class _WeighingAhead:
+    """The order mixture's weighing program (its shapes do not depend on the fit) traced, lowered and compiled in
+    a thread while the SVI steps run: :meth:`start` (``solve``'s ``after_compile``) starts it; ``traced`` is set
+    once its tracing is over (NumPyro's handler stack is global: the main thread traces no model before);
+    :meth:`weighing` waits for the compiled :class:`~.order_mixture.Weighing`."""
+
+    def __init__(self, model, stats, fixed, draws_per_order):
+        self.traced = threading.Event()
+        self._job = (model, stats, fixed, draws_per_order)
+        self._future = None
+
+    def _work(self):
+        model, stats, fixed, draws_per_order = self._job
+        try:
+            with jax.enable_x64(True):  # a thread's own setting
+                weighing = prepare_weighing(model, stats, fixed, draws_per_order=draws_per_order, lower=True)
+        finally:
+            self.traced.set()
+        return weighing._replace(weigher=weighing.weigher.compile())  # XLA's compilation touches no handler
+
+    def start(self):
+        pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-weighing")
+        self._future = pool.submit(self._work)
+        pool.shutdown(wait=False)
+
+    def weighing(self, fixed):
+        """The compiled weighing, holding the decoder at ``fixed``."""
+        return self._future.result()._replace(fixed=fixed)
+
+
 def _weighing_ahead(built, dataset, priors):
-    """The order mixture's weighing program traced and lowered now (its shapes do not depend on the fit) and
-    compiled in a thread while the SVI runs: ``(Weighing, Future of the compiled weigher)``; None when inferred
-    targets enter the model as constants (then it is compiled after the fit)."""
+    """A :class:`_WeighingAhead` for this fit; None when inferred targets enter the model as constants (then the
+    weighing is traced and compiled after the fit)."""
     if built.tstats is not None:
         return None
     with jax.enable_x64(True):
         start = jax.tree.map(lambda a: np.asarray(a)[0], built.problem.params)  # the decoder's shapes
         model, stats, fixed = weighing_problem(built, dataset, priors, start)
-        weighing = prepare_weighing(model, stats, fixed, draws_per_order=built.config.mixture_draws, lower=True)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-weighing")
-    future = pool.submit(weighing.weigher.compile)
-    pool.shutdown(wait=False)
-    return weighing, future
+    return _WeighingAhead(model, stats, fixed, built.config.mixture_draws)
 
 
 def weighing_problem(built, dataset, priors, params):
@@ -260,7 +286,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         config = built.config
         ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
         svi = solve(built.problem, keys[0], config.steps, chunk=config.chunk, progress=progress, desc="collapsed",
-                    checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset))
+                    checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset),
+                    after_compile=None if ahead is None else ahead.start)
+        if ahead is not None:
+            ahead.traced.wait()  # before the main thread traces the guide
         sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
         draws = draw(sampler, svi.restart(svi.best), keys[1])
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
@@ -273,7 +302,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
             best = svi.restart(svi.best)
             model, stats, fixed = weighing_problem(built, dataset, priors, best)
             weighing = (prepare_weighing(model, stats, fixed, draws_per_order=config.mixture_draws)
-                        if ahead is None else ahead[0]._replace(weigher=ahead[1].result(), fixed=fixed))
+                        if ahead is None else ahead.weighing(fixed))
             seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
             mixture = mixture_from_guide(weighing, stats, best, draws, keys[-1], seeds=seeds,
                                          num_draws=config.num_draws, max_orders=config.mixture_orders, seed=seed)

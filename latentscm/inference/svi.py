@@ -174,13 +174,15 @@ class SVIFit(NamedTuple):
         return jax.tree.map(lambda a: np.asarray(a)[r], self.params)
 
 
-def solve(problem: SVIProblem, key, steps, *, chunk=100, progress=True, desc="svi", checkpoint=None) -> SVIFit:
+def solve(problem: SVIProblem, key, steps, *, chunk=100, progress=True, desc="svi", checkpoint=None,
+          after_compile=None) -> SVIFit:
     """Run ``problem`` for ``steps`` steps from ``key``: every restart vectorised, jitted chunks, progress
-    bar, NaN stops, checkpoints (:func:`run_svi`); keeps the restart with the best tail loss."""
+    bar, NaN stops, checkpoints (:func:`run_svi`); keeps the restart with the best tail loss.
+    ``after_compile``: called once the steps are compiled, before they run (see :func:`run_svi`)."""
     state = init(key, problem.params, problem.optimizer)
     step_fn = make_step(problem.loss_fn(), problem.optimizer, problem.schedule)
     state, losses = run_svi(step_fn, state, problem.data, steps, chunk=chunk, progress=progress, desc=desc,
-                            checkpoint=checkpoint)
+                            checkpoint=checkpoint, after_compile=after_compile)
     best, tail = best_restart(losses)
     return SVIFit(jax.tree.map(np.asarray, state.params), np.asarray(losses, np.float64), best, tail)
 
@@ -295,23 +297,34 @@ def checkpoint_for(method, config, priors, seed, dataset):
 
 
 def run_svi(step_fn, state, data, num_steps, *, chunk=100, progress=True, desc="svi", callback=None,
-            checkpoint: Checkpoint | None = None):
+            checkpoint: Checkpoint | None = None, after_compile=None):
     """Run ``state`` to ``num_steps`` total steps; returns (state, losses (num_steps, R)).
 
     With ``checkpoint``, an existing checkpoint file is resumed from (after validation) and the state
     is saved every ``checkpoint.every`` steps and at the end. Chunks are aligned to multiples of
     ``chunk`` from step 0, so a resumed run computes exactly what an uninterrupted one does.
+
+    The chunks' programs (one per chunk length) are compiled before the first runs; then
+    ``after_compile()`` is called, and nothing is traced until the steps end: a caller may trace other
+    programs in a thread meanwhile (``collapsed`` traces its order weighing so: NumPyro's handlers are
+    global, so two threads must not trace models at once).
     """
     losses = []
     if checkpoint is not None and Path(checkpoint.path).exists():
         state, previous = load_checkpoint(checkpoint.path, state, checkpoint.fingerprint)
         losses.append(previous)
     done = int(state.step)
+    lengths, at = [], done
+    while at < num_steps:
+        lengths.append(min(chunk - at % chunk, num_steps - at))
+        at += lengths[-1]
+    compiled = {n: step_fn.lower(state, data, n).compile() for n in sorted(set(lengths))}
+    if after_compile is not None:
+        after_compile()
     bar = tqdm(total=num_steps, initial=done, desc=desc, disable=not progress, leave=False)
     try:
-        while done < num_steps:
-            n = min(chunk - done % chunk, num_steps - done)
-            state, info = step_fn(state, data, n)
+        for n in lengths:
+            state, info = compiled[n](state, data)
             loss = np.asarray(info.loss)
             _check_finite(state, loss, done)
             losses.append(loss)
@@ -320,7 +333,7 @@ def run_svi(step_fn, state, data, num_steps, *, chunk=100, progress=True, desc="
             bar.set_postfix(elbo=f"{-np.min(loss[-1]):.4g}")
             if checkpoint is not None and (done % checkpoint.every < n or done == num_steps):
                 save_checkpoint(checkpoint.path, state, np.concatenate(losses), checkpoint.fingerprint)
-            if callback is not None:
+            if callback is not None:  # callback(state, losses so far) after each chunk
                 callback(state, np.concatenate(losses))
     finally:
         bar.close()
