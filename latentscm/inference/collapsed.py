@@ -212,9 +212,9 @@ def _model_of(config, priors, tstats, known):
 
 class _WeighingAhead:
     """The order mixture's weighing program (its shapes do not depend on the fit) traced, lowered and compiled in
-    a thread while the SVI steps run: :meth:`start` (``solve``'s ``after_compile``) starts it; ``traced`` is set
-    once its tracing is over (NumPyro's handler stack is global: the main thread traces no model before);
-    :meth:`weighing` waits for the compiled :class:`~.order_mixture.Weighing`."""
+    a thread while the SVI steps run: :meth:`start` (``solve``'s ``after_compile``) starts it; :meth:`settle`
+    returns once its tracing is over (NumPyro's handler stack is global: the main thread traces no model
+    before); :meth:`weighing` waits for the compiled :class:`~.order_mixture.Weighing`."""
 
     def __init__(self, model, stats, fixed, draws_per_order):
         self.traced = threading.Event()
@@ -229,6 +229,11 @@ class _WeighingAhead:
         finally:
             self.traced.set()
         return weighing._replace(weigher=weighing.weigher.compile())  # XLA's compilation touches no handler
+
+    def settle(self):
+        """Wait until the thread, if started, has traced."""
+        if self._future is not None:
+            self.traced.wait()
 
     def start(self):
         pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-weighing")
@@ -285,11 +290,13 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         built = build_collapsed(dataset, config, priors, seed)
         config = built.config
         ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
-        svi = solve(built.problem, keys[0], config.steps, chunk=config.chunk, progress=progress, desc="collapsed",
-                    checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset),
-                    after_compile=None if ahead is None else ahead.start)
-        if ahead is not None:
-            ahead.traced.wait()  # before the main thread traces the guide
+        try:
+            svi = solve(built.problem, keys[0], config.steps, chunk=config.chunk, progress=progress,
+                        desc="collapsed", checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset),
+                        after_compile=None if ahead is None else ahead.start)
+        finally:  # the main thread traces no model before (also when the steps failed)
+            if ahead is not None:
+                ahead.settle()
         sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
         draws = draw(sampler, svi.restart(svi.best), keys[1])
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
