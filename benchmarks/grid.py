@@ -192,12 +192,15 @@ def run_grid(cells, *, work=WORK, out=RESULTS / "grid", title="Grid benchmark", 
              progress=True, fit=True):
     """Run every cell not finished yet (``<work>/<cell>.json``), then write the tables; returns the table.
 
-    Cells finished by an earlier run are read back, not refitted, unless ``fresh``. ``fit=False`` only
+    Cells finished by an earlier run are read back, not refitted, unless ``fresh`` (which forgets the records of
+    ``cells`` only, not of other cells in ``work``). ``fit=False`` only
     rewrites the tables from the finished cells.
     """
     work, out = Path(work), Path(out)
-    if fresh:
-        shutil.rmtree(work, ignore_errors=True)
+    if fresh:  # these cells only: a filtered run keeps the other cells' records
+        for cell in cells:
+            for folder in ("done", "failed"):
+                (work / folder / f"{cell.name}.json").unlink(missing_ok=True)
     (work / "done").mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     wanted = {c.name for c in cells}
@@ -305,7 +308,7 @@ def main(argv=None):
     parser.add_argument("--name", default="grid", help="results stem: benchmarks/results/NAME.{csv,md,png}")
     parser.add_argument("--work", default=None, help="scratch folder (default benchmarks/_work/NAME)")
     parser.add_argument("--out", default=None, help="results stem path (default benchmarks/results/NAME)")
-    parser.add_argument("--fresh", action="store_true", help="forget finished cells and refit everything")
+    parser.add_argument("--fresh", action="store_true", help="refit the selected cells (other cells' records in the work folder are kept)")
     parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from finished cells, fit nothing")
     args = parser.parse_args(argv)
     config = json.loads(args.config)

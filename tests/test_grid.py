@@ -56,6 +56,11 @@ def test_grid_harness_tables_plot_resume_and_failures(tmp_path, monkeypatch):
     csv = pd.read_csv(out.with_suffix(".csv"))
     assert list(csv.sort_values(["targets", "d"])["e_shd"]) == [1.0, 1.5, 1.0, 1.5]
     assert json.loads(next((tmp_path / "work" / "done").glob("d2-*multi*.json")).read_text())["peak_rss_mb"] == 200
+    # fresh on a subset refits that subset and keeps the other cells' records
+    table = grid.run_grid(cells[:1], work=tmp_path / "work", out=out, progress=False, fresh=True)
+    assert calls[6:] == [cells[0].name] and len(table) == 1
+    assert all((tmp_path / "work" / "done" / f"{c.name}.json").exists() for c in cells)
+    calls[6:] = []
     assert not out.with_name("grid-D.png").exists()  # D did not vary
     # a D sweep: one more plot, against D; rows grouped per D in the summary
     sweep = grid.grid_cells([2], [1], ["linear"], ["multi"], ["gaussian"], ["collapsed"], [0], D=[6, 9],
