@@ -73,7 +73,7 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
     return y1 @ H, order, t, None
 
 
-def _node_fit(z, targets, j, parents):
+def node_fit(z, targets, j, parents):
     """Gaussian log-likelihood, coefficients and residual scale of z_j on parents (non-intervened rows)."""
     rows = targets[:, j] == 0
     if rows.sum() < 2:

@@ -11,7 +11,7 @@ from numpyro.distributions.transforms import biject_to
 
 from ..models.scm import position_tril
 from .guide import site_specs
-from .initialise import _node_fit, initialise
+from .initialise import node_fit, initialise
 
 
 def chain_starts(dataset, config, rng):
@@ -46,7 +46,7 @@ def chain_starts(dataset, config, rng):
             order = rng.permutation(d) if random else ini.order
             W, sigma = np.zeros((d, d)), np.ones(d)
             for p, j in enumerate(order):
-                _, coef, sigma[j] = _node_fit(ini.z, t, j, list(order[:p]))
+                _, coef, sigma[j] = node_fit(ini.z, t, j, list(order[:p]))
                 W[order[:p], j] = coef
             vals = dict(dec)
         L = position_tril(W, order)
