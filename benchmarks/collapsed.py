@@ -24,6 +24,9 @@ Usage: ``python benchmarks/collapsed.py [--quick] [--seeds 0 1 2] [--cases defau
 overrides settings of every fit; with ``--alternate`` every fit runs twice back to back, with the defaults
 and with the overrides (case ``CASE+set``; ``--set-first``: in the other order): timings of the two compared
 under the same load (the first of two back-to-back fits measured up to 20 % slower: run both orders).
+``--baseline CHECKOUT`` runs every fit also under another checkout of the package (e.g. a ``git worktree`` of
+an older commit, set up with its ``scripts/setup.sh``), as case ``CASE@baseline``, back to back with this
+checkout's (the baseline first on even seeds): a change's cost measured in one run on one machine.
 """
 
 from __future__ import annotations
@@ -91,22 +94,27 @@ def external_dataset(seed, d=5, D=100, n_rows=4000, n_regimes=16):
 OVERRIDES: dict = {}  # --set
 ALTERNATE = False  # --alternate
 SET_FIRST = False  # --set-first
+BASELINE: Path | None = None  # --baseline: another checkout (with its own .venv) run beside this one
 
 
 def run_fit(name, data, test, config, seed):
-    """One fit (``run_one``) with the ``--set`` overrides, or, with ``--alternate``, two: without them first."""
-    if not OVERRIDES:
-        return run_one(name, data, test, config, seed)
-    if not ALTERNATE:
-        return run_one(name, data, test, {**config, **OVERRIDES}, seed)
+    """One fit (``run_one``) with the ``--set`` overrides, or, with ``--alternate``, two: without them first.
+    With ``--baseline`` each of them also runs under the baseline checkout (case ``CASE@baseline``), the two
+    checkouts' fits back to back, in the other order on odd seeds."""
     case, _, tail = name.rpartition("-seed")
-    runs = [lambda: run_one(name, data, test, config, seed),
-            lambda: run_one(f"{case}+set-seed{tail}", data, test, {**config, **OVERRIDES}, seed)]
-    return [run() for run in (runs[::-1] if SET_FIRST else runs)]
+    settings = [("", config)] if not OVERRIDES else [("", {**config, **OVERRIDES})] if not ALTERNATE else \
+        [("", config), ("+set", {**config, **OVERRIDES})][::-1 if SET_FIRST else 1]
+    runs = []
+    for label, cfg in settings:
+        pair = [(label, ROOT, cfg)] + ([(f"@baseline{label}", BASELINE, cfg)] if BASELINE else [])
+        runs += pair[::-1] if seed % 2 else pair
+    out = [run_one(f"{case}{label}-seed{tail}", data, test, cfg, seed, root) for label, root, cfg in runs]
+    return out[0] if len(out) == 1 else out
 
 
-def run_one(name, data, test, config, seed):
-    cmd = [sys.executable, "-m", "latentscm", "fit", "--method", "collapsed", "--data", str(data), "--seed", str(seed),
+def run_one(name, data, test, config, seed, root=ROOT):
+    python = sys.executable if root == ROOT else str(root / ".venv" / "bin" / "python")
+    cmd = [python, "-m", "latentscm", "fit", "--method", "collapsed", "--data", str(data), "--seed", str(seed),
            "--json", str(WORK / f"{name}.json"), "--out", str(WORK / f"run-{name}")]
     if test is not None:
         cmd += ["--test", str(test)]
@@ -116,7 +124,7 @@ def run_one(name, data, test, config, seed):
         cmd += ["--config", str(cfg)]
     shutil.rmtree(WORK / f"run-{name}", ignore_errors=True)  # a fresh run folder: no old checkpoint to resume
     start, cpu = time.perf_counter(), _child_cpu()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=root, stdout=subprocess.DEVNULL)
     wall, cpu = time.perf_counter() - start, _child_cpu() - cpu
     out = json.loads((WORK / f"{name}.json").read_text())
     return {"case": name.rsplit("-seed", 1)[0], "seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), **out}
@@ -139,9 +147,14 @@ def main(argv=None):
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of every fit (JSON values)")
     parser.add_argument("--alternate", action="store_true", help="run every fit with and without --set")
     parser.add_argument("--set-first", action="store_true", help="with --alternate: the --set fit first")
+    parser.add_argument("--baseline", type=Path, help="another checkout (set up: its .venv) to run every fit with too")
     args = parser.parse_args(argv)
-    global ALTERNATE, SET_FIRST
+    global ALTERNATE, SET_FIRST, BASELINE
     ALTERNATE, SET_FIRST = args.alternate, args.set_first
+    if args.baseline is not None:
+        BASELINE = args.baseline.resolve()
+        if not (BASELINE / ".venv" / "bin" / "python").exists():
+            parser.error(f"--baseline {BASELINE}: no .venv/bin/python there; run its scripts/setup.sh first")
     for item in args.set:
         key, _, value = item.partition("=")
         try:
