@@ -328,3 +328,24 @@ def test_latent_summaries_blocks_match_the_exact_posterior():
                 m2[rows] += (mu**2 + var.reshape(len(rows), d)) / S
     np.testing.assert_allclose(mean, m1, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(sd, np.sqrt(m2 - m1**2), rtol=1e-5, atol=1e-8)
+
+
+def test_run_svi_compiles_every_chunk_length_before_after_compile():
+    """run_svi compiles its chunk programs (one per chunk length) before any step, then calls after_compile once;
+    nothing is traced while the steps run (what lets collapsed trace its order weighing in a thread)."""
+    import jax
+    import jax.numpy as jnp
+
+    from latentscm.inference.svi import SVIInfo, SVIState, run_svi
+
+    traced, events = [], []
+
+    def step_fn(state, data, n):
+        traced.append(n)
+        return SVIState(state.params, state.opt_state, state.rng_key, state.step + n), SVIInfo(jnp.ones((n, 2)))
+
+    state = SVIState({"a": jnp.zeros((2, 1))}, None, None, jnp.zeros((), jnp.int32))
+    _, losses = run_svi(jax.jit(step_fn, static_argnums=2), state, None, 25, chunk=10, progress=False,
+                        after_compile=lambda: events.append(list(traced)),
+                        callback=lambda s, losses: events.append(len(losses)))
+    assert sorted(traced) == [5, 10] and events == [[5, 10], 10, 20, 25] and losses.shape == (25, 2)
