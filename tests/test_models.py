@@ -393,3 +393,33 @@ def test_precision_form_gradient_of_a_vmapped_sum():
         batched = jax.grad(lambda Ws: jnp.sum(jax.vmap(ll)(Ws)))(Ws)
         one_by_one = jnp.stack([jax.grad(ll)(W) for W in Ws])
     np.testing.assert_allclose(np.asarray(batched), np.asarray(one_by_one), rtol=1e-10, atol=1e-9)
+
+
+def test_empty_patterns_add_nothing():
+    """Statistics padded with empty patterns and zero factor blocks (collapsed's bucketing, pad_leading) give the
+    same likelihood and gradient: single rows (precision form), pairs (factor form) and the centred float32
+    statistics."""
+    from latentscm.inference.sharding import pad_leading
+    from latentscm.models.collapsed import centered_log_likelihood, centered_stats, make_units, unit_stats
+
+    rng = np.random.default_rng(4)
+    d, D, N = 3, 7, 40
+    x = rng.normal(size=(N, D))
+    targets = (rng.random((N, d)) < 0.3).astype(np.int8)
+    values = np.where(targets > 0, rng.normal(size=(N, d)), 0.0)
+    pair = np.repeat(np.arange(N // 2), 2)
+    W = jnp.asarray(np.triu(rng.normal(size=(d, d)), 1))
+    args = (jnp.asarray([1.0, 0.7, 1.3]), jnp.asarray(rng.normal(size=(d, D))), jnp.asarray(rng.normal(size=D)),
+            0.3, 0.1, 2.0)
+    with jax.enable_x64(True):
+        for units in make_units(x, targets, values, pair)[:1] + make_units(x, targets, values):
+            for make, ll in ((unit_stats, collapsed_log_likelihood), (centered_stats, centered_log_likelihood)):
+                stats = make(units) if make is unit_stats else make(units, np.float64)
+                padded = pad_leading(stats, 8)
+                assert padded.masks.shape[0] > stats.masks.shape[0] or stats.masks.shape[0] % 8 == 0
+                vg = jax.jit(jax.value_and_grad(ll, argnums=(1, 3)))
+                value, grad = vg(jax.tree.map(jnp.asarray, stats), W, *args)
+                value_p, grad_p = vg(jax.tree.map(jnp.asarray, padded), W, *args)
+                np.testing.assert_allclose(value_p, value, rtol=1e-12)
+                for g, g_p in zip(grad, grad_p):
+                    np.testing.assert_allclose(g_p, g, rtol=1e-9, atol=1e-12)

@@ -53,13 +53,15 @@ from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_
 from .initialise import initialise
 from .order_mixture import mixture_from_guide, prepare_weighing
 from .posterior import Posterior
-from .sharding import resolve_devices, shard_stats, shard_units
+from .sharding import pad_leading, resolve_devices, shard_stats, shard_units
 from .svi import SVIProblem, checkpoint_for, geometric_schedule, loss_tail, seed_keys, solve
 from .targets import has_observational_regime, hard_targets, open_target_stats, target_draws
 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
+_PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
+# nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
 _ROW_BUCKET = 1024  # latent summaries: rows per block at most (blocks: a power of two near the median pattern's rows)
 
 
@@ -192,7 +194,8 @@ def _statistics(dataset, config, ini, devices):
         stats = tuple(unit_stats(u) if config.precision == "float64" else centered_stats(u, np.float32)
                       for u in units)
         tstats = None if open_rows is None else open_target_stats(dataset, config, ini.targets)
-    stats = tuple(shard_stats(jax.device_put(st), devices) for st in stats)  # in the precision of the steps
+    # in the precision of the steps; padded (_PATTERN_BUCKET), then split over the devices
+    stats = tuple(shard_stats(jax.device_put(pad_leading(st, _PATTERN_BUCKET)), devices) for st in stats)
     if tstats is not None:
         tstats = TargetStats(jax.device_put(tstats.stats), tstats.candidates, tstats.log_prior)
     return units, stats, tstats
