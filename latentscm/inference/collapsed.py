@@ -439,17 +439,20 @@ def _pattern_moments(W, sigma, A, b, s, masks, known, X, V, tau, value_scale):
     return mean, mean**2 + var
 
 
+@functools.partial(jax.jit, static_argnums=(10, 11))
+def _weighted_pattern_moments(weight, *args):
+    """:func:`_pattern_moments` summed over a chunk of draws, each weighted (0: padding); module level, so every
+    fit in a process reuses the compiled program."""
+    moments = jax.vmap(_pattern_moments, in_axes=(0,) * 5 + (None,) * 4 + (None, None))
+    return tuple(jnp.einsum("s,s...->...", weight, m) for m in moments(*args))
+
+
 def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
     """:func:`latent_summaries` on one device, units grouped by pattern, each pattern's rows in blocks of one
     size (one compiled shape per unit size; as many draws per call as keep the arrays small). Cost O(S (R d^3 + N D d)) instead of
     O(S N d^3)."""
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    moments = jax.vmap(_pattern_moments, in_axes=(0,) * 5 + (None,) * 4 + (None, None))
-
-    @functools.partial(jax.jit, static_argnums=(10, 11))
-    def f(weight, *args):  # sums over a chunk of draws, each weighted (0: padding)
-        return tuple(jnp.einsum("s,s...->...", weight, m) for m in moments(*args))
-
+    f = _weighted_pattern_moments
     S = len(draws["W"])
     m1, m2 = np.zeros(dataset.targets.shape), np.zeros(dataset.targets.shape)
     for u in units:
