@@ -143,7 +143,8 @@ def main(argv=None):
     warnings.simplefilter("ignore", RuntimeWarning)
     if "dibs" in args.parts:
         try:
-            import dibs  # noqa: F401
+            import importlib
+            importlib.import_module("dibs")
         except ImportError:
             parser.error("the dibs part needs dibs-lib: pip install dibs-lib igraph scikit-learn imageio")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def test_fit_rejects_bad_settings_before_work():
 
 def test_predict_matches_scm_distribution():
     """Posterior.predict on a one-draw posterior reproduces the SCM's interventional mean and covariance."""
-    S, D = 1, 2
+    D = 2
     A = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     post = Posterior(method="hand", W=W3[None].astype(np.float32), noise_scales=SIGMA3[None], orders=np.array([[0, 1, 2]]),
                      decoder=LinearDecoder(A[None], np.array([[0.5, -0.5]]), np.array([0.01])),

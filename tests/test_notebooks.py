@@ -1,6 +1,5 @@
 """Notebooks run end to end at a small size (LATENTSCM_QUICK=1)."""
 
-import os
 from pathlib import Path
 
 import pytest
