@@ -26,8 +26,8 @@ import dataclasses
 import functools
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -449,8 +449,8 @@ def _weighted_pattern_moments(weight, *args):
 
 def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
     """:func:`latent_summaries` on one device, units grouped by pattern, each pattern's rows in blocks of one
-    size (one compiled shape per unit size; as many draws per call as keep the arrays small). Cost O(S (R d^3 + N D d)) instead of
-    O(S N d^3)."""
+    size (one compiled shape per unit size; as many draws per call as keep the arrays small). Cost
+    O(S (R d^3 + N D d)) instead of O(S N d^3)."""
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
     f = _weighted_pattern_moments
     S = len(draws["W"])
