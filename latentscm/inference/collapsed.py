@@ -62,7 +62,7 @@ _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
-_ROW_BUCKET = 1024  # latent summaries: rows per block at most (blocks: a power of two near the median pattern's rows)
+_ROW_BUCKET = 1024  # latent summaries: rows per block at most (blocks: the power of two that holds the median pattern)
 
 
 @dataclass(frozen=True)
@@ -458,9 +458,11 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
     for u in units:
         U, k, d = u.targets.shape
         patterns, g = group_rows(np.concatenate([u.targets.reshape(U, -1), u.known.reshape(U, -1)], axis=1))
-        # every pattern's rows in blocks of one size (a power of two near the median pattern's rows, the last
-        # block padded): one compiled shape per unit size, however the patterns' sizes vary
-        block = 1 << min(max(3, int(np.log2(np.median(np.bincount(g))))), int(np.log2(_ROW_BUCKET)))
+        # every pattern's rows in blocks of one size (the power of two that holds the median pattern's rows, the
+        # last block padded): one compiled shape per unit size, however the patterns' sizes vary. Each block
+        # forms its pattern's factors again (O(d^3) per draw), so a typical pattern must fit one block: with
+        # blocks of half its size the d = 200 scaling fit's summaries took 230 s instead of about 115 s
+        block = 1 << min(max(3, int(np.ceil(np.log2(np.median(np.bincount(g)))))), int(np.log2(_ROW_BUCKET)))
         step = max(1, min(S, int(_SUMMARY_NUMBERS // (block * k * (u.x.shape[2] + d)))))  # draws per call
         padded = -(-S // step) * step  # chunks of equal size, the last padded with weight 0
         weight = (np.arange(padded) < S).astype(np.float64)
