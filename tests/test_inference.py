@@ -298,7 +298,8 @@ def test_scaled_settings_keep_the_paired_margin():
 
 def test_latent_summaries_blocks_match_the_exact_posterior():
     """The blocked latent summaries (patterns of 3 to 70 rows, blocks of one size: the large pattern spans
-    several blocks, the small ones are padded) equal the mixture moments of each row's exact posterior."""
+    several blocks, the small ones are padded; single rows in precision form; known and unknown values) equal the
+    mixture moments of each row's exact posterior (the factor form of unit_latent_posterior)."""
     import jax
 
     from latentscm.data import Dataset
@@ -310,17 +311,19 @@ def test_latent_summaries_blocks_match_the_exact_posterior():
     targets = np.zeros((100, d), np.int8)  # patterns of 70 (observational), 3, 12 and 15 rows
     targets[70:73, 0] = targets[73:85, 1] = 1
     targets[85:, :2] = 1
-    train = Dataset.from_arrays(rng.normal(size=(100, D)), targets, np.where(targets, rng.normal(size=(100, d)), 0.0))
+    values = np.where(targets, rng.normal(size=(100, d)), 0.0)
+    values[85:, 1] = np.nan  # unknown values too (integrated out under N(0, value_scale^2))
+    train = Dataset.from_arrays(rng.normal(size=(100, D)), targets, values)
     draws = {"W": np.triu(rng.normal(size=(S, d, d)), 1), "noise_scale": rng.uniform(0.5, 1.5, (S, d)),
              "decoder_weight": rng.normal(size=(S, d, D)), "decoder_bias": rng.normal(size=(S, D)),
              "obs_scale": rng.uniform(0.2, 0.4, S)}
     units = make_units(train.x, train.targets, train.values)
     m1, m2 = np.zeros((train.N, d)), np.zeros((train.N, d))
     with jax.enable_x64(True):  # as fit_collapsed calls it
-        mean, sd = latent_summaries(train, draws, 0.1, units=units)
+        mean, sd = latent_summaries(train, draws, 0.1, units=units, value_scale=2.0)
         for u in units:
             for s in range(S):
-                mu, cov = unit_latent_posterior(u, *(draws[k][s] for k in draws), 0.1)
+                mu, cov = unit_latent_posterior(u, *(draws[k][s] for k in draws), 0.1, 2.0)
                 rows = u.rows.reshape(-1)
                 mu = np.asarray(mu).reshape(len(rows), d)
                 var = np.diagonal(np.asarray(cov).reshape(len(u.x), u.x.shape[1] * d, -1), axis1=1, axis2=2)
