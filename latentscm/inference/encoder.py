@@ -17,7 +17,7 @@ from jax.scipy.special import logsumexp
 from ..models.amortized import intervention_scale, pair_noise_guide, pair_second
 from ..models.collapsed import make_units
 from ..models.scm import InterventionalLinearGaussian
-from .initialise import Initialisation, node_fit, estimate_latents, order_score, propose_order
+from .initialise import Initialisation, estimate_latents, order_score, propose_order, weights_in_order
 
 _INIT_Z_SCALE = 0.05
 _ENCODE_ROWS = 4096  # rows per call of the encoder's mean and sd
@@ -146,10 +146,7 @@ def initialise_amortized(dataset, config, key, x_std, targets, values):
     else:
         order = np.asarray(config.known_order)
         score = order_score(z_hat, t_np, order)
-    W, sigma = np.zeros((d, d)), np.ones(d)
-    for p, j in enumerate(order):
-        _, coef, sigma[j] = node_fit(z_hat, t_np, j, list(order[:p]))
-        W[order[:p], j] = coef
+    W, sigma = weights_in_order(z_hat, t_np, order)
     x64 = np.asarray(dataset.x, np.float64)
     Z1 = np.c_[z_hat, np.ones(len(z_hat))]
     coef, *_ = np.linalg.lstsq(Z1, x64, rcond=None)

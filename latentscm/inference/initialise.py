@@ -73,7 +73,7 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
     return y1 @ H, order, t, None
 
 
-def node_fit(z, targets, j, parents):
+def _node_fit(z, targets, j, parents):
     """Gaussian log-likelihood, coefficients and residual scale of z_j on parents (non-intervened rows)."""
     rows = targets[:, j] == 0
     if rows.sum() < 2:
@@ -87,6 +87,17 @@ def node_fit(z, targets, j, parents):
         coef, r = np.zeros(0), y
     var = max(r @ r / len(r), 1e-8)
     return -0.5 * len(r) * (np.log(2 * np.pi * var) + 1.0), coef, np.sqrt(var)
+
+
+def weights_in_order(z, targets, order):
+    """``W`` (d, d) and ``sigma`` (d,) of latents ``z`` in ``order``: each node least-squares regressed on its
+    predecessors over the rows that do not intervene on it (a node always intervened on: no edges, sigma 1)."""
+    d = z.shape[1]
+    W, sigma = np.zeros((d, d)), np.ones(d)
+    for p, j in enumerate(order):
+        _, coef, sigma[j] = _node_fit(z, targets, j, list(order[:p]))
+        W[order[:p], j] = coef
+    return W, sigma
 
 
 def node_grams(z, targets):

@@ -11,7 +11,7 @@ from numpyro.distributions.transforms import biject_to
 
 from ..models.scm import position_tril
 from .guide import site_specs
-from .initialise import node_fit, initialise
+from .initialise import initialise, weights_in_order
 
 
 def chain_starts(dataset, config, rng):
@@ -44,10 +44,7 @@ def chain_starts(dataset, config, rng):
         else:
             random = config.order_init == "random" and config.known_order is None
             order = rng.permutation(d) if random else ini.order
-            W, sigma = np.zeros((d, d)), np.ones(d)
-            for p, j in enumerate(order):
-                _, coef, sigma[j] = node_fit(ini.z, t, j, list(order[:p]))
-                W[order[:p], j] = coef
+            W, sigma = weights_in_order(ini.z, t, order)
             vals = dict(dec)
         L = position_tril(W, order)
         vals["edge_weight"] = L + config.init_jitter * rng.normal(size=L.shape)
