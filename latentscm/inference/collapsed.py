@@ -381,12 +381,13 @@ def latent_summaries(dataset, draws, tau, *, units=None, value_scale=1.0, chunk=
 
     ``units`` (from :func:`make_units`) conditions each row on its whole unit (both halves of a
     pair); by default rows are independent. ``devices`` (a list of JAX devices): the units are split
-    over them (see :mod:`latentscm.inference.sharding`).
+    over them (see :mod:`latentscm.inference.sharding`), ``chunk`` draws per call; on one device the draws per
+    call follow from the block size (:func:`_pattern_summaries`).
     """
     if units is None:
         units = make_units(dataset.x, dataset.targets, dataset.values)
     if devices is None or len(devices) == 1:
-        return _pattern_summaries(dataset, draws, tau, units, value_scale, chunk)
+        return _pattern_summaries(dataset, draws, tau, units, value_scale)
 
     def moments(W, sigma, A, b, s, u):
         mean, cov = unit_latent_posterior(u, W, sigma, A, b, s, tau, value_scale)
@@ -447,12 +448,11 @@ def _weighted_pattern_moments(weight, *args):
     return tuple(jnp.einsum("s,s...->...", weight, m) for m in moments(*args))
 
 
-def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
+def _pattern_summaries(dataset, draws, tau, units, value_scale):
     """:func:`latent_summaries` on one device, units grouped by pattern, each pattern's rows in blocks of one
     size (one compiled shape per unit size; as many draws per call as keep the arrays small). Cost
     O(S (R d^3 + N D d)) instead of O(S N d^3)."""
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    f = _weighted_pattern_moments
     S = len(draws["W"])
     m1, m2 = np.zeros(dataset.targets.shape), np.zeros(dataset.targets.shape)
     for u in units:
@@ -478,8 +478,8 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale, chunk):
                 X[: len(idx)], V[: len(idx)] = u.x[idx], u.values[idx]
                 rows = u.rows[idx].reshape(-1)
                 for i in range(0, padded, step):
-                    a, b_ = f(weight[i:i + step], *(chunks[key][i:i + step] for key in keys),
-                              masks, known, X, V, float(tau), float(value_scale))
+                    a, b_ = _weighted_pattern_moments(weight[i:i + step], *(chunks[key][i:i + step] for key in keys),
+                                                      masks, known, X, V, float(tau), float(value_scale))
                     m1[rows] += np.asarray(a)[: len(idx)].reshape(len(rows), -1)
                     m2[rows] += np.asarray(b_)[: len(idx)].reshape(len(rows), -1)
     mean = m1 / S
