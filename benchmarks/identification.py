@@ -54,7 +54,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,7 @@ VALUES = ("zero", "hidden", "gaussian")
 DESIGNS = ("iid", "paired")
 TARGETS = ("multi", "single")
 GIVEN = ("known", "unknown", "unlabelled")
-KEYS = ["generator", "values", "design", "targets", "given", "d"]
+KEYS = ["generator", "values", "design", "targets", "given", "d", "rows_factor"]
 METRICS = ["e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse", "target_auroc", "target_auprc"]
 TARGET_AUROC_BOUND = 0.95
 UNKNOWN_E_SHD_BOUND = {5: 1.0, 10: 2.0}
@@ -93,15 +93,18 @@ class Cell:
     d: int
     seed: int
     given: str = "known"  # unknown: interventional regimes' targets hidden; unlabelled: the observational one's too
+    rows_factor: int = 1  # every size's rows (iid) or pairs (paired) times this (``--rows-factor``)
 
     @property
     def key(self):
-        return (self.generator, self.values, self.design, self.targets, int(self.d), int(self.seed), self.given)
+        return (self.generator, self.values, self.design, self.targets, int(self.d), int(self.seed), self.given,
+                int(self.rows_factor))
 
     @property
     def name(self):
         hidden = "" if self.given == "known" else f"-targets_{self.given}"
-        return f"{self.generator}-{self.values}-{self.design}-{self.targets}{hidden}-d{self.d}-seed{self.seed}"
+        rows = "" if self.rows_factor == 1 else f"-rows{self.rows_factor}x"
+        return f"{self.generator}-{self.values}-{self.design}-{self.targets}{hidden}-d{self.d}{rows}-seed{self.seed}"
 
     # ------------------------------------------------------------------ sizes and settings
     @property
@@ -111,11 +114,11 @@ class Cell:
     @property
     def rows_per_regime(self):
         """Rows per interventional regime: pairs per regime (paired), the nominal share (iid)."""
-        return 2000 // self.n_regimes if self.d <= 10 else 100
+        return self.rows_factor * (2000 // self.n_regimes if self.d <= 10 else 100)
 
     @property
     def n_rows_iid(self):
-        return 4000 if self.d <= 10 else self.n_regimes * self.rows_per_regime
+        return self.rows_factor * 4000 if self.d <= 10 else self.n_regimes * self.rows_per_regime
 
     def config(self):
         from latentscm.inference.collapsed import scaled_settings
@@ -235,9 +238,10 @@ def read_records(csv):
 
 
 def _key(record):
-    given = record.get("given", "known")
+    given, factor = record.get("given", "known"), record.get("rows_factor", 1)
     return (str(record["generator"]), str(record["values"]), str(record["design"]), str(record["targets"]),
-            int(record["d"]), int(record["seed"]), "known" if pd.isna(given) else str(given))
+            int(record["d"]), int(record["seed"]), "known" if pd.isna(given) else str(given),
+            1 if pd.isna(factor) else int(factor))
 
 
 # ---------------------------------------------------------------------- tables
@@ -251,7 +255,7 @@ def summary(table):
     rows = []
     for keys, g in ok.groupby(KEYS, sort=False):
         g = g.sort_values("seed")
-        gen, values, design, targets, given, d = keys
+        gen, values, design, targets, given, d, _ = keys
         mean = g[[c for c in METRICS if c in g] + ["seconds", "wall_s"]].mean()
         bound = E_SHD_BOUND.get(int(d)) if given == "known" else UNKNOWN_E_SHD_BOUND.get(int(d))
         checks = []
@@ -284,6 +288,7 @@ def summary(table):
 def write_tables(records, out):
     table = pd.DataFrame(records)
     table["given"] = table["given"].fillna("known") if "given" in table else "known"
+    table["rows_factor"] = table["rows_factor"].fillna(1).astype(int) if "rows_factor" in table else 1
     table = table[[c for c in COLUMNS if c in table]]
     order = {k: {v: i for i, v in enumerate(vals)} for k, vals in
              (("values", VALUES), ("targets", TARGETS), ("generator", GENERATORS), ("design", DESIGNS),
@@ -333,7 +338,10 @@ def main(argv=None):
     p.add_argument("--given", default=",".join(GIVEN), help="filter the plan (comma list): targets known, unknown "
                    "(observational regime labelled) or unlabelled")
     p.add_argument("--d", default=None, help="filter the plan: comma list of d")
-    p.add_argument("--out", default=str(RESULTS / "identification"), help="results stem: OUT.csv, OUT.md")
+    p.add_argument("--rows-factor", type=int, default=1, help="every cell's rows (iid) or pairs (paired) times "
+                   "this integer (a sample-size check; its data files and records are its own)")
+    p.add_argument("--out", default=None, help="results stem: OUT.csv, OUT.md (default results/identification, "
+                   "with --rows-factor K > 1 results/identification-rowsKx)")
     p.add_argument("--work", default=str(WORK), help="scratch folder (data files and run folders)")
     p.add_argument("--fresh", action="store_true", help="refit cells already in the CSV")
     p.add_argument("--list", action="store_true", help="print the plan's cells and exit")
@@ -345,9 +353,12 @@ def main(argv=None):
             "design": _words(args.designs, DESIGNS), "targets": _words(args.targets, TARGETS),
             "given": _words(args.given, GIVEN)}
     ds = [int(d) for d in args.d.split(",") if d] if args.d else None
-    cells = [c for c in plan(args.cases, seeds)
+    if args.rows_factor < 1:
+        p.error(f"--rows-factor must be a positive integer, got {args.rows_factor}")
+    cells = [replace(c, rows_factor=args.rows_factor) for c in plan(args.cases, seeds)
              if all(getattr(c, k) in v for k, v in keep.items()) and (ds is None or c.d in ds)]
-    out = Path(args.out)
+    out = Path(args.out) if args.out else RESULTS / ("identification" + (
+        f"-rows{args.rows_factor}x" if args.rows_factor > 1 else ""))
     out = out.with_suffix("") if out.suffix in (".csv", ".md") else out
     work = Path(args.work)
     if args.list:

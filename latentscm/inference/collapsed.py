@@ -363,7 +363,7 @@ def _diagnostics(dataset, config, ini, svi, restart_probs, mixture=None):
     anchor = 0 if config.order_init == "proposal" and config.known_order is None else None
     diagnostics = restart_problems(-loss_tail(svi.losses), restart_probs, best=svi.best, anchor=anchor,
                                    weighed=mixture is not None)
-    if ini.problem:  # the start's own evidence (inferred targets)
+    if ini.problem:  # the start's own evidence (rival targets or orders)
         diagnostics.append(ini.problem)
     if mixture is not None:
         diagnostics += mixture.problems()

@@ -33,14 +33,15 @@ class Initialisation(NamedTuple):
     sigma: np.ndarray  # (d,)
     score: float  # profile log-likelihood of the proposed order
     targets: np.ndarray  # (N, d): the targets used, inferred (probability > 1/2) where unknown
-    problem: str | None = None  # a diagnostic sentence about the start (inferred targets), or None
+    problem: str | None = None  # a diagnostic sentence about the start (rival targets or orders), or None
 
 
 def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None, seed=0, unknown=None,
                      regime=None, target_rate=0.2):
     """Latent estimate ``z_hat`` (N, d), the order when the likelihood search ran (else None), the
-    targets (N, d) with unknown ones inferred, and a diagnostic sentence about the targets' search (None
-    when there is nothing to say; see :func:`latentscm.inference.targets.rival_problem`).
+    targets (N, d) with unknown ones inferred, and a diagnostic sentence about the search (None when there
+    is nothing to say; see :func:`latentscm.inference.targets.rival_problem` for inferred targets and
+    :func:`latentscm.inference.identify.rival_orders` for a searched order).
 
     Every node with known, varying intervention values in at least d + 2 rows is anchored by them:
     ``z_hat_j`` is the regression of ``v_j`` on the top-d principal coordinates of x (the seed paper's
@@ -50,7 +51,8 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
     (``regime`` (N,) groups the rows that share them; ``target_rate`` is their prior probability): then
     the EM search of :mod:`latentscm.inference.targets` infers them too.
     """
-    from .identify import anchored, project, search  # identify builds on this module: imported here
+    # identify builds on this module: imported here
+    from .identify import anchored, project, rival_orders, rival_orders_problem, search
     from .targets import rival_problem, search_targets
 
     t = np.asarray(targets)
@@ -69,8 +71,10 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
     H = anchored(y1, t, v)
     if H is not None:
         return y1 @ H, None, t, None
+    searched = order is None
     _, H, order = search(y1, t, v, tau=tau, value_scale=value_scale, s2=s2, order=order, seed=seed)
-    return y1 @ H, order, t, None
+    rival = rival_orders(y1, t, v, H, order, tau=tau, value_scale=value_scale, s2=s2) if searched else None
+    return y1 @ H, order, t, rival_orders_problem(rival)
 
 
 def _node_fit(z, targets, j, parents):
