@@ -113,17 +113,64 @@ def test_rival_orders_flag_a_weakly_decided_order(values):
     v = np.where(train.targets > 0, np.nan, 0.0) if values == "hidden" else np.asarray(train.values, np.float64)
     ini = initialise(train.x, train.targets, v, tau=0.1, value_scale=2.0)
     if values == "zero":
-        assert ini.problem is None
+        assert ini.problem is None and ini.rival is None
         return
     assert "weakly decided" in ini.problem
     y, _, _, s2 = project(train.x, 10)
     y1 = np.c_[y, np.ones(len(y))]
     H = np.linalg.lstsq(y1, ini.z, rcond=None)[0]  # the start's latents are y1 H
-    gap, edges, count = rival_orders(y1, train.targets, v, H, ini.order, tau=0.1, value_scale=2.0, s2=s2)
-    assert gap <= RIVAL_ORDER_NATS and count >= 1
-    assert rival_orders_problem((gap, edges, count)) == ini.problem
+    rival = rival_orders(y1, train.targets, v, H, ini.order, tau=0.1, value_scale=2.0, s2=s2)
+    assert rival.gap <= RIVAL_ORDER_NATS and rival.count >= 1
+    assert rival_orders_problem(rival) == ini.problem
+    # the closest rival is the second restart's start: its own order and latents, W regressed in that order
+    assert ini.rival is not None and np.array_equal(ini.rival.order, rival.order)
+    np.testing.assert_allclose(ini.rival.z, y1 @ rival.H, atol=1e-6)
+    assert rival.gap == pytest.approx(log_likelihood(Moments(y1, train.targets, v), H, ini.order, 0.1, 2.0, s2)
+                                      - log_likelihood(Moments(y1, train.targets, v), rival.H, rival.order,
+                                                       0.1, 2.0, s2), abs=1e-6)
+    edges = rival.edges
     _, match = mcc(ini.z, train.z, return_matching=True)
     label = np.argsort(match)  # the true latent of each of the start's
     spurious = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.abs(ini.W) > 0.3))
                 if train.weights[label[i], label[j]] == 0]
     assert spurious and set(spurious) <= set(edges)  # every edge the start got wrong is among the contested
+
+
+def test_second_restart_starts_at_the_rival_order():
+    """``initial_params``: restart 0 at the start, restart 1 at the rival's order, latents' decoder and W
+    when the search found a rival, else at a random order with zero weights (as before)."""
+    from numpyro.distributions import constraints
+
+    from latentscm.inference.collapsed import CollapsedConfig
+    from latentscm.inference.guide import initial_params
+    from latentscm.inference.initialise import Initialisation
+    from latentscm.models.scm import position_tril
+
+    rng = np.random.default_rng(0)
+    d, D = 3, 4
+
+    def start(order):
+        W = np.triu(rng.normal(size=(d, d)), 1)[np.ix_(np.argsort(order), np.argsort(order))]
+        return Initialisation(rng.normal(size=(50, d)), rng.normal(size=(d, D)), rng.normal(size=D), 0.1,
+                              np.asarray(order), W, rng.uniform(0.5, 2, d), 0.0, np.zeros((50, d)))
+
+    ini, rival = start([0, 1, 2]), start([2, 0, 1])
+    specs = {"edge_weight": ((3,), constraints.real), "noise_scale": ((d,), constraints.positive),
+             "decoder_weight": ((d, D), constraints.real), "decoder_bias": ((D,), constraints.real),
+             "obs_scale": ((), constraints.positive)}
+    config = CollapsedConfig(num_restarts=2)
+    for with_rival in (True, False):
+        p = initial_params(specs, ini._replace(rival=rival if with_rival else None), d, config,
+                           np.random.default_rng(1))
+        orders = np.argmax(np.asarray(p["order_mlp"]["b2"]).reshape(2, d, d), axis=-1)
+        np.testing.assert_array_equal(orders[0], ini.order)
+        np.testing.assert_allclose(p["decoder_weight_loc"][0], ini.A)
+        np.testing.assert_allclose(p["edge_weight_loc"][0], position_tril(ini.W, ini.order))
+        if with_rival:
+            np.testing.assert_array_equal(orders[1], rival.order)
+            np.testing.assert_allclose(p["decoder_weight_loc"][1], rival.A)
+            np.testing.assert_allclose(p["noise_scale_loc"][1], np.log(rival.sigma))
+            np.testing.assert_allclose(p["edge_weight_loc"][1], position_tril(rival.W, rival.order))
+        else:
+            np.testing.assert_allclose(p["decoder_weight_loc"][1], ini.A)
+            np.testing.assert_allclose(p["edge_weight_loc"][1], 0.0)

@@ -121,8 +121,8 @@ def initialise_amortized(dataset, config, key, x_std, targets, values):
     t_np = np.asarray(targets)
     lab = (t_np > 0) & np.isfinite(dataset.values)  # targeted with a known value: a label
     v_np = np.where(lab, np.asarray(values), np.where(t_np > 0, np.nan, 0.0))  # NaN where unknown
-    z_lin, found, _, _ = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np, tau=config.tau,
-                                          value_scale=config.value_scale, order=config.known_order)
+    z_lin, found = estimate_latents(np.asarray(dataset.x, np.float64), t_np, v_np, tau=config.tau,
+                                    value_scale=config.value_scale, order=config.known_order)[:2]
     if config.latent_init == "supervised":
         # Label z_j by v_j where j is targeted; nodes without usable interventions fall back to z_lin.
         usable = np.array([lab[:, j].sum() >= d + 2 and np.ptp(v_np[lab[:, j], j]) > 0 for j in range(d)])

@@ -87,11 +87,15 @@ def initial_params(specs, ini, d, config, rng):
     n_in = tril_size(d) + d
     out = {}
     for r in range(R):
-        order = ini.order if (r == 0 and config.order_init == "proposal") or config.known_order else rng.permutation(d)
-        L = position_tril(ini.W, order) if r == 0 or config.known_order else np.zeros(tril_size(d))
+        # restart 1 starts at the moment search's closest rival order, when it found one, with its own latents
+        rival = r == 1 and ini.rival is not None and config.order_init == "proposal" and not config.known_order
+        start = ini.rival if rival else ini
+        proposed = bool(config.known_order) or (r == 0 and config.order_init == "proposal") or rival
+        order = start.order if proposed else rng.permutation(d)
+        L = position_tril(start.W, order) if r == 0 or config.known_order or rival else np.zeros(tril_size(d))
         locs = {
-            "edge_weight": L, "noise_scale": np.log(ini.sigma), "decoder_weight": ini.A,
-            "decoder_bias": ini.b, "obs_scale": np.log(ini.obs_scale),
+            "edge_weight": L, "noise_scale": np.log(start.sigma), "decoder_weight": start.A,
+            "decoder_bias": start.b, "obs_scale": np.log(start.obs_scale),
         }
         params = {}
         for name, (shape, support) in specs.items():
@@ -99,7 +103,7 @@ def initial_params(specs, ini, d, config, rng):
             if loc is None:  # hierarchical scales: start at the unconstrained value of 1 (or 0.1 for global)
                 loc = np.full(shape, np.log(0.1) if name.endswith("global_scale") else 0.0)
             params[f"{name}_loc"] = np.asarray(loc, np.float64).reshape(shape)
-            scale = np.broadcast_to(decoder_scales(ini, config).get(name, INIT_SCALE), shape)
+            scale = np.broadcast_to(decoder_scales(start, config).get(name, INIT_SCALE), shape)
             params[f"{name}_rawscale"] = _softplus_inv(np.asarray(scale, np.float64))
         if config.known_order is None:
             P0 = np.eye(d)[order]

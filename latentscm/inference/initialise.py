@@ -34,14 +34,25 @@ class Initialisation(NamedTuple):
     score: float  # profile log-likelihood of the proposed order
     targets: np.ndarray  # (N, d): the targets used, inferred (probability > 1/2) where unknown
     problem: str | None = None  # a diagnostic sentence about the start (rival targets or orders), or None
+    rival: "Initialisation | None" = None  # the closest rival order's start (identify.rival_orders), if any
+
+
+class Estimate(NamedTuple):
+    """:func:`estimate_latents`' result."""
+    z: np.ndarray  # (N, d) latent estimate
+    order: np.ndarray | None  # the likelihood search's order, None when it did not run
+    targets: np.ndarray  # (N, d), unknown targets inferred
+    problem: str | None  # a diagnostic sentence about the search, or None
+    rival: tuple | None  # (z, order) of the closest rival order (identify.rival_orders), or None
 
 
 def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None, seed=0, unknown=None,
                      regime=None, target_rate=0.2):
-    """Latent estimate ``z_hat`` (N, d), the order when the likelihood search ran (else None), the
-    targets (N, d) with unknown ones inferred, and a diagnostic sentence about the search (None when there
-    is nothing to say; see :func:`latentscm.inference.targets.rival_problem` for inferred targets and
-    :func:`latentscm.inference.identify.rival_orders` for a searched order).
+    """An :class:`Estimate`: latent estimate ``z_hat`` (N, d), the order when the likelihood search ran
+    (else None), the targets (N, d) with unknown ones inferred, a diagnostic sentence about the search
+    (None when there is nothing to say; see :func:`latentscm.inference.targets.rival_problem` for
+    inferred targets and :func:`latentscm.inference.identify.rival_orders` for a searched order) and the
+    closest rival order's latents and order (None when there is none).
 
     Every node with known, varying intervention values in at least d + 2 rows is anchored by them:
     ``z_hat_j`` is the regression of ``v_j`` on the top-d principal coordinates of x (the seed paper's
@@ -67,14 +78,15 @@ def estimate_latents(x, targets, values, *, tau=0.1, value_scale=2.0, order=None
         g = np.searchsorted(found.ids, np.asarray(regime)[rows])
         t = t.copy()
         t[rows] = np.where(np.asarray(unknown)[rows], found.q[g] > 0.5, t[rows])
-        return y1 @ found.H, found.order, t, rival_problem(found.rival)
+        return Estimate(y1 @ found.H, found.order, t, rival_problem(found.rival), None)
     H = anchored(y1, t, v)
     if H is not None:
-        return y1 @ H, None, t, None
+        return Estimate(y1 @ H, None, t, None, None)
     searched = order is None
     _, H, order = search(y1, t, v, tau=tau, value_scale=value_scale, s2=s2, order=order, seed=seed)
     rival = rival_orders(y1, t, v, H, order, tau=tau, value_scale=value_scale, s2=s2) if searched else None
-    return y1 @ H, order, t, rival_orders_problem(rival)
+    return Estimate(y1 @ H, order, t, rival_orders_problem(rival),
+                    None if rival is None else (y1 @ rival.H, rival.order))
 
 
 def _node_fit(z, targets, j, parents):
@@ -273,24 +285,30 @@ def initialise(x, targets, values, order=None, observed=False, *, tau=0.1, value
     targets = np.asarray(targets)
     values = np.where(targets > 0, np.asarray(values, np.float64), 0.0)  # NaN: unknown value
     x = np.asarray(x, np.float64)
-    found = problem = None
+    found = problem = rival = None
     if observed:
         z = x
     else:
-        z, found, inferred, problem = estimate_latents(x, targets, values, tau=tau, value_scale=value_scale,
-                                                       order=order, seed=seed, unknown=unknown, regime=regime,
-                                                       target_rate=target_rate)
+        z, found, inferred, problem, rival = estimate_latents(x, targets, values, tau=tau, value_scale=value_scale,
+                                                              order=order, seed=seed, unknown=unknown,
+                                                              regime=regime, target_rate=target_rate)
         if unknown is not None and np.any(unknown):  # inferred targets: their values are unknown
             values = np.where(inferred > targets, np.nan, values)
             targets = inferred
+    ini = _start(x, z, targets, values, order if order is not None else found, problem)
+    if rival is not None:
+        ini = ini._replace(rival=_start(x, rival[0], targets, values, rival[1], None))
+    return ini
+
+
+def _start(x, z, targets, values, order, problem):
+    """The start for latents ``z``: decoder by least squares, ``order`` (proposed when None), W and sigma."""
     Z1 = np.c_[z, np.ones(len(z))]
     coef, *_ = np.linalg.lstsq(Z1, x, rcond=None)
     A, b = coef[:-1], coef[-1]
     obs_scale = float(np.sqrt(np.mean((x - Z1 @ coef) ** 2)))
     grams = node_grams(z, targets)
-    if order is None and found is not None:  # the likelihood search's order
-        order, score = found, order_score(z, targets, found, grams=grams)
-    elif order is None:
+    if order is None:
         order, score = propose_order(z, targets, values, grams=grams)
     else:
         order = np.asarray(order)
