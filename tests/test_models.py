@@ -25,6 +25,7 @@ from latentscm.models.permutation import (
     log_bethe_permanent,
     matrix_from_order,
     order_from_matrix,
+    permutation_matrix,
     sinkhorn,
 )
 from latentscm.models.priors import PriorError, parse_priors
@@ -178,6 +179,28 @@ def test_hungarian_finds_max_weight_permutation():
     for s, p in zip(scores, P):
         best = max(itertools.permutations(range(4)), key=lambda q: sum(s[i, q[i]] for i in range(4)))
         np.testing.assert_array_equal(p, np.eye(4)[list(best)])
+
+
+def test_hungarian_matches_scipy_assignment():
+    """The in-graph assignment (shortest augmenting paths) against scipy's linear_sum_assignment: the same
+    assignment for continuous scores of any size and batch shape, an optimal one where integer scores tie."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(4)
+    for d, batch in ((1, (3,)), (2, (5,)), (5, (2, 4)), (9, (6,)), (30, (2,)), (64, ())):
+        scores = rng.normal(size=batch + (d, d)) * rng.choice([0.01, 1.0, 100.0], size=batch + (1, 1))
+        P = np.asarray(jax.jit(hungarian)(jnp.asarray(scores)))
+        assert P.shape == scores.shape
+        for s, p in zip(scores.reshape(-1, d, d), P.reshape(-1, d, d)):
+            np.testing.assert_array_equal(p, np.eye(d)[linear_sum_assignment(-s)[1]])
+    ties = rng.integers(0, 3, size=(50, 6, 6)).astype(float)
+    for s, p in zip(ties, np.asarray(hungarian(jnp.asarray(ties)))):
+        assert bool(permutation_matrix(jnp.asarray(p)))
+        np.testing.assert_allclose((s * p).sum(), s[linear_sum_assignment(-s)].sum())
+    # under vmap (particles, restarts) and with float32 scores, as in the SVI step
+    s32 = jnp.asarray(rng.normal(size=(3, 7, 7)), jnp.float32)
+    np.testing.assert_array_equal(jax.vmap(hungarian)(s32), hungarian(s32))
+    assert hungarian(s32).dtype == jnp.float32
 
 
 def test_sinkhorn_is_doubly_stochastic():

@@ -4,7 +4,7 @@ Convention: a permutation matrix ``P`` has ``P[p, i] = 1`` when node ``i`` sits 
 the topological order; ``order = argmax(P, axis=1)`` lists the nodes from first to last.
 
 The guide's order distribution is the Gumbel-matching distribution used by BCD Nets and BIOLS:
-a hard sample is the maximum-weight assignment (Hungarian algorithm, scipy) of ``logits + Gumbel``;
+a hard sample is the maximum-weight assignment (Hungarian algorithm) of ``logits + Gumbel``;
 gradients pass straight through the Gumbel-Sinkhorn relaxation of the same perturbed logits; its
 log-mass is approximated by the Gibbs form ``<logits, P> - log perm(exp(logits))`` with the
 permanent replaced by its Bethe approximation.
@@ -16,11 +16,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
-from scipy.optimize import linear_sum_assignment
 
 
 def sinkhorn(log_alpha, n_iters=20):
@@ -38,26 +36,63 @@ def sinkhorn(log_alpha, n_iters=20):
     return jnp.exp(la)
 
 
-def _hungarian_np(scores):
-    scores = np.asarray(scores)
-    flat = scores.reshape((-1,) + scores.shape[-2:])
-    out = np.zeros(flat.shape, dtype=np.float32)
-    for k, s in enumerate(flat):
-        rows, cols = linear_sum_assignment(-s)
-        out[k, rows, cols] = 1.0
-    return out.reshape(scores.shape)
+def _assignment(scores):
+    """The maximum-weight assignment of a (d, d) matrix: ``cols`` (d,) with row ``p`` assigned column
+    ``cols[p]``. Shortest augmenting paths with dual potentials (Jonker and Volgenant; Crouse 2016, the
+    algorithm of scipy's ``linear_sum_assignment``): rows join one at a time, each by a Dijkstra search over
+    the reduced costs ``-scores[i, j] - u[i] - v[j]`` for the nearest free column, then the path's
+    assignments flip. O(d^3) in ``lax`` loops, compiled into the program (no host callback)."""
+    d = scores.shape[-1]
+    cost = -scores
+    inf = jnp.array(jnp.inf, cost.dtype)
+    idx = jnp.arange(d)
+
+    def add_row(cur, carry):
+        u, v, col4row, row4col = carry
+
+        def search(c):  # one Dijkstra step from row i: relax its columns, settle the nearest unsettled one
+            i, min_val, _, shortest, path, rows_seen, cols_done = c
+            rows_seen = rows_seen.at[i].set(True)
+            reduced = min_val + cost[i] - u[i] - v
+            better = ~cols_done & (reduced < shortest)
+            path = jnp.where(better, i, path)
+            shortest = jnp.where(better, reduced, shortest)
+            key = jnp.where(cols_done, inf, shortest)
+            j = jnp.argmin(key)
+            free = row4col[j] < 0
+            return (jnp.where(free, i, row4col[j]), key[j], jnp.where(free, j, -1), shortest, path, rows_seen,
+                    cols_done.at[j].set(True))
+
+        start = (cur, jnp.zeros((), cost.dtype), jnp.array(-1), jnp.full(d, inf), jnp.full(d, -1),
+                 jnp.zeros(d, bool), jnp.zeros(d, bool))
+        _, min_val, sink, shortest, path, rows_seen, cols_done = jax.lax.while_loop(lambda c: c[2] < 0, search, start)
+        u = u + jnp.where(rows_seen & (idx != cur), min_val - shortest[col4row], 0.0)
+        u = u.at[cur].add(min_val)
+        v = v - jnp.where(cols_done, min_val - shortest, 0.0)
+
+        def augment(c):  # back along the path from the free column found to the new row
+            j, col4row, row4col, _ = c
+            i = path[j]
+            return col4row[i], col4row.at[i].set(j), row4col.at[j].set(i), i == cur
+
+        _, col4row, row4col, _ = jax.lax.while_loop(lambda c: ~c[3], augment, (sink, col4row, row4col, False))
+        return u, v, col4row, row4col
+
+    start = (jnp.zeros(d, cost.dtype), jnp.zeros(d, cost.dtype), jnp.full(d, -1), jnp.full(d, -1))
+    return jax.lax.fori_loop(0, d, add_row, start)[2]
 
 
 def hungarian(scores):
     """Maximum-weight assignment as a permutation matrix, (..., d, d) -> (..., d, d); no gradient.
 
-    The callback exchanges float32 arrays: JAX's x64 mode is thread-local and the callback may run
-    on another thread, so a float64 result could be mis-typed there.
+    Computed inside the compiled program (:func:`_assignment`). It replaced a ``jax.pure_callback`` to
+    scipy's ``linear_sum_assignment``, whose host round trip was a fifth of the default fit's SVI step
+    (``benchmarks/results/step-overhead.md``); the assignment is the same up to ties of equal weight.
     """
     scores = jax.lax.stop_gradient(scores)
-    shape = jax.ShapeDtypeStruct(scores.shape, jnp.float32)
-    hard = jax.pure_callback(_hungarian_np, shape, scores.astype(jnp.float32), vmap_method="expand_dims")
-    return hard.astype(scores.dtype)
+    d = scores.shape[-1]
+    cols = jax.vmap(_assignment)(scores.reshape((-1, d, d)))
+    return jax.nn.one_hot(cols, d, dtype=scores.dtype).reshape(scores.shape)
 
 
 def log_bethe_permanent(log_m, n_iters=30, tol=1e-6):
