@@ -52,7 +52,7 @@ def _assignment(scores):
 
         def search(c):  # one Dijkstra step from row i: relax its columns, settle the nearest unsettled one
             i, min_val, _, shortest, path, rows_seen, cols_done = c
-            rows_seen = rows_seen.at[i].set(True)
+            rows_seen = rows_seen | (idx == i)
             reduced = min_val + cost[i] - u[i] - v
             better = ~cols_done & (reduced < shortest)
             path = jnp.where(better, i, path)
@@ -61,19 +61,18 @@ def _assignment(scores):
             j = jnp.argmin(key)
             free = row4col[j] < 0
             return (jnp.where(free, i, row4col[j]), key[j], jnp.where(free, j, -1), shortest, path, rows_seen,
-                    cols_done.at[j].set(True))
+                    cols_done | (idx == j))
 
         start = (cur, jnp.zeros((), cost.dtype), jnp.array(-1), jnp.full(d, inf), jnp.full(d, -1),
                  jnp.zeros(d, bool), jnp.zeros(d, bool))
         _, min_val, sink, shortest, path, rows_seen, cols_done = jax.lax.while_loop(lambda c: c[2] < 0, search, start)
-        u = u + jnp.where(rows_seen & (idx != cur), min_val - shortest[col4row], 0.0)
-        u = u.at[cur].add(min_val)
+        u = u + jnp.where(idx == cur, min_val, jnp.where(rows_seen, min_val - shortest[col4row], 0.0))
         v = v - jnp.where(cols_done, min_val - shortest, 0.0)
 
         def augment(c):  # back along the path from the free column found to the new row
             j, col4row, row4col, _ = c
             i = path[j]
-            return col4row[i], col4row.at[i].set(j), row4col.at[j].set(i), i == cur
+            return col4row[i], jnp.where(idx == i, j, col4row), jnp.where(idx == j, i, row4col), i == cur
 
         _, col4row, row4col, _ = jax.lax.while_loop(lambda c: ~c[3], augment, (sink, col4row, row4col, False))
         return u, v, col4row, row4col
