@@ -22,18 +22,27 @@ from numpyro.distributions import constraints
 
 
 def sinkhorn(log_alpha, n_iters=20):
-    """Log-domain Sinkhorn normalisation to a doubly stochastic matrix.
+    """Sinkhorn normalisation to a doubly stochastic matrix: ``n_iters`` rounds of row, then column
+    normalisation of ``exp(log_alpha)``.
 
-    log_alpha: (..., d, d) -> (..., d, d) probabilities (rows and columns sum to one).
+    log_alpha: (..., d, d) -> (..., d, d) probabilities (rows and columns sum to one); ``n_iters >= 1``. The
+    first round runs in the log domain (any range of log-weights); after it every row and column holds an entry
+    of at least ``1 / d^2``, so the others run in the linear domain (:func:`_normalise`): the same function and
+    gradient, without an exp or log per entry and round.
     """
+    la = log_alpha - logsumexp(log_alpha, axis=-1, keepdims=True)
+    return _normalise(jnp.exp(la - logsumexp(la, axis=-2, keepdims=True)), n_iters - 1)
 
-    def body(la, _):
-        la = la - logsumexp(la, axis=-1, keepdims=True)
-        la = la - logsumexp(la, axis=-2, keepdims=True)
-        return la, None
 
-    la, _ = jax.lax.scan(body, log_alpha, None, length=n_iters)
-    return jnp.exp(la)
+def _normalise(m, n_iters):
+    """``n_iters`` Sinkhorn rounds (rows, then columns to sum one) of a nonnegative (..., d, d) matrix in the
+    linear domain: divisions only, no exp or log. Every row and column must hold a non-negligible entry."""
+
+    def body(m, _):
+        m = m / jnp.sum(m, axis=-1, keepdims=True)
+        return m / jnp.sum(m, axis=-2, keepdims=True), None
+
+    return jax.lax.scan(body, m, None, length=n_iters)[0]
 
 
 def _assignment(scores):
@@ -100,21 +109,25 @@ def log_bethe_permanent(log_m, n_iters=30, tol=1e-6):
     Fixed point of the Bethe free energy (Vontobel 2013): ``gamma = Sinkhorn(M / (1 - gamma))``;
     then ``log perm_B = sum gamma log M - gamma log gamma + (1 - gamma) log(1 - gamma)``.
     It is a lower bound: ``perm / sqrt(2)^d <= perm_B <= perm`` (Gurvits).
-    The fixed point is iterated in float32 (about 3x faster than float64 on CPU; the gradient does not
-    flow through it) for at most ``n_iters`` rounds, stopping once no entry moves by more than ``tol``
-    (peaked weights converge in a few rounds); the free energy at it is evaluated in the input's precision.
+    The fixed point is iterated (the gradient does not flow through it) for at most ``n_iters`` rounds of 10
+    Sinkhorn iterations, stopping once no entry moves by more than ``tol`` (peaked weights converge in a few
+    rounds, flat ones early in a fit take all 30). The rounds run in the linear domain (:func:`_normalise`:
+    divisions only) on ``M`` scaled per row, in the input's precision: the values of log-domain rounds, which
+    spent an exp and a log per entry and iteration (``benchmarks/results/step-overhead.md``).
     """
     eps = 1e-12
-    log_m32 = jax.lax.stop_gradient(log_m).astype(jnp.float32)
+    fixed = jax.lax.stop_gradient(log_m)  # gamma is a stationary point: the envelope theorem gives the gradient
+    # M scaled per row (Sinkhorn's rounds begin with the rows, so its iterates do not change): every row holds a 1;
+    # no entry below the smallest normal number, so that no column is all zeros even past exp's range
+    m = jnp.maximum(jnp.exp(fixed - jnp.max(fixed, axis=-1, keepdims=True)), jnp.finfo(fixed.dtype).tiny)
 
     def body(carry):
         i, gamma, _ = carry
-        new = sinkhorn(log_m32 - jnp.log1p(-jnp.clip(gamma, 0.0, 1.0 - 1e-6)), n_iters=10)
+        new = _normalise(m / (1.0 - jnp.clip(gamma, 0.0, 1.0 - 1e-6)), n_iters=10)
         return i + 1, new, jnp.max(jnp.abs(new - gamma))
 
-    start = (0, sinkhorn(log_m32, n_iters=10), jnp.array(jnp.inf, jnp.float32))
+    start = (0, sinkhorn(fixed, n_iters=10), jnp.array(jnp.inf, log_m.dtype))
     _, gamma, _ = jax.lax.while_loop(lambda c: (c[0] < n_iters) & (c[2] > tol), body, start)
-    gamma = gamma.astype(log_m.dtype)  # stationary point: envelope theorem gives the gradient
     g = jnp.clip(gamma, eps, 1.0 - 1e-6)
     return jnp.sum(gamma * log_m - g * jnp.log(g) + (1.0 - g) * jnp.log1p(-g), axis=(-2, -1))
 
