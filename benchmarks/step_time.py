@@ -11,7 +11,7 @@ Both steps here are built from the same pieces, so that the *likelihood* is the 
 * the same NumPyro sites and priors (``sample_graph``: ``edge_weight``, ``noise_scale``, ``P``;
   ``decoder_weight``, ``decoder_bias``, ``obs_scale``), the same guide
   (``inference.guide.mean_field_guide``: mean-field Gaussians plus ``q(P | L, sigma)`` with Hungarian
-  samples through ``jax.pure_callback`` and straight-through Gumbel-Sinkhorn gradients), the same
+  samples (the assignment inside the compiled step) and straight-through Gumbel-Sinkhorn gradients), the same
   ELBO estimator (``inference.svi.elbo_loss``: ``Trace_ELBO``'s, vectorised particles), the same Adam optimiser and the same engine
   (``inference.svi.make_step``: steps in a jitted ``lax.scan``), the same data-driven start;
 * ``ours``: the model is ``models.collapsed.collapsed_model`` on the sufficient statistics, with the
@@ -190,9 +190,10 @@ def step_ratio(n_rows, repeats, log=print, matched=True):
 def profile_step(n_rows, repeats, log=print):
     """What one shipped step costs, by part, in float32 and float64: the whole step and, timed alone on
     the same batch (2 restarts x 4 particles = 8 parameter sets, each part run 50 times in one jitted
-    scan), the likelihood with its gradient, and the guide's order parts: the Hungarian host callback
-    (``jax.pure_callback``), 20 Sinkhorn iterations with their gradient, the Bethe permanent
-    (``log q(P)``: 10 + 30 x 10 Sinkhorn iterations), and the whole order sample + ``log q`` with gradient."""
+    scan), the likelihood with its gradient, and the guide's order parts: the Hungarian assignment
+    (in the compiled program since issue 13; a ``jax.pure_callback`` to scipy before), 20 Sinkhorn iterations
+    with their gradient, the Bethe permanent (``log q(P)``: 10 + up to 30 x 10 Sinkhorn iterations), and the
+    whole order sample + ``log q`` with gradient."""
     from latentscm.models.collapsed import centered_log_likelihood, collapsed_log_likelihood
     from latentscm.models.permutation import GumbelSinkhornPermutation, hungarian, log_bethe_permanent, sinkhorn
 
@@ -227,7 +228,7 @@ def profile_step(n_rows, repeats, log=print):
                 return jax.vmap(jax.value_and_grad(one))(lg, keys)
 
             parts = {"likelihood + gradient": (lik, params), "order sample + log q + gradient": (order, logits),
-                     "Hungarian callback": (hungarian, logits),
+                     "Hungarian assignment": (hungarian, logits),
                      "Sinkhorn (20 iterations) + gradient": (jax.grad(lambda lg: jnp.sum(sinkhorn(lg) ** 2)), logits),
                      "Bethe permanent (log q)": (log_bethe_permanent, logits)}
             for name, (fn, x) in parts.items():

@@ -25,6 +25,7 @@ from latentscm.models.permutation import (
     log_bethe_permanent,
     matrix_from_order,
     order_from_matrix,
+    permutation_matrix,
     sinkhorn,
 )
 from latentscm.models.priors import PriorError, parse_priors
@@ -180,10 +181,87 @@ def test_hungarian_finds_max_weight_permutation():
         np.testing.assert_array_equal(p, np.eye(4)[list(best)])
 
 
+def test_hungarian_matches_scipy_assignment():
+    """The in-graph assignment (shortest augmenting paths) against scipy's linear_sum_assignment: the same
+    assignment for continuous scores of any size and batch shape, an optimal one where integer scores tie."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(4)
+    for d, batch in ((1, (3,)), (2, (5,)), (5, (2, 4)), (9, (6,)), (30, (2,)), (64, ())):
+        scores = rng.normal(size=batch + (d, d)) * rng.choice([0.01, 1.0, 100.0], size=batch + (1, 1))
+        P = np.asarray(jax.jit(hungarian)(jnp.asarray(scores)))
+        assert P.shape == scores.shape
+        for s, p in zip(scores.reshape(-1, d, d), P.reshape(-1, d, d)):
+            np.testing.assert_array_equal(p, np.eye(d)[linear_sum_assignment(-s)[1]])
+    ties = rng.integers(0, 3, size=(50, 6, 6)).astype(float)
+    for s, p in zip(ties, np.asarray(hungarian(jnp.asarray(ties)))):
+        assert bool(permutation_matrix(jnp.asarray(p)))
+        np.testing.assert_allclose((s * p).sum(), s[linear_sum_assignment(-s)].sum())
+    # under vmap (particles, restarts) and with float32 scores, as in the SVI step
+    s32 = jnp.asarray(rng.normal(size=(3, 7, 7)), jnp.float32)
+    np.testing.assert_array_equal(jax.vmap(hungarian)(s32), hungarian(s32))
+    assert hungarian(s32).dtype == jnp.float32
+
+
 def test_sinkhorn_is_doubly_stochastic():
     p = sinkhorn(jnp.asarray(np.random.default_rng(2).normal(size=(5, 5))), n_iters=100)
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-6)
     np.testing.assert_allclose(p.sum(1), 1, atol=1e-6)
+
+
+def _log_domain_sinkhorn(log_alpha, n_iters):
+    """The reference: every round in the log domain (as sinkhorn was written before its linear-domain rounds)."""
+    from jax.scipy.special import logsumexp
+
+    la = log_alpha
+    for _ in range(n_iters):
+        la = la - logsumexp(la, axis=-1, keepdims=True)
+        la = la - logsumexp(la, axis=-2, keepdims=True)
+    return jnp.exp(la)
+
+
+def _log_domain_bethe(log_m, n_iters=30, tol=1e-6):
+    """The reference Bethe permanent and its fixed point gamma (its gradient, by the envelope theorem): the
+    fixed-point rounds by log-domain Sinkhorn of ``log M - log(1 - gamma)``."""
+    gamma = _log_domain_sinkhorn(log_m, 10)
+    for _ in range(n_iters):
+        new = _log_domain_sinkhorn(log_m - jnp.log1p(-jnp.clip(gamma, 0.0, 1.0 - 1e-6)), 10)
+        done = float(jnp.max(jnp.abs(new - gamma))) <= tol
+        gamma = new
+        if done:
+            break
+    g = jnp.clip(gamma, 1e-12, 1.0 - 1e-6)
+    return jnp.sum(gamma * log_m - g * jnp.log(g) + (1.0 - g) * jnp.log1p(-g), axis=(-2, -1)), gamma
+
+
+@pytest.mark.parametrize("spread", [0.3, 3.0, 300.0])
+def test_sinkhorn_matches_log_domain_value_and_gradient(spread):
+    """Linear-domain rounds after the first: the log-domain function and gradient, also for log-weights spread
+    far beyond exp's range (float32: 88) and with a temperature of 0.2, as in the guide's relaxed samples."""
+    rng = np.random.default_rng(5)
+    log_alpha = jnp.asarray(spread * rng.normal(size=(3, 6, 6)) / 0.2)
+    target = jnp.asarray(rng.normal(size=(3, 6, 6)))
+    for n in (1, 2, 20):
+        np.testing.assert_allclose(sinkhorn(log_alpha, n), _log_domain_sinkhorn(log_alpha, n), atol=1e-12)
+        grad = jax.grad(lambda la: jnp.sum(sinkhorn(la, n) * target))(log_alpha)
+        ref = jax.grad(lambda la: jnp.sum(_log_domain_sinkhorn(la, n) * target))(log_alpha)
+        np.testing.assert_allclose(grad, ref, atol=1e-10)
+    p32 = sinkhorn(log_alpha.astype(jnp.float32), 20)
+    assert p32.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(p32)))
+    np.testing.assert_allclose(p32, _log_domain_sinkhorn(log_alpha, 20), atol=1e-5)
+
+
+def test_bethe_permanent_matches_log_domain_fixed_point():
+    """The linear-domain fixed-point rounds give the log-domain rounds' value and gradient (the fixed point
+    gamma), also for log-weights spread beyond float32's exp range, and in float32."""
+    rng = np.random.default_rng(6)
+    for log_m in (rng.normal(size=(4, 5, 5)), 8.0 * np.eye(5)[rng.permutation(5)] + rng.normal(size=(5, 5)),
+                  40.0 * rng.normal(size=(2, 7, 7))):
+        log_m = jnp.asarray(log_m)
+        value, gamma = _log_domain_bethe(log_m)
+        np.testing.assert_allclose(log_bethe_permanent(log_m), value, rtol=1e-9)
+        np.testing.assert_allclose(jax.grad(lambda lm: jnp.sum(log_bethe_permanent(lm)))(log_m), gamma, atol=1e-9)
+        np.testing.assert_allclose(log_bethe_permanent(log_m.astype(jnp.float32)), value, rtol=1e-4)
 
 
 def test_gumbel_sinkhorn_straight_through():

@@ -52,6 +52,17 @@ def _mlp_logits(mlp, l_vec, sigma):
     return (h @ mlp["w2"] + mlp["b2"]).reshape(d, d)
 
 
+class _Normal(dist.Normal):
+    """``dist.Normal`` whose draw ``loc + eps * scale`` keeps its standard-normal ``eps`` in one buffer: without
+    the barrier XLA fuses the float64 inverse-erf polynomial that makes ``eps`` into every consumer of the draw
+    (the value, its gradient, the guide's log-density), computing it several times and roughly doubling the SVI
+    step's program (``benchmarks/results/step-overhead.md``). The same numbers as ``dist.Normal``."""
+
+    def sample(self, key, sample_shape=()):
+        eps = jax.random.normal(key, shape=sample_shape + self.batch_shape + self.event_shape)
+        return self.loc + jax.lax.optimization_barrier(eps) * self.scale
+
+
 def mean_field_guide(specs, d, *, learn_order, gumbel_scale):
     """The guide: mean-field Gaussians for ``specs`` and, when ``learn_order``, q(P | L, sigma)."""
 
@@ -60,7 +71,7 @@ def mean_field_guide(specs, d, *, learn_order, gumbel_scale):
         for name, (shape, support) in specs.items():
             loc = numpyro.param(f"{name}_loc", jnp.zeros(shape))
             scale = jax.nn.softplus(numpyro.param(f"{name}_rawscale", jnp.zeros(shape)))
-            base = dist.Normal(loc, scale).to_event(len(shape))
+            base = _Normal(loc, scale).to_event(len(shape))
             values[name] = numpyro.sample(name, dist.TransformedDistribution(base, biject_to(support)))
         if learn_order:
             mlp = numpyro.param("order_mlp", {})

@@ -4,7 +4,7 @@ Convention: a permutation matrix ``P`` has ``P[p, i] = 1`` when node ``i`` sits 
 the topological order; ``order = argmax(P, axis=1)`` lists the nodes from first to last.
 
 The guide's order distribution is the Gumbel-matching distribution used by BCD Nets and BIOLS:
-a hard sample is the maximum-weight assignment (Hungarian algorithm, scipy) of ``logits + Gumbel``;
+a hard sample is the maximum-weight assignment (Hungarian algorithm) of ``logits + Gumbel``;
 gradients pass straight through the Gumbel-Sinkhorn relaxation of the same perturbed logits; its
 log-mass is approximated by the Gibbs form ``<logits, P> - log perm(exp(logits))`` with the
 permanent replaced by its Bethe approximation.
@@ -16,48 +16,91 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
-from scipy.optimize import linear_sum_assignment
 
 
 def sinkhorn(log_alpha, n_iters=20):
-    """Log-domain Sinkhorn normalisation to a doubly stochastic matrix.
+    """Sinkhorn normalisation to a doubly stochastic matrix: ``n_iters`` rounds of row, then column
+    normalisation of ``exp(log_alpha)``.
 
-    log_alpha: (..., d, d) -> (..., d, d) probabilities (rows and columns sum to one).
+    log_alpha: (..., d, d) -> (..., d, d) probabilities (rows and columns sum to one); ``n_iters >= 1``. The
+    first round runs in the log domain (any range of log-weights); after it every row and column holds an entry
+    of at least ``1 / d^2``, so the others run in the linear domain (:func:`_normalise`): the same function and
+    gradient, without an exp or log per entry and round.
     """
-
-    def body(la, _):
-        la = la - logsumexp(la, axis=-1, keepdims=True)
-        la = la - logsumexp(la, axis=-2, keepdims=True)
-        return la, None
-
-    la, _ = jax.lax.scan(body, log_alpha, None, length=n_iters)
-    return jnp.exp(la)
+    la = log_alpha - logsumexp(log_alpha, axis=-1, keepdims=True)
+    return _normalise(jnp.exp(la - logsumexp(la, axis=-2, keepdims=True)), n_iters - 1)
 
 
-def _hungarian_np(scores):
-    scores = np.asarray(scores)
-    flat = scores.reshape((-1,) + scores.shape[-2:])
-    out = np.zeros(flat.shape, dtype=np.float32)
-    for k, s in enumerate(flat):
-        rows, cols = linear_sum_assignment(-s)
-        out[k, rows, cols] = 1.0
-    return out.reshape(scores.shape)
+def _normalise(m, n_iters):
+    """``n_iters`` Sinkhorn rounds (rows, then columns to sum one) of a nonnegative (..., d, d) matrix in the
+    linear domain: divisions only, no exp or log. Every row and column must hold a non-negligible entry."""
+
+    def body(m, _):
+        m = m / jnp.sum(m, axis=-1, keepdims=True)
+        return m / jnp.sum(m, axis=-2, keepdims=True), None
+
+    return jax.lax.scan(body, m, None, length=n_iters)[0]
+
+
+def _assignment(scores):
+    """The maximum-weight assignment of a (d, d) matrix: ``cols`` (d,) with row ``p`` assigned column
+    ``cols[p]``. Shortest augmenting paths with dual potentials (Jonker and Volgenant; Crouse 2016, the
+    algorithm of scipy's ``linear_sum_assignment``): rows join one at a time, each by a Dijkstra search over
+    the reduced costs ``-scores[i, j] - u[i] - v[j]`` for the nearest free column, then the path's
+    assignments flip. O(d^3) in ``lax`` loops, compiled into the program (no host callback)."""
+    d = scores.shape[-1]
+    cost = -scores
+    inf = jnp.array(jnp.inf, cost.dtype)
+    idx = jnp.arange(d)
+
+    def add_row(cur, carry):
+        u, v, col4row, row4col = carry
+
+        def search(c):  # one Dijkstra step from row i: relax its columns, settle the nearest unsettled one
+            i, min_val, _, shortest, path, rows_seen, cols_done = c
+            rows_seen = rows_seen | (idx == i)
+            reduced = min_val + cost[i] - u[i] - v
+            better = ~cols_done & (reduced < shortest)
+            path = jnp.where(better, i, path)
+            shortest = jnp.where(better, reduced, shortest)
+            key = jnp.where(cols_done, inf, shortest)
+            j = jnp.argmin(key)
+            free = row4col[j] < 0
+            return (jnp.where(free, i, row4col[j]), key[j], jnp.where(free, j, -1), shortest, path, rows_seen,
+                    cols_done | (idx == j))
+
+        start = (cur, jnp.zeros((), cost.dtype), jnp.array(-1), jnp.full(d, inf), jnp.full(d, -1),
+                 jnp.zeros(d, bool), jnp.zeros(d, bool))
+        _, min_val, sink, shortest, path, rows_seen, cols_done = jax.lax.while_loop(lambda c: c[2] < 0, search, start)
+        u = u + jnp.where(idx == cur, min_val, jnp.where(rows_seen, min_val - shortest[col4row], 0.0))
+        v = v - jnp.where(cols_done, min_val - shortest, 0.0)
+
+        def augment(c):  # back along the path from the free column found to the new row
+            j, col4row, row4col, _ = c
+            i = path[j]
+            return col4row[i], jnp.where(idx == i, j, col4row), jnp.where(idx == j, i, row4col), i == cur
+
+        _, col4row, row4col, _ = jax.lax.while_loop(lambda c: ~c[3], augment, (sink, col4row, row4col, False))
+        return u, v, col4row, row4col
+
+    start = (jnp.zeros(d, cost.dtype), jnp.zeros(d, cost.dtype), jnp.full(d, -1), jnp.full(d, -1))
+    return jax.lax.fori_loop(0, d, add_row, start)[2]
 
 
 def hungarian(scores):
     """Maximum-weight assignment as a permutation matrix, (..., d, d) -> (..., d, d); no gradient.
 
-    The callback exchanges float32 arrays: JAX's x64 mode is thread-local and the callback may run
-    on another thread, so a float64 result could be mis-typed there.
+    Computed inside the compiled program (:func:`_assignment`). It replaced a ``jax.pure_callback`` to
+    scipy's ``linear_sum_assignment``, whose host round trip was a fifth of the default fit's SVI step
+    (``benchmarks/results/step-overhead.md``); the assignment is the same up to ties of equal weight.
     """
     scores = jax.lax.stop_gradient(scores)
-    shape = jax.ShapeDtypeStruct(scores.shape, jnp.float32)
-    hard = jax.pure_callback(_hungarian_np, shape, scores.astype(jnp.float32), vmap_method="expand_dims")
-    return hard.astype(scores.dtype)
+    d = scores.shape[-1]
+    cols = jax.vmap(_assignment)(scores.reshape((-1, d, d)))
+    return jax.nn.one_hot(cols, d, dtype=scores.dtype).reshape(scores.shape)
 
 
 def log_bethe_permanent(log_m, n_iters=30, tol=1e-6):
@@ -66,21 +109,25 @@ def log_bethe_permanent(log_m, n_iters=30, tol=1e-6):
     Fixed point of the Bethe free energy (Vontobel 2013): ``gamma = Sinkhorn(M / (1 - gamma))``;
     then ``log perm_B = sum gamma log M - gamma log gamma + (1 - gamma) log(1 - gamma)``.
     It is a lower bound: ``perm / sqrt(2)^d <= perm_B <= perm`` (Gurvits).
-    The fixed point is iterated in float32 (about 3x faster than float64 on CPU; the gradient does not
-    flow through it) for at most ``n_iters`` rounds, stopping once no entry moves by more than ``tol``
-    (peaked weights converge in a few rounds); the free energy at it is evaluated in the input's precision.
+    The fixed point is iterated (the gradient does not flow through it) for at most ``n_iters`` rounds of 10
+    Sinkhorn iterations, stopping once no entry moves by more than ``tol`` (peaked weights converge in a few
+    rounds, flat ones early in a fit take all 30). The rounds run in the linear domain (:func:`_normalise`:
+    divisions only) on ``M`` scaled per row, in the input's precision: the values of log-domain rounds, which
+    spent an exp and a log per entry and iteration (``benchmarks/results/step-overhead.md``).
     """
     eps = 1e-12
-    log_m32 = jax.lax.stop_gradient(log_m).astype(jnp.float32)
+    fixed = jax.lax.stop_gradient(log_m)  # gamma is a stationary point: the envelope theorem gives the gradient
+    # M scaled per row (Sinkhorn's rounds begin with the rows, so its iterates do not change): every row holds a 1;
+    # no entry below the smallest normal number, so that no column is all zeros even past exp's range
+    m = jnp.maximum(jnp.exp(fixed - jnp.max(fixed, axis=-1, keepdims=True)), jnp.finfo(fixed.dtype).tiny)
 
     def body(carry):
         i, gamma, _ = carry
-        new = sinkhorn(log_m32 - jnp.log1p(-jnp.clip(gamma, 0.0, 1.0 - 1e-6)), n_iters=10)
+        new = _normalise(m / (1.0 - jnp.clip(gamma, 0.0, 1.0 - 1e-6)), n_iters=10)
         return i + 1, new, jnp.max(jnp.abs(new - gamma))
 
-    start = (0, sinkhorn(log_m32, n_iters=10), jnp.array(jnp.inf, jnp.float32))
+    start = (0, sinkhorn(fixed, n_iters=10), jnp.array(jnp.inf, log_m.dtype))
     _, gamma, _ = jax.lax.while_loop(lambda c: (c[0] < n_iters) & (c[2] > tol), body, start)
-    gamma = gamma.astype(log_m.dtype)  # stationary point: envelope theorem gives the gradient
     g = jnp.clip(gamma, eps, 1.0 - 1e-6)
     return jnp.sum(gamma * log_m - g * jnp.log(g) + (1.0 - g) * jnp.log1p(-g), axis=(-2, -1))
 
