@@ -80,7 +80,7 @@ def test_collapsed_default_is_calibrated_on_an_ambiguous_problem():
 
 def test_psis_reads_log_weights_the_right_way_round():
     """Weights with a Pareto tail of shape 0.8 get k near 0.8 and smoothed weights that increase with the raw
-    ones; bounded weights get a small k (arviz_stats' psislw takes negated log ratios)."""
+    ones; bounded weights get a small k (``latentscm.inference.psis.psislw`` takes the log ratios themselves)."""
     from latentscm.inference.order_mixture import _psis
 
     rng = np.random.default_rng(0)

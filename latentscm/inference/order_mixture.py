@@ -161,12 +161,11 @@ def make_weigher(joint, num):
 def _psis(log_w):
     """PSIS-smoothed normalised log weights (K, num) and k (K,) of K orders' raw log weights (K, num); an order
     with fewer than 10 finite weights gets its raw weights and k = inf."""
-    from arviz_stats.base import array_stats
+    from .psis import psislw
 
     finite = np.isfinite(log_w)
     floor = np.min(np.where(finite, log_w, np.inf), 1, keepdims=True) - 50.0
-    # arviz_stats' psislw takes the negated log ratios (as LOO's -log likelihood): checked in the tests
-    smoothed, khat = array_stats.psislw(-np.where(finite, log_w, np.where(np.isfinite(floor), floor, 0.0)), axis=-1)
+    smoothed, khat = psislw(np.where(finite, log_w, np.where(np.isfinite(floor), floor, 0.0)))
     few = finite.sum(1) < 10
     smoothed = np.where(few[:, None], log_w - np.max(log_w, 1, keepdims=True, initial=0.0), smoothed)
     return np.where(finite, smoothed, -np.inf), np.where(few, np.inf, khat)
