@@ -32,9 +32,9 @@ def _gpdfit(x):
     xstar = x[:, int((n / 4 + 0.5) - 1)]  # first quartile
     degenerate = xstar <= x[:, 0]  # far from a generalised Pareto distribution: NaN, NaN (as ArviZ)
     xstar = np.where(degenerate, 1.0, xstar)
-    b = (1 - np.sqrt(m / (np.arange(1, m + 1, dtype=float) - 0.5)))[None] / (_PRIOR_BS * xstar[:, None])
-    b = b + 1 / x[:, -1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # exceedances near 0: inf, then k = inf
+        b = (1 - np.sqrt(m / (np.arange(1, m + 1, dtype=float) - 0.5)))[None] / (_PRIOR_BS * xstar[:, None])
+        b = b + 1 / x[:, -1:]
         k = np.mean(np.log1p(-b[:, :, None] * x[:, None, :]), axis=2)  # (K, m)
         scale = n * (np.log(-b / k) - k - 1)
         w = np.exp(scale - logsumexp(scale, axis=1, keepdims=True))
