@@ -1,5 +1,5 @@
 """``python -m latentscm``: the command line (see :mod:`latentscm.cli`)."""
 
-from latentscm.cli import main
+from latentscm.cli import entry
 
-raise SystemExit(main())
+entry()

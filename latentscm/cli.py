@@ -358,6 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The console script (``latentscm``, ``python -m latentscm``): :func:`main`, then its output flushed and the
+    process ended at once (``os._exit``): the interpreter's own teardown of JAX's and XLA's objects and of the
+    thousands of imported modules took 0.6 s of a 10 s warm run. Nothing is pending by then: every output is
+    written atomically and closed before ``main`` returns (an exception still ends the process normally)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error)."""
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots are only written to files
