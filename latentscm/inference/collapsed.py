@@ -213,32 +213,25 @@ def _model_of(config, priors, tstats, known):
     return model
 
 
-class _Ahead:
-    """The programs a fit needs after its SVI steps, whose shapes do not depend on the fit: the posterior's draw
-    function (:func:`~.guide.make_sampler`) and, when the order mixture runs, its weighing program. They are
-    traced, lowered and compiled in a thread while the steps run (on a second core): :meth:`start` (``solve``'s
-    ``after_compile``) starts it; :meth:`settle` returns once its tracing is over (NumPyro's handler stack is
-    global: the main thread traces no model before); :meth:`sampler` and :meth:`weighing` wait for the compiled
-    programs (``solve`` always calls ``after_compile`` when it returns)."""
+class _WeighingAhead:
+    """The order mixture's weighing program (its shapes do not depend on the fit) traced, lowered and compiled in
+    a thread while the SVI steps run: :meth:`start` (``solve``'s ``after_compile``) starts it; :meth:`settle`
+    returns once its tracing is over (NumPyro's handler stack is global: the main thread traces no model
+    before); :meth:`weighing` waits for the compiled :class:`~.order_mixture.Weighing`."""
 
-    def __init__(self, sampler, sampler_args, x64, weighing_job=None):
+    def __init__(self, model, stats, fixed, draws_per_order):
         self.traced = threading.Event()
-        self._sampler, self._sampler_args, self._x64, self._weighing_job = sampler, sampler_args, x64, weighing_job
+        self._job = (model, stats, fixed, draws_per_order)
         self._future = None
 
     def _work(self):
+        model, stats, fixed, draws_per_order = self._job
         try:
-            with jax.enable_x64(self._x64):  # a thread's own setting: the fit's
-                sampler = self._sampler.lower(*self._sampler_args)
-            weighing = None
-            if self._weighing_job is not None:
-                model, stats, fixed, draws_per_order = self._weighing_job
-                with jax.enable_x64(True):  # weighed in float64 whatever the steps' precision
-                    weighing = prepare_weighing(model, stats, fixed, draws_per_order=draws_per_order, lower=True)
+            with jax.enable_x64(True):  # a thread's own setting
+                weighing = prepare_weighing(model, stats, fixed, draws_per_order=draws_per_order, lower=True)
         finally:
             self.traced.set()
-        # XLA's compilation touches no handler
-        return sampler.compile(), None if weighing is None else weighing._replace(weigher=weighing.weigher.compile())
+        return weighing._replace(weigher=weighing.weigher.compile())  # XLA's compilation touches no handler
 
     def settle(self):
         """Wait until the thread, if started, has traced."""
@@ -246,31 +239,24 @@ class _Ahead:
             self.traced.wait()
 
     def start(self):
-        pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-ahead")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="latentscm-weighing")
         self._future = pool.submit(self._work)
         pool.shutdown(wait=False)
 
-    def sampler(self):
-        """The compiled draw function ``(key, params)`` (:func:`~.guide.draw` takes it)."""
-        return self._future.result()[0]
-
     def weighing(self, fixed):
         """The compiled weighing, holding the decoder at ``fixed``."""
-        return self._future.result()[1]._replace(fixed=fixed)
+        return self._future.result()._replace(fixed=fixed)
 
 
-def _ahead(built, dataset, priors, sampler, key, x64):
-    """The :class:`_Ahead` of this fit: ``sampler`` (jitted) for one restart's parameters and ``key``; the weighing
-    when the order mixture runs and the inferred targets, if any, are not constants of its model (else it is
-    traced and compiled after the fit)."""
-    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), built.problem.params)
-    job = None
-    if uses_mixture(built.config, dataset.d) and built.tstats is None:
-        with jax.enable_x64(True):
-            start = jax.tree.map(lambda a: np.asarray(a)[0], built.problem.params)  # the decoder's shapes
-            model, stats, fixed = weighing_problem(built, dataset, priors, start)
-        job = (model, stats, fixed, built.config.mixture_draws)
-    return _Ahead(sampler, (key, params), x64, job)
+def _weighing_ahead(built, dataset, priors):
+    """A :class:`_WeighingAhead` for this fit; None when inferred targets enter the model as constants (then the
+    weighing is traced and compiled after the fit)."""
+    if built.tstats is not None:
+        return None
+    with jax.enable_x64(True):
+        start = jax.tree.map(lambda a: np.asarray(a)[0], built.problem.params)  # the decoder's shapes
+        model, stats, fixed = weighing_problem(built, dataset, priors, start)
+    return _WeighingAhead(model, stats, fixed, built.config.mixture_draws)
 
 
 def weighing_problem(built, dataset, priors, params):
@@ -306,15 +292,15 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     with jax.enable_x64(x64):
         built = build_collapsed(dataset, config, priors, seed)
         config = built.config
-        sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
-        ahead = _ahead(built, dataset, priors, sampler, keys[1], x64)
+        ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
         try:
             svi = solve(built.problem, keys[0], config.steps, chunk=config.chunk, progress=progress,
                         desc="collapsed", checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset),
-                        after_compile=ahead.start)
+                        after_compile=None if ahead is None else ahead.start)
         finally:  # the main thread traces no model before (also when the steps failed)
-            ahead.settle()
-        sampler = ahead.sampler()
+            if ahead is not None:
+                ahead.settle()
+        sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
         draws = draw(sampler, svi.restart(svi.best), keys[1])
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
         others = {r: draw(sampler, svi.restart(r), keys[2 + r]) for r in range(config.num_restarts) if r != svi.best}
@@ -326,7 +312,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
             best = svi.restart(svi.best)
             model, stats, fixed = weighing_problem(built, dataset, priors, best)
             weighing = (prepare_weighing(model, stats, fixed, draws_per_order=config.mixture_draws)
-                        if built.tstats is not None else ahead.weighing(fixed))
+                        if ahead is None else ahead.weighing(fixed))
             seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
             mixture = mixture_from_guide(weighing, stats, best, draws, keys[-1], seeds=seeds,
                                          num_draws=config.num_draws, max_orders=config.mixture_orders, seed=seed)
