@@ -162,6 +162,17 @@ class Cell:
                                    projection=train.projection, meta=train.meta | {"values": "hidden"})
 
 
+def write_warning_table(table, out, title, rule):
+    """A warning diagnostic's per-fit table (columns ``warns``, ``e_shd``, ...) as ``out.csv`` and ``out.md``: the
+    title, the ``rule`` that warns, and how often it warned on fits with E-SHD above and at most 1."""
+    atomic_write(out.with_suffix(".csv"), lambda tmp: table.to_csv(tmp, index=False))
+    bad = table.e_shd > 1
+    text = (f"# {title}\n\n{rule} Fits with E-SHD > 1: {int(bad.sum())}, warned {int(table.warns[bad].sum())}; fits "
+            f"with E-SHD <= 1: {int((~bad).sum())}, warned {int(table.warns[~bad].sum())} (of which with E-SHD 0: "
+            f"{int(table.warns[table.e_shd == 0].sum())}).\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n")
+    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
+
+
 def plan(name, seeds=None):
     """The cells of a named plan (``acceptance`` or ``quick``)."""
     if name == "quick":

@@ -26,9 +26,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from identification import RESULTS, WORK, ensure_data, plan  # noqa: E402
+from identification import RESULTS, WORK, ensure_data, plan, write_warning_table  # noqa: E402
 
-from latentscm._io import atomic_write  # noqa: E402
 from latentscm.data import Dataset  # noqa: E402
 from latentscm.inference.collapsed import CollapsedConfig  # noqa: E402
 from latentscm.inference.identify import RIVAL_ORDER_NATS, project, rival_orders, search  # noqa: E402
@@ -71,18 +70,9 @@ def main(argv=None):
         row |= {k: float(fit[k].iloc[0]) if len(fit) else np.nan for k in ("e_shd", "mcc")}
         print(row, flush=True)
         rows.append(row)
-        write(pd.DataFrame(rows), Path(args.out))
-
-
-def write(table, out):
-    atomic_write(out.with_suffix(".csv"), lambda tmp: table.to_csv(tmp, index=False))
-    bad = table.e_shd > 1
-    text = (f"# The moment search's rival-order diagnostic\n\nWritten by `benchmarks/order_rivals.py`: an order one "
-            f"move from the start's best, within {RIVAL_ORDER_NATS:g} nats of it, with another graph warns. Fits "
-            f"with E-SHD > 1: {int(bad.sum())}, warned {int(table.warns[bad].sum())}; fits with E-SHD <= 1: "
-            f"{int((~bad).sum())}, warned {int(table.warns[~bad].sum())} (of which with E-SHD 0: "
-            f"{int(table.warns[table.e_shd == 0].sum())}).\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n")
-    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
+        write_warning_table(pd.DataFrame(rows), Path(args.out), "The moment search's rival-order diagnostic",
+                            f"Written by `benchmarks/order_rivals.py`: an order one move from the start's best, "
+                            f"within {RIVAL_ORDER_NATS:g} nats of it, with another graph warns.")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from identification import GENERATORS, RESULTS, WORK, Cell, ensure_data, plan  # noqa: E402
+from identification import GENERATORS, RESULTS, WORK, Cell, ensure_data, plan, write_warning_table  # noqa: E402
 
-from latentscm._io import atomic_write  # noqa: E402
 from latentscm.data import Dataset  # noqa: E402
 from latentscm.inference.collapsed import CollapsedConfig  # noqa: E402
 from latentscm.inference.identify import project  # noqa: E402
@@ -65,18 +64,9 @@ def main(argv=None):
             row |= {k: float(fit[k].iloc[0]) if len(fit) else np.nan for k in ("e_shd", "mcc", "target_auroc")}
             print(row, flush=True)
             rows.append(row)
-        write(pd.DataFrame(rows), Path(f"{args.out}-{gen}"))
-
-
-def write(table, out):
-    atomic_write(out.with_suffix(".csv"), lambda tmp: table.to_csv(tmp, index=False))
-    bad = table.e_shd > 1
-    text = (f"# The unknown-target start's rival warning\n\nWritten by `benchmarks/target_rivals.py`: an EM end "
-            f"within {RIVAL_NATS:g} nats of the best with latents matching below MCC {RIVAL_MCC:g} warns. "
-            f"Fits with E-SHD > 1: {int(bad.sum())}, warned {int(table.warns[bad].sum())}; fits with E-SHD <= 1: "
-            f"{int((~bad).sum())}, warned {int(table.warns[~bad].sum())}.\n\n"
-            + table.to_markdown(index=False, floatfmt=".3g") + "\n")
-    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
+        write_warning_table(pd.DataFrame(rows), Path(f"{args.out}-{gen}"), "The unknown-target start's rival warning",
+                            f"Written by `benchmarks/target_rivals.py`: an EM end within {RIVAL_NATS:g} nats of the "
+                            f"best with latents matching below MCC {RIVAL_MCC:g} warns.")
 
 
 if __name__ == "__main__":
