@@ -71,3 +71,15 @@ def test_loo_by_hand():
     assert k[0] < 0.5 and se == 0.0
     assert elpd == pytest.approx(-np.log(np.mean(1 / p_s)), rel=1e-4)
     assert p == pytest.approx(np.log(np.mean(p_s)) - elpd, rel=1e-3)
+
+
+def test_psislw_in_chunks_is_the_same(monkeypatch):
+    """Sets are smoothed in chunks (bounded memory): any chunk size gives the same weights and k."""
+    import latentscm.inference.psis as psis
+
+    lr = _ratios(np.random.default_rng(7), 50, 200)
+    whole = psislw(lr)
+    monkeypatch.setattr(psis, "_CHUNK", 7)
+    chunked = psis.psislw(lr)
+    np.testing.assert_array_equal(whole[0], chunked[0])
+    np.testing.assert_array_equal(whole[1], chunked[1])

@@ -56,6 +56,9 @@ def _gpinv(p, k, sigma, mu):
     return np.where(sigma > 0, q, np.nan)
 
 
+_CHUNK = 1024  # sets smoothed at once: the Pareto fit's (sets, m, M) array stays near 10 MB
+
+
 def psislw(log_ratios, r_eff=1.0):
     """PSIS-smoothed, normalised log weights of K sets of S log importance ratios ``log_ratios`` (K, S) and each
     set's Pareto shape k (K,) (``arviz_stats``' ``psislw`` takes the negated ratios, as LOO's ``-log p(y_i | θ)``).
@@ -68,6 +71,13 @@ def psislw(log_ratios, r_eff=1.0):
     M = _tail_length(S, r_eff)
     if M < 5:
         raise ValueError(f"psislw: {S} draws give a tail of {M} draws; PSIS needs at least 5 (about 25 draws)")
+    parts = [_smooth(x[a:a + _CHUNK], M) for a in range(0, K, _CHUNK)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _smooth(x, M):
+    """:func:`psislw` of the sets ``x`` (K, S) (modified in place) with a tail of ``M`` draws."""
+    S = x.shape[1]
     x -= np.max(x, 1, keepdims=True)
     order = np.argsort(x, 1, kind="stable")
     tail_idx = order[:, S - M:]
