@@ -262,7 +262,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         _child(args)
-        return 0
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # as the console script (latentscm.cli.entry): no interpreter teardown
 
     from latentscm._io import atomic_write
 
