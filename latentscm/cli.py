@@ -364,8 +364,11 @@ def entry() -> None:
     thousands of imported modules took 0.6 s of a 10 s warm run. Nothing is pending by then: every output is
     written atomically and closed before ``main`` returns (an exception still ends the process normally)."""
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (e.g. `latentscm run | head`): nothing left to say there
+            pass
     os._exit(code)
 
 
