@@ -174,3 +174,42 @@ def test_second_restart_starts_at_the_rival_order():
         else:
             np.testing.assert_allclose(p["decoder_weight_loc"][1], ini.A)
             np.testing.assert_allclose(p["edge_weight_loc"][1], 0.0)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "scale", "data"])
+def test_init_scale_modes(mode):
+    """``init_scale``: "fixed" starts every guide sd at 0.01; "scale" and "data" start the decoder's at its
+    posterior sd (obs_scale / sqrt(sum_n z_nj^2) per row of A, obs_scale / sqrt(N) for b); only "data" also
+    scales the decoder's Adam steps by the same ratio."""
+    import jax
+    from numpyro.distributions import constraints
+
+    from latentscm.inference.collapsed import CollapsedConfig
+    from latentscm.inference.guide import INIT_SCALE, initial_params, step_factors
+    from latentscm.inference.initialise import Initialisation
+
+    rng = np.random.default_rng(0)
+    d, D, N, obs = 3, 4, 400, 0.05
+    z = rng.normal(size=(N, d)) * np.array([1.0, 2.0, 0.5])
+    ini = Initialisation(z, rng.normal(size=(d, D)), rng.normal(size=D), obs, np.arange(d),
+                         np.triu(rng.normal(size=(d, d)), 1), np.ones(d), 0.0, np.zeros((N, d)))
+    specs = {"edge_weight": ((3,), constraints.real), "noise_scale": ((d,), constraints.positive),
+             "decoder_weight": ((d, D), constraints.real), "decoder_bias": ((D,), constraints.real),
+             "obs_scale": ((), constraints.positive)}
+    config = CollapsedConfig(init_scale=mode, num_restarts=1)
+    params = initial_params(specs, ini, d, config, np.random.default_rng(1))
+    sd = {k: np.log1p(np.exp(np.asarray(params[f"{k}_rawscale"][0]))) for k in ("decoder_weight", "decoder_bias",
+                                                                                  "edge_weight")}
+    expected_A = obs / np.sqrt((z**2).sum(0))
+    if mode == "fixed":
+        np.testing.assert_allclose(sd["decoder_weight"], INIT_SCALE, rtol=1e-6)
+    else:
+        np.testing.assert_allclose(sd["decoder_weight"], np.broadcast_to(expected_A[:, None], (d, D)), rtol=1e-6)
+        np.testing.assert_allclose(sd["decoder_bias"], obs / np.sqrt(N), rtol=1e-6)
+    np.testing.assert_allclose(sd["edge_weight"], INIT_SCALE, rtol=1e-6)  # the SCM's sites start at 0.01 in every mode
+    factors = step_factors(params, ini, config)
+    if mode == "data":
+        np.testing.assert_allclose(factors["decoder_weight_loc"], np.broadcast_to(expected_A[:, None] / INIT_SCALE,
+                                                                                  (d, D)))
+    else:
+        assert all(np.all(np.asarray(f) == 1.0) for f in jax.tree.leaves(factors))
