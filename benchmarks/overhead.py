@@ -262,9 +262,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         _child(args)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)  # as the console script (latentscm.cli.entry): no interpreter teardown
+        from latentscm.cli import exit_now
+
+        exit_now(0)  # as the console script (latentscm.cli.entry): no interpreter teardown
 
     from latentscm._io import atomic_write
 

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from latentscm._io import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "run_ab"
 METRICS = ("e_shd", "auroc", "mcc", "heldout_nll", "loo")
@@ -77,12 +79,8 @@ def main() -> None:
                          f"{statistics.median(fits):.1f} ({min(fits):.1f}-{max(fits):.1f}) | {last['e_shd']} | "
                          f"{last['auroc']} | {last['mcc']:.6f} | {last['heldout_nll']:.4f} | {last['loo']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, args.out.with_suffix(".md"))
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    os.replace(tmp, args.out.with_suffix(".json"))
+    atomic_write(args.out.with_suffix(".md"), lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    atomic_write(args.out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     print(f"wrote {args.out}.md and .json")
 
 

@@ -4,8 +4,8 @@ The algorithm of ``arviz_stats`` (ArviZ 1.x: right tail of ``M = floor(3 sqrt(S 
 ``S r_eff > 225``, else ``floor(S / 5)``; the generalised Pareto fit of Zhang and Stephens with the weakly
 informative prior on k centred at 0.5; the tail replaced by the fitted quantiles), computed for K sets of S
 log ratios at once instead of one Python call per set: ArviZ's ``loo`` spends about 0.35 ms per unit in such
-calls (0.8 s for the default run's 2000 pairs), this module about 20 ms in all. The tests check it against
-``arviz_stats`` draw for draw.
+calls (0.85 s for 2000 units of 256 draws), this module 0.2 s (0.26 s for the d = 100 fit's 10 000 pairs of 100
+draws). The tests check it against ``arviz_stats`` draw for draw.
 
 Used by :func:`latentscm.criticism.loo_metrics` (LOO) and the order mixture's importance weights
 (:mod:`latentscm.inference.order_mixture`): one implementation for both.
