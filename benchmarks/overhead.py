@@ -7,7 +7,7 @@ through :func:`latentscm.cli.main` in a fresh Python process and times its phase
 ``import_cli``         ``import latentscm.cli`` (the standard library only)
 ``import_jax``         ``import jax`` (and turning the compilation cache on, as the command line does)
 ``import_inference``   ``latentscm.inference`` and ``latentscm.runs`` (NumPyro, Optax, Equinox, ...)
-``import_plots``       ``latentscm.plots`` and ArviZ (matplotlib, xarray)
+``import_plots``       ``latentscm.plots`` and ``arviz_base`` (matplotlib, xarray)
 ``simulate``           ``latentscm.data.simulate`` of the default problem
 ``validate``           the settings and priors (``latentscm.cli_commands._resolve``)
 ``fit``                ``latentscm.inference.fit`` (its own ``seconds`` are reported as well)
@@ -107,7 +107,7 @@ def _child(args) -> None:
     jax.monitoring.register_event_listener(on_event)
 
     for name, modules in (("import_inference", ("latentscm.inference", "latentscm.runs")),
-                          ("import_plots", ("latentscm.plots", "arviz"))):
+                          ("import_plots", ("latentscm.plots", "arviz_base"))):
         phase[0] = name
         t = now()
         for module in modules:

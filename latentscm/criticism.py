@@ -73,9 +73,9 @@ def loo_metrics(tree) -> dict:
         return dict(_NAN_LOO)
     r_eff = 1.0
     if ll.sizes["chain"] > 1:  # as ArviZ: the mean relative ESS of the posterior's variables
-        import arviz as az
+        from arviz_stats import ess as arviz_ess
 
-        ess = az.ess(tree, group="posterior", method="mean")
+        ess = arviz_ess(tree, group="posterior", method="mean")
         r_eff = float(np.mean(np.hstack([np.ravel(ess[v].values) for v in ess.data_vars]))) / samples
     values = np.asarray(ll.transpose("chain", "draw", ...).values, np.float64).reshape(samples, -1)
     try:

@@ -190,7 +190,7 @@ def _rate(a, b):
 def diagnostics(posterior):
     """Sampler diagnostics via ArviZ on ``posterior.to_arviz()``: max R-hat and min bulk ESS of ``W``
     and ``noise_scale`` (entries that never vary, e.g. the diagonal of W, are skipped)."""
-    import arviz as az
+    import arviz_stats
 
     tree = posterior.to_arviz()
     out = {}
@@ -202,8 +202,8 @@ def diagnostics(posterior):
             continue
         with warnings.catch_warnings():  # constant entries (W's diagonal) divide 0 by 0
             warnings.simplefilter("ignore", RuntimeWarning)
-            rhat = np.asarray(az.rhat(tree, var_names=[var])[var])
-            ess = np.asarray(az.ess(tree, var_names=[var])[var])
+            rhat = np.asarray(arviz_stats.rhat(tree, var_names=[var])[var])
+            ess = np.asarray(arviz_stats.ess(tree, var_names=[var])[var])
         out[f"max_rhat_{var}"] = float(np.nanmax(rhat[varying]))
         out[f"min_ess_{var}"] = float(np.nanmin(ess[varying]))
     return out
