@@ -171,15 +171,16 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> Collapsed
     devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
     units, stats, tstats = _statistics(dataset, config, ini, devices)
     known = None if config.known_order is None else jnp.asarray(config.known_order)
-    model = _model_of(config, priors, tstats, known)
-    specs = site_specs(model, 1.0, stats)
+    model = _model_of(config, priors, known)
+    data = (stats, tstats)
+    specs = site_specs(model, 1.0, data)
     guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
     params0 = initial_params(specs, ini, d, config, rng)
     optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps, config.lr_final_fraction))
     if config.init_scale == "data":
         optimizer = optax.chain(optimizer, scale_updates(step_factors(params0, ini, config)))
     problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
-                         stats, config.num_particles)
+                         data, config.num_particles)
     return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
 
 
@@ -198,14 +199,18 @@ def _statistics(dataset, config, ini, devices):
         tstats = None if open_rows is None else open_target_stats(dataset, config, ini.targets)
     # in the precision of the steps; padded (_PATTERN_BUCKET), then split over the devices
     stats = tuple(shard_stats(jax.device_put(pad_leading(st, _PATTERN_BUCKET)), devices) for st in stats)
-    if tstats is not None:
-        tstats = TargetStats(jax.device_put(tstats.stats), tstats.candidates, tstats.log_prior)
+    if tstats is not None:  # arrays: the model's data (arguments of the compiled programs, not constants)
+        tstats = TargetStats(*jax.device_put((tstats.stats, tstats.candidates, tstats.log_prior)))
     return units, stats, tstats
 
 
-def _model_of(config, priors, tstats, known):
-    """The NumPyro model ``model(temperature, stats)`` (the temperature is the guide's)."""
-    def model(temperature, stats):
+def _model_of(config, priors, known):
+    """The NumPyro model ``model(temperature, (stats, tstats))`` (the temperature is the guide's; ``tstats``: the
+    :class:`TargetStats` of the regimes whose targets are inferred, or None). The data are the compiled
+    programs' arguments, not constants: a program then depends on the data's shapes only (XLA also compiles
+    large constants slowly)."""
+    def model(temperature, data):
+        stats, tstats = data
         if config.decoder == "identity":
             identity_model(stats, priors=priors, tau=config.tau, order=known)
         else:
@@ -251,10 +256,7 @@ class _WeighingAhead:
 
 
 def _weighing_ahead(built, dataset, priors):
-    """A :class:`_WeighingAhead` for this fit; None when inferred targets enter the model as constants (then the
-    weighing is traced and compiled after the fit)."""
-    if built.tstats is not None:
-        return None
+    """A :class:`_WeighingAhead` for this fit (the statistics under the start's decoder give the shapes)."""
     with jax.enable_x64(True):
         start = jax.tree.map(lambda a: np.asarray(a)[0], built.problem.params)  # the decoder's shapes
         model, stats, fixed = weighing_problem(built, dataset, priors, start)
@@ -262,7 +264,7 @@ def _weighing_ahead(built, dataset, priors):
 
 
 def weighing_problem(built, dataset, priors, params):
-    """What the order mixture weighs with (:func:`~.order_mixture.mixture_from_guide`): ``(model, stats,
+    """What the order mixture weighs with (:func:`~.order_mixture.mixture_from_guide`): ``(model, data,
     fixed decoder)``. With a linear decoder held at the guide's median ``A, b, s``, x's density factorises
     into its coordinates ``y = (x - b) V`` in the row space of ``A = U S V^T`` (a collapsed model with the
     d x d decoder ``A V`` and no bias) and an orthogonal remainder that does not depend on the SCM: so the
@@ -279,7 +281,7 @@ def weighing_problem(built, dataset, priors, params):
     _, stats, tstats = _statistics(projected, config, built.ini, built.devices[:1])
     fixed = {"decoder_weight": A @ V, "decoder_bias": np.zeros(dataset.d), "obs_scale": np.asarray(s)}  # numpy: no
     # host-side JAX work (each such op is a compilation of its own)
-    return _model_of(config, priors, tstats, built.known), stats, fixed
+    return _model_of(config, priors, built.known), (stats, tstats), fixed
 
 
 def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,11 +163,17 @@ def step_factors(params, ini, config):
     return factors
 
 
+class ScaleState(NamedTuple):
+    factors: object  # the factors' tree (arrays)
+
+
 def scale_updates(factors):
-    """optax transformation multiplying each update leaf by a fixed factor."""
+    """optax transformation multiplying each update leaf by a fixed factor. The factors (data-driven) live in
+    its state, so they are an argument of the compiled SVI step, not constants of its program: the program
+    then depends on the data's shapes only and JAX's persistent cache serves the next data set of that size."""
     return optax.GradientTransformation(
-        lambda params: optax.EmptyState(),
-        lambda updates, state, params=None: (jax.tree.map(lambda u, f: u * f, updates, factors), state))
+        lambda params: ScaleState(jax.tree.map(lambda f: jnp.asarray(f, jnp.result_type(float)), factors)),
+        lambda updates, state, params=None: (jax.tree.map(lambda u, f: u * f, updates, state.factors), state))
 
 
 def make_sampler(guide, temperature, num, d, known=None):

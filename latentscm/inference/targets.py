@@ -393,10 +393,9 @@ def open_target_stats(dataset, config, start=None):
 
 def target_draws(tstats, draws, config, dataset):
     """Per draw, ``p(t_rj = 1 | x, theta_s)`` (S, R, d) for every regime (sorted ids; known targets 0/1)."""
-    f = jax.jit(jax.vmap(lambda W, s, A, b, o: target_probabilities(tstats, W, s, A, b, o, config.tau,
-                                                                    config.value_scale)))
     keys = ("W", "noise_scale", "decoder_weight", "decoder_bias", "obs_scale")
-    probs = np.concatenate([np.asarray(f(*(jnp.asarray(draws[k][i:i + _DRAW_CHUNK], jnp.float64) for k in keys)))
+    probs = np.concatenate([np.asarray(_target_probs(tstats, *(jnp.asarray(draws[k][i:i + _DRAW_CHUNK], jnp.float64)
+                                                             for k in keys), config.tau, config.value_scale))
                             for i in range(0, len(draws["W"]), _DRAW_CHUNK)])
     ids = np.unique(dataset.regime)
     _, first = np.unique(dataset.regime, return_index=True)
@@ -404,6 +403,13 @@ def target_draws(tstats, draws, config, dataset):
     open_ids = np.unique(dataset.regime[dataset.target_unknown.any(1)])
     out[:, np.searchsorted(ids, open_ids)] = probs
     return out
+
+
+@jax.jit
+def _target_probs(tstats, W, sigma, A, b, obs_scale, tau, value_scale):
+    """:func:`target_probabilities` of a chunk of draws (leading axis); the statistics are an argument (one
+    program per shape, whatever the data)."""
+    return jax.vmap(lambda *draw: target_probabilities(tstats, *draw, tau, value_scale))(W, sigma, A, b, obs_scale)
 
 
 def hard_targets(dataset, regimes, probs):
