@@ -154,7 +154,7 @@ class Posterior:
         ``az.loo`` and ``az.compare`` read. ValueError where the posterior has no density for ``dataset``
         (e.g. ``biols`` with an MLP decoder, unknown targets).
         """
-        from arviz_base import from_dict  # not ``arviz``, which also imports arviz_plots (no measurable time: run-ab-arviz.md)
+        from arviz_base import from_dict  # not ``arviz``, which imports arviz_plots too (no measurable time)
 
         chains = int(self.info.get("num_chains", 1))
 
