@@ -14,12 +14,36 @@ from .cli import (AUTO_RATIO, DEFAULT_METHOD, IMAGE_METHOD, METHOD_NAMES, UsageE
                   _check_fit_inputs, _check_outputs, _load, _resolve, _settings, _Settings)
 
 
+# What only the work after a fit imports (its checks, the run folder's ArviZ file and figures): imported in a
+# thread while the fit runs, whose compiled programs release the GIL (about 1 s of a run's imports).
+_AFTER_FIT = ("scipy.stats", "xarray", "arviz_base", "h5netcdf", "matplotlib.pyplot", "latentscm.plots")
+
+
+def _preload(modules=_AFTER_FIT):
+    """Start a daemon thread importing ``modules``; an import that fails there fails again, with its message,
+    where the module is used."""
+    import importlib
+    import threading
+
+    def run():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 (reported by the import that needs it)
+                pass
+
+    thread = threading.Thread(target=run, name="latentscm-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def _fit(dataset, settings: _Settings, seed: int):
     import warnings
 
     from latentscm.inference import fit
     from latentscm.inference.diagnostics import FitDiagnosticWarning
 
+    _preload()
     try:
         with warnings.catch_warnings():  # printed as "warning: ..." lines after the metrics (see _finish)
             warnings.simplefilter("ignore", FitDiagnosticWarning)

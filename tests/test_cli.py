@@ -540,3 +540,19 @@ def test_rough_inputs_get_one_line_errors(tmp_path, capsys):
         fit(narrow, "collapsed", progress=False)
     with pytest.raises(DataError, match="at most two rows"):
         Dataset.from_arrays(train.x, train.targets, train.values, pair=np.arange(train.N) // 3)
+
+
+def test_a_fit_imports_only_what_it_needs(tmp_path):
+    """`import latentscm.inference` (the start of every fit) leaves out what only other methods or the work
+    after a fit use: Equinox (amortized), xarray (the ArviZ output), scipy.stats (checks and AUROC); the CLI
+    imports them in a thread while the fit runs (cli_commands._preload). The registry still resolves every
+    method's settings and fit."""
+    probe = ("import sys, latentscm.inference as I\n"
+             "late = [m for m in ('equinox', 'xarray', 'scipy.stats', 'matplotlib') if m in sys.modules]\n"
+             "assert not late, late\n"
+             "for name, m in I.METHODS.items():\n"
+             "    assert m.config.__name__.lower() == name + 'config', (name, m.config)\n"
+             "    assert callable(m.fit)\n"
+             "print('OK')\n")
+    proc = _python(["-c", probe], tmp_path)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr

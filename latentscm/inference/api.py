@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from importlib import import_module
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -11,27 +12,34 @@ import numpy as np
 from .._validate import normalise
 from ..data import DataError, Dataset
 from ..models.priors import parse_priors
-from .amortized import AmortizedConfig, fit_amortized
-from .auto import AutoConfig, fit_auto
-from .biols import BiolsConfig, fit_biols
-from .collapsed import CollapsedConfig, fit_collapsed
 from .diagnostics import FitDiagnosticWarning, moment_problems
-from .mcmc import MCMCConfig, fit_mcmc
 
 
 class Method(NamedTuple):
-    config: type  # frozen dataclass of settings
-    fit: Callable  # fit(dataset, *, config, priors, seed, progress) -> Posterior
+    """A method's module (in ``latentscm.inference``), imported when its settings or fit are first asked for: the
+    methods' modules import what they need (``amortized``: Equinox), and a fit pays only for its own."""
+
+    module: str
+    config_name: str  # frozen dataclass of settings
+    fit_name: str  # fit(dataset, *, config, priors, seed, progress) -> Posterior
     decoders: tuple[str, ...]  # decoders it supports
+
+    @property
+    def config(self) -> type:
+        return getattr(import_module(f"{__package__}.{self.module}"), self.config_name)
+
+    @property
+    def fit(self) -> Callable:
+        return getattr(import_module(f"{__package__}.{self.module}"), self.fit_name)
 
 
 METHODS = {
-    "collapsed": Method(CollapsedConfig, fit_collapsed, ("linear", "identity")),
-    "mcmc": Method(MCMCConfig, fit_mcmc, ("linear", "identity")),
-    "biols": Method(BiolsConfig, fit_biols, ("linear", "mlp")),
-    "amortized": Method(AmortizedConfig, fit_amortized, ("linear", "mlp")),
+    "collapsed": Method("collapsed", "CollapsedConfig", "fit_collapsed", ("linear", "identity")),
+    "mcmc": Method("mcmc", "MCMCConfig", "fit_mcmc", ("linear", "identity")),
+    "biols": Method("biols", "BiolsConfig", "fit_biols", ("linear", "mlp")),
+    "amortized": Method("amortized", "AmortizedConfig", "fit_amortized", ("linear", "mlp")),
     # collapsed's linear decoder, checked, refined with amortized's MLP decoder when the check fails
-    "auto": Method(AutoConfig, fit_auto, ("linear", "mlp")),
+    "auto": Method("auto", "AutoConfig", "fit_auto", ("linear", "mlp")),
 }
 
 

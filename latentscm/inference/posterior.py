@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 from scipy.special import logsumexp
 
 from ..metrics import edge_probabilities, order_probabilities
@@ -154,6 +153,7 @@ class Posterior:
         ``az.loo`` and ``az.compare`` read. ValueError where the posterior has no density for ``dataset``
         (e.g. ``biols`` with an MLP decoder, unknown targets).
         """
+        import xarray as xr  # here, not at the top: a fit does not need it (0.3 s to import)
         from arviz_base import from_dict  # not ``arviz``, which imports arviz_plots too (no measurable time)
 
         chains = int(self.info.get("num_chains", 1))
@@ -190,6 +190,8 @@ class Posterior:
 
     def _log_likelihood_group(self, dataset, by, chains):
         """The ``log_likelihood`` group's Dataset (see :meth:`to_arviz`)."""
+        import xarray as xr
+
         by = by or ("pair" if dataset.pair is not None else "row")
         ll = self.log_likelihood(dataset, by=by)
         chains = chains if len(ll) == self.num_draws else 1  # a network's density covers its first draws only
