@@ -494,17 +494,27 @@ def test_the_library_leaves_the_compilation_cache_alone(tmp_path):
 
 @pytest.mark.parametrize("setting", ["folder", pytest.param("off", marks=pytest.mark.slow)])
 def test_cli_fit_uses_the_persistent_compilation_cache(setting, tiny_file, tmp_path):
-    """A tiny fit (d = 3, 10 steps) leaves compiled programs in LATENTSCM_JAX_CACHE; none with off."""
+    """A tiny fit (d = 3, 10 steps) leaves compiled programs in LATENTSCM_JAX_CACHE, and its traced programs
+    in its latentscm-programs folder; a second run reads them and gives the same numbers. None with off."""
+    import json
+
     config = write_toml(tmp_path / "c.toml", "[fit]\nsteps = 10\nnum_restarts = 1\nnum_particles = 1\n"
                                             "num_draws = 10\nchunk = 10\n")
     cache = tmp_path / "cache"
-    proc = _python(["-m", "latentscm", "fit", "--data", str(tiny_file), "--method", "collapsed", "--config",
-                    str(config), "--out", str(tmp_path / "run")], tmp_path,
-                   LATENTSCM_JAX_CACHE=str(cache) if setting == "folder" else "off")
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "run" / "metrics.json").is_file()
+    runs = ("run", "again") if setting == "folder" else ("run",)
+    for run in runs:
+        proc = _python(["-m", "latentscm", "fit", "--data", str(tiny_file), "--method", "collapsed", "--config",
+                        str(config), "--out", str(tmp_path / run)], tmp_path,
+                       LATENTSCM_JAX_CACHE=str(cache) if setting == "folder" else "off")
+        assert proc.returncode == 0, proc.stderr
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in runs]
     entries = list(cache.glob("*-cache")) if cache.exists() else []
     assert len(entries) > 0 if setting == "folder" else entries == []
+    if setting == "folder":
+        assert len(list((cache / "latentscm-programs").glob("*.jaxexport"))) == 3  # step, draws, weighing
+        costs = ("seconds", "wall_s", "peak_rss_mb")
+        assert [{k: v for k, v in m.items() if k not in costs} for m in metrics][1:] == [
+            {k: v for k, v in metrics[0].items() if k not in costs}]
     assert not (tmp_path / "xdg" / "latentscm").exists()  # nothing in the default folder either
 
 

@@ -180,8 +180,19 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> Collapsed
     if config.init_scale == "data":
         optimizer = optax.chain(optimizer, scale_updates(step_factors(params0, ini, config)))
     problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
-                         data, config.num_particles)
+                         data, config.num_particles, identity=program_identity("collapsed.step", config, priors, devices))
     return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
+
+
+def program_identity(name, config, priors, devices):
+    """The key of a fit's program across processes (:func:`~latentscm.inference.programs.program`): its name, the
+    settings and the priors (every setting but the checkpoint's can shape a program); None (traced in each
+    process) when the statistics are split over several devices or a prior holds a distribution object."""
+    if len(devices) > 1 or any(p.distribution is not None for p in priors.priors.values()):
+        return None
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in ("checkpoint_dir", "checkpoint_every")}
+    return f"{name}|{type(config).__name__}{settings!r}|{priors!r}"
 
 
 def _statistics(dataset, config, ini, devices):
@@ -226,16 +237,17 @@ class _WeighingAhead:
     returns once its tracing is over (NumPyro's handler stack is global: the main thread traces no model
     before); :meth:`weighing` waits for the compiled :class:`~.order_mixture.Weighing`."""
 
-    def __init__(self, model, stats, fixed, draws_per_order):
+    def __init__(self, model, stats, fixed, draws_per_order, identity):
         self.traced = threading.Event()
-        self._job = (model, stats, fixed, draws_per_order)
+        self._job = (model, stats, fixed, draws_per_order, identity)
         self._future = None
 
     def _work(self):
-        model, stats, fixed, draws_per_order = self._job
+        model, stats, fixed, draws_per_order, identity = self._job
         try:
             with jax.enable_x64(True):  # a thread's own setting
-                weighing = prepare_weighing(model, stats, fixed, draws_per_order=draws_per_order, lower=True)
+                weighing = prepare_weighing(model, stats, fixed, draws_per_order=draws_per_order, lower=True,
+                                            identity=identity)
         finally:
             self.traced.set()
         return weighing._replace(weigher=weighing.weigher.compile())  # XLA's compilation touches no handler
@@ -260,7 +272,11 @@ def _weighing_ahead(built, dataset, priors):
     with jax.enable_x64(True):
         start = jax.tree.map(lambda a: np.asarray(a)[0], built.problem.params)  # the decoder's shapes
         model, stats, fixed = weighing_problem(built, dataset, priors, start)
-    return _WeighingAhead(model, stats, fixed, built.config.mixture_draws)
+    return _WeighingAhead(model, stats, fixed, built.config.mixture_draws, _weighing_identity(built, priors))
+
+
+def _weighing_identity(built, priors):
+    return program_identity("collapsed.weighing", built.config, priors, built.devices)
 
 
 def weighing_problem(built, dataset, priors, params):
@@ -304,7 +320,8 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         finally:  # the main thread traces no model before (also when the steps failed)
             if ahead is not None:
                 ahead.settle()
-        sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known)
+        sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known,
+                               program_identity("collapsed.draws", config, priors, built.devices))
         draws = draw(sampler, svi.restart(svi.best), keys[1])
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
         others = {r: draw(sampler, svi.restart(r), keys[2 + r]) for r in range(config.num_restarts) if r != svi.best}
@@ -315,7 +332,8 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         with jax.enable_x64(True):
             best = svi.restart(svi.best)
             model, stats, fixed = weighing_problem(built, dataset, priors, best)
-            weighing = (prepare_weighing(model, stats, fixed, draws_per_order=config.mixture_draws)
+            weighing = (prepare_weighing(model, stats, fixed, draws_per_order=config.mixture_draws,
+                                         identity=_weighing_identity(built, priors))
                         if ahead is None else ahead.weighing(fixed))
             seeds = np.concatenate([draws["order"]] + [o["order"] for o in others.values()])
             mixture = mixture_from_guide(weighing, stats, best, draws, keys[-1], seeds=seeds,

@@ -27,6 +27,7 @@ from numpyro.distributions.transforms import biject_to
 
 from ..models.permutation import GumbelSinkhornPermutation, order_from_matrix
 from ..models.scm import position_tril, tril_size, tril_to_matrix, weights_from_order
+from .programs import program
 
 INIT_SCALE = 0.01  # guide sd of every continuous site at the start (the decoder's: see decoder_scales)
 
@@ -176,10 +177,11 @@ def scale_updates(factors):
         lambda updates, state, params=None: (jax.tree.map(lambda u, f: u * f, updates, state.factors), state))
 
 
-def make_sampler(guide, temperature, num, d, known=None):
+def make_sampler(guide, temperature, num, d, known=None, identity=None):
     """The jitted draw function ``(key, params) -> {site: (num, ...)}`` of a fitted guide, with the
     graph's ``W`` (num, d, d) and ``order`` (num, d) derived inside it (``P`` is not returned; ``known``:
-    a fixed order, else the guide's ``P``). Build it once per fit: a new one compiles again."""
+    a fixed order, else the guide's ``P``). Build it once per fit: a new one compiles again (``identity``:
+    kept across processes, :func:`~latentscm.inference.programs.program`)."""
     def one(k, params):
         tr = handlers.trace(handlers.seed(handlers.substitute(guide, params), k)).get_trace(temperature)
         out = {name: site["value"] for name, site in tr.items() if site["type"] == "sample"}
@@ -189,7 +191,8 @@ def make_sampler(guide, temperature, num, d, known=None):
         out["order"] = order_from_matrix(P)
         return out
 
-    return jax.jit(lambda key, params: jax.vmap(one, in_axes=(0, None))(jax.random.split(key, num), params))
+    return program(lambda key, params: jax.vmap(one, in_axes=(0, None))(jax.random.split(key, num), params),
+                   identity)
 
 
 def draw(sampler, params, key):

@@ -44,6 +44,7 @@ from numpyro.infer.util import log_density
 
 from ..models.scm import position_tril, tril_size, tril_to_matrix, weights_from_order
 from .laplace import laplace
+from .programs import program
 
 KHAT_MAX = 0.7  # PSIS shape above which an order's evidence is unreliable (Vehtari et al. 2024)
 _WINDOW = math.log(1e4)  # the search expands orders within this many nats of the best
@@ -139,11 +140,11 @@ def _weigh_one(f, u0, key, num):
     return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf), u
 
 
-def make_weigher(joint, num):
+def make_weigher(joint, num, identity=None):
     """The jitted ``(Ps (B, d, d), u0 (B, n), key (2,), index, data, fixed) -> (log_w (B, num), sites)``: each
     order's proposals weighed; ``sites`` {site: (B, num, ...)} their constrained values with ``W`` (the weights
     placed by the order). The batch's keys come from ``key`` folded with ``index``: one program, no host-side
-    random-number work between batches."""
+    random-number work between batches. ``identity``: kept across processes (:func:`.programs.program`)."""
     def one(P, u0, key, data, fixed):
         log_w, u = _weigh_one(lambda u: joint.f(P, u, data, fixed), u0, key, num)
         sites = jax.vmap(joint.constrain)(u)
@@ -155,7 +156,7 @@ def make_weigher(joint, num):
         keys = jax.random.split(jax.random.fold_in(key, index), Ps.shape[0])
         return jax.vmap(one, in_axes=(0, 0, 0, None, None))(Ps, u0, keys, data, fixed)
 
-    return jax.jit(batch)
+    return program(batch, identity)
 
 
 def _psis(log_w):
@@ -253,17 +254,18 @@ class Weighing(NamedTuple):
     weigher: object
 
 
-def prepare_weighing(model, data, fixed, *, draws_per_order=256, lower=False) -> Weighing:
+def prepare_weighing(model, data, fixed, *, draws_per_order=256, lower=False, identity=None) -> Weighing:
     """The weighing program of ``model(temperature, data)``: every continuous site but the held ones (``fixed``,
     constrained values, e.g. the decoder at the guide's median: :func:`~.collapsed.weighing_problem`). ``lower=True``
     traces and lowers the weigher now for ``data``'s shapes (``weigher`` is then a ``jax.stages.Lowered``):
     its program depends on shapes only, so it can be compiled before the fit ends (``collapsed`` compiles it
     in a thread while the SVI runs: XLA's compilation touches no NumPyro handler) and used with other data
-    and held values of the same shapes."""
+    and held values of the same shapes. ``identity``: the weigher's key across processes
+    (:func:`.programs.program`: names the model's settings and ``draws_per_order``)."""
     from .guide import site_specs
 
     sites = {name: spec for name, spec in site_specs(model, 1.0, data).items() if name not in fixed}
-    weigher = make_weigher(make_log_joint(model, sites), draws_per_order)
+    weigher = make_weigher(make_log_joint(model, sites), draws_per_order, identity)
     if lower:
         d = sites["noise_scale"][0][0]
         n = sum(math.prod(shape) for shape, _ in sites.values())

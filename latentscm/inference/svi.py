@@ -30,6 +30,7 @@ from numpyro.infer.util import compute_log_probs
 from tqdm.auto import tqdm
 
 from .._io import atomic_write
+from .programs import program
 
 
 class SVIState(NamedTuple):
@@ -67,8 +68,9 @@ def init(rng_key, params, optimizer):
     return jax.jit(build)(rng_key, params)
 
 
-def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedule: Callable):
-    """``step(state, data, num_steps) -> (state, info)``: ``num_steps`` steps in one jitted scan.
+def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedule: Callable, identity=None):
+    """``step(state, data, num_steps) -> (state, info)``: ``num_steps`` steps in one jitted scan (kept across
+    processes under ``identity``: :func:`~latentscm.inference.programs.program`).
 
     loss_fn(params, rng_key, temperature, data) -> negative ELBO; schedule(step) -> temperature.
     ``data`` (a pytree of arrays) is an argument, not a closure constant: large constants make XLA
@@ -91,7 +93,7 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedu
         state, loss = jax.lax.scan(body, state, None, length=num_steps)
         return state, SVIInfo(loss)
 
-    return jax.jit(step, static_argnums=2)
+    return program(step, identity, static_argnums=2)
 
 
 def elbo_loss(num_particles, mean_field=False):
@@ -138,7 +140,8 @@ class SVIProblem(NamedTuple):
     model, guide: ``model(temperature, data)``, ``guide(temperature, data)``; params: the initial
     variational parameters, restart axis first; schedule: ``schedule(step) -> temperature``;
     num_particles, mean_field: the ELBO estimator (:func:`elbo_loss`); loss: an optional replacement
-    ``loss(params, key, temperature, data) -> negative ELBO`` (e.g. one that draws a minibatch).
+    ``loss(params, key, temperature, data) -> negative ELBO`` (e.g. one that draws a minibatch); identity: the
+    step's key across processes (:func:`~latentscm.inference.programs.program`; None: traced in each process).
     """
 
     model: Callable
@@ -150,6 +153,7 @@ class SVIProblem(NamedTuple):
     num_particles: int
     mean_field: bool = False
     loss: Callable | None = None
+    identity: str | None = None  # names everything the step's closure captures (programs.program), or None
 
     def loss_fn(self):
         """``loss(params, key, temperature, data)``: the problem's negative ELBO."""
@@ -180,7 +184,7 @@ def solve(problem: SVIProblem, key, steps, *, chunk=100, progress=True, desc="sv
     bar, NaN stops, checkpoints (:func:`run_svi`); keeps the restart with the best tail loss.
     ``after_compile``: called once the steps are compiled, before they run (see :func:`run_svi`)."""
     state = init(key, problem.params, problem.optimizer)
-    step_fn = make_step(problem.loss_fn(), problem.optimizer, problem.schedule)
+    step_fn = make_step(problem.loss_fn(), problem.optimizer, problem.schedule, problem.identity)
     state, losses = run_svi(step_fn, state, problem.data, steps, chunk=chunk, progress=progress, desc=desc,
                             checkpoint=checkpoint, after_compile=after_compile)
     best, tail = best_restart(losses)
