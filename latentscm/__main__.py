@@ -2,4 +2,5 @@
 
 from latentscm.cli import entry
 
-entry()
+if __name__ == "__main__":  # not in the figure pool's spawned process (latentscm.runs.figure_pool)
+    entry()
