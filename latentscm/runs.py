@@ -159,7 +159,29 @@ def draw_figures(out_dir, jobs, pool=None) -> list:
         for name, function, args, kwargs in jobs:
             _draw(out / name, function, args, kwargs)
         return []
-    return [pool.submit(_draw, out / name, function, args, kwargs) for name, function, args, kwargs in jobs]
+    from concurrent.futures.process import BrokenProcessPool
+
+    futures = []
+    for name, function, args, kwargs in jobs:
+        try:
+            futures.append(pool.submit(_draw, out / name, function, args, kwargs))
+        except BrokenProcessPool:  # see _wait
+            _draw(out / name, function, args, kwargs)
+            continue
+        futures[-1].job = (out / name, function, args, kwargs)  # to draw here should the pool break
+    return futures
+
+
+def _wait(futures) -> None:
+    """Wait for figures drawn in a pool, raising what failed there; a pool that broke (its process could not
+    start, e.g. a script without a ``__main__`` guard driving the command line) leaves them to be drawn here."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    for future in futures:
+        try:
+            future.result()
+        except BrokenProcessPool:
+            _draw(*future.job)
 
 
 def _draw(path, function: str, args, kwargs) -> Path:
@@ -186,7 +208,10 @@ def _start_drawing() -> None:
 def figure_pool():
     """One process that draws figures (:func:`draw_figures`) while this one goes on: started now, so that it has
     imported matplotlib before the first figure (about 1.5 s of a warm ``latentscm run`` leave the main
-    process's path). It ignores Ctrl-C (the main process stops it); ``shutdown()`` it when done."""
+    process's path). It ignores Ctrl-C (the main process stops it); ``shutdown()`` it when done. Like every spawned
+    process it imports the main module: a script that drives :func:`latentscm.cli.main` needs the usual
+    ``if __name__ == "__main__":`` guard, without which the worker fails to start (Python prints why) and the
+    figures are drawn in this process instead."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -254,6 +279,5 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
         write_json(out / "order_posterior.json", posterior.info["order_mixture"])
     if dataset is not None and save_dataset:
         dataset.save(out / "dataset.npz")
-    for future in figures:  # drawn in the pool meanwhile: wait, and raise what failed there
-        future.result()
+    _wait(figures)  # drawn in the pool meanwhile
     return out
