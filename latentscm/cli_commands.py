@@ -14,10 +14,9 @@ from .cli import (AUTO_RATIO, DEFAULT_METHOD, IMAGE_METHOD, METHOD_NAMES, UsageE
                   _check_fit_inputs, _check_outputs, _load, _resolve, _settings, _Settings)
 
 
-# What only the work after a fit imports (its checks, the run folder's ArviZ file): imported in a thread while the
-# fit runs, whose compiled programs release the GIL (about 1 s of a run's imports; the figures' matplotlib is
-# the figure pool's, latentscm.runs.figure_pool)
-_AFTER_FIT = ("scipy.stats", "xarray", "arviz_base", "h5netcdf")
+# What only the work after a fit imports (its checks, the run folder's ArviZ file and figures): imported in a
+# thread while the fit runs, whose compiled programs release the GIL (about 1 s of a run's imports).
+_AFTER_FIT = ("scipy.stats", "xarray", "arviz_base", "h5netcdf", "matplotlib.pyplot", "latentscm.plots")
 
 
 def _preload(modules=_AFTER_FIT):
@@ -39,30 +38,23 @@ def _preload(modules=_AFTER_FIT):
 
 
 def _fit(dataset, settings: _Settings, seed: int):
-    """The fit, and the process that will draw the run folder's figures (started now: it imports matplotlib
-    meanwhile); returns ``(posterior, pool)``."""
     import warnings
 
     from latentscm.inference import fit
     from latentscm.inference.diagnostics import FitDiagnosticWarning
-    from latentscm.runs import figure_pool
 
     _preload()
-    pool = figure_pool()
     try:
         with warnings.catch_warnings():  # printed as "warning: ..." lines after the metrics (see _finish)
             warnings.simplefilter("ignore", FitDiagnosticWarning)
             posterior = fit(dataset, settings.method, config=settings.config, priors=settings.prior_spec, seed=seed,
                             progress=sys.stderr.isatty())
-    except BaseException as e:
-        pool.shutdown(cancel_futures=True)
-        if isinstance(e, ValueError):  # DataError, PriorError and invalid settings are ValueErrors
-            raise UsageError(str(e)) from None
-        raise
+    except ValueError as e:  # DataError, PriorError and invalid settings are ValueErrors
+        raise UsageError(str(e)) from None
     choice = posterior.info.get("decoder_choice")
     if choice is not None:  # method auto: what it chose and why (also in run.json)
         print(f"decoder: {choice['reason']}", flush=True)
-    return posterior, pool
+    return posterior
 
 
 def _default_out(method: str, seed: int) -> Path:
@@ -82,29 +74,22 @@ def _print_metrics(metrics: dict) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def _finish(args, posterior, metrics, dataset, *, save_dataset, info, pool) -> None:
-    """Criticism, the printed metrics and the run folder; the figures are drawn in ``pool`` meanwhile (then shut)."""
+def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     from latentscm.criticism import criticise
-    from latentscm.runs import draw_figures, figure_jobs, write_json, write_run
+    from latentscm.runs import write_json, write_run
 
+    criticism = criticise(posterior, dataset)  # LOO and the regime check on the training data
+    metrics |= criticism.metrics
+    _print_metrics(metrics)
+    for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
+        print(f"warning: {problem}")
+    for note in criticism.notes:  # about the criticism's own estimates
+        print(f"note: {note}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
     args.out = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        figures = draw_figures(out, figure_jobs(posterior, dataset), pool)  # drawn while the criticism runs
-        criticism = criticise(posterior, dataset)  # LOO and the regime check on the training data
-        metrics |= criticism.metrics
-        _print_metrics(metrics)
-        for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
-            print(f"warning: {problem}")
-        for note in criticism.notes:  # about the criticism's own estimates
-            print(f"note: {note}")
-        if "decoder_choice" in posterior.info:
-            info = dict(info) | {"decoder_choice": posterior.info["decoder_choice"]}
-        write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism,
-                  pool=pool, figures=figures)
-    finally:
-        pool.shutdown(cancel_futures=True)
+    if "decoder_choice" in posterior.info:
+        info = dict(info) | {"decoder_choice": posterior.info["decoder_choice"]}
+    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +112,7 @@ def cmd_run(args) -> int:
     train, test = simulate(sim, args.seed)
     print(f"simulated: {train.N} training rows (paired, {sim.n_regimes} regimes), {test.N} test rows, "
           f"d = {train.d}, D = {train.D}, seed {args.seed}", flush=True)
-    posterior, pool = _fit(train, settings, args.seed)
+    posterior = _fit(train, settings, args.seed)
     metrics = run_metrics(posterior, train, test, seed=args.seed)
     figure = None
     if images:  # generation under unseen interventions do(z_j = -7): error and figure grid
@@ -139,7 +124,7 @@ def cmd_run(args) -> int:
                                       labels=[f"do(z{j} = -7)" for j in range(train.d)])
     info = {"command": "run", "argv": args.argv, "seed": args.seed, "example": args.example,
             "simulation": dataclasses.asdict(sim), **settings.described}
-    _finish(args, posterior, metrics, train, save_dataset=True, info=info, pool=pool)
+    _finish(args, posterior, metrics, train, save_dataset=True, info=info)
     if figure is not None:
         from latentscm.plots import save_figure
 
@@ -198,9 +183,9 @@ def cmd_fit(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run.json", info)  # written first, so that --resume can find the run
     print(f"run folder: {out}" + (" (resuming)" if args.resume else ""), flush=True)
-    posterior, pool = _fit(dataset, settings, args.seed)
+    posterior = _fit(dataset, settings, args.seed)
     metrics = run_metrics(posterior, dataset, test, seed=args.seed)
-    _finish(args, posterior, metrics, dataset, save_dataset=False, info=info, pool=pool)
+    _finish(args, posterior, metrics, dataset, save_dataset=False, info=info)
     return 0
 
 

@@ -125,104 +125,8 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 
-def figure_jobs(posterior, dataset=None) -> list[tuple]:
-    """The run folder's figures but the regime check's: ``(file name, "module:function", args, kwargs)``, the
-    arguments plain arrays (they may be drawn in another process)."""
-    from .metrics import order_probabilities, regime_table
-
-    jobs = []
-    if posterior.target_probs is not None:
-        truth = None
-        if dataset is not None and dataset.true_targets is not None:
-            truth = regime_table(dataset.regime, dataset.true_targets)[1]
-        jobs.append(("target_probabilities.png", "latentscm.plots:plot_target_probabilities",
-                     (posterior.target_probs, truth), {"regime_ids": posterior.regimes}))
-    true_w = None if dataset is None else dataset.weights
-    jobs.append(("edge_probabilities.png", "latentscm.plots:plot_edge_probabilities", (posterior.edge_probs(), true_w),
-                 {}))
-    jobs.append(("order_probabilities.png", "latentscm.plots:plot_order_probabilities",
-                 (order_probabilities(np.asarray(posterior.orders)),), {}))
-    elbo = np.asarray(posterior.elbo if posterior.elbo is not None else [])
-    if elbo.size:
-        jobs.append(("elbo.png", "latentscm.plots:plot_elbo", (elbo,), {}))
-    if dataset is not None and dataset.z is not None and np.shape(posterior.latent_mean) == dataset.z.shape:
-        jobs.append(("latents.png", "latentscm.plots:plot_latents", (np.asarray(posterior.latent_mean), dataset.z),
-                     {}))
-    return jobs
-
-
-def draw_figures(out_dir, jobs, pool=None) -> list:
-    """Draw ``jobs`` (:func:`figure_jobs`) into ``out_dir``: here, or submitted to ``pool``; returns the pool's
-    futures (empty when drawn here)."""
-    out = Path(out_dir)
-    if pool is None:
-        for name, function, args, kwargs in jobs:
-            _draw(out / name, function, args, kwargs)
-        return []
-    from concurrent.futures.process import BrokenProcessPool
-
-    futures = []
-    for name, function, args, kwargs in jobs:
-        try:
-            futures.append(pool.submit(_draw, out / name, function, args, kwargs))
-        except BrokenProcessPool:  # see _wait
-            _draw(out / name, function, args, kwargs)
-            continue
-        futures[-1].job = (out / name, function, args, kwargs)  # to draw here should the pool break
-    return futures
-
-
-def _wait(futures) -> None:
-    """Wait for figures drawn in a pool, raising what failed there; a pool that broke (its process could not
-    start, e.g. a script without a ``__main__`` guard driving the command line) leaves them to be drawn here."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    for future in futures:
-        try:
-            future.result()
-        except BrokenProcessPool:
-            _draw(*future.job)
-
-
-def _draw(path, function: str, args, kwargs) -> Path:
-    """``save_figure(f(*args, **kwargs), path)`` for ``function`` named ``"module:name"``."""
-    import importlib
-
-    from .plots import save_figure
-
-    module, name = function.split(":")
-    return save_figure(getattr(importlib.import_module(module), name)(*args, **kwargs), path)
-
-
-def _start_drawing() -> None:
-    """The drawing process's start: Ctrl-C is the main process's to handle; matplotlib and the plots are imported
-    before the first job."""
-    import importlib
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for module in ("latentscm.plots", "latentscm.plots_checks"):
-        importlib.import_module(module)
-
-
-def figure_pool():
-    """One process that draws figures (:func:`draw_figures`) while this one goes on: started now, so that it has
-    imported matplotlib before the first figure (about 1.5 s of a warm ``latentscm run`` leave the main
-    process's path). It ignores Ctrl-C (the main process stops it); ``shutdown()`` it when done. Like every spawned
-    process it imports the main module: a script that drives :func:`latentscm.cli.main` needs the usual
-    ``if __name__ == "__main__":`` guard, without which the worker fails to start (Python prints why) and the
-    figures are drawn in this process instead."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_drawing)
-    pool.submit(int)  # the worker starts on the first job
-    return pool
-
-
 def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=None, *,
-              save_dataset: bool = True, info: Mapping | None = None, criticism=None, pool=None,
-              figures=None) -> Path:
+              save_dataset: bool = True, info: Mapping | None = None, criticism=None) -> Path:
     """Write a run folder (see the module docstring for its files).
 
     Parameters
@@ -242,18 +146,16 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
     criticism : latentscm.criticism.Criticism, optional
         The model criticism of ``posterior`` on ``dataset`` when already computed; by default computed
         here (:func:`latentscm.criticism.criticise`) whenever ``dataset`` is given.
-    pool : concurrent.futures.Executor, optional
-        Where the figures are drawn (:func:`figure_pool`: a second process, while this one writes the rest);
-        by default here. Either way they are all written when ``write_run`` returns.
-    figures : list of concurrent.futures.Future, optional
-        The figures of :func:`figure_jobs` already submitted with :func:`draw_figures` (e.g. before the
-        criticism was computed); by default drawn here.
 
     Returns
     -------
     pathlib.Path
         The run folder.
     """
+    from .metrics import order_probabilities, regime_table
+    from .plots import (plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities,
+                        plot_target_probabilities, save_figure)
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if criticism is None and dataset is not None:
@@ -268,16 +170,31 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
         diagnostics += [p for p in criticism.problems if p not in diagnostics]
         notes = list(criticism.notes)
     write_json(out / "metrics.json", {**metrics, "diagnostics": diagnostics, "notes": notes})
-    figures = draw_figures(out, figure_jobs(posterior, dataset), pool) if figures is None else list(figures)
     if criticism is not None and criticism.check is not None:
+        from .plots_checks import plot_regime_check
+
         write_json(out / "ppc.json", criticism.check.to_json())
-        figures += draw_figures(out, [("ppc.png", "latentscm.plots_checks:plot_regime_check", (criticism.check,), {})],
-                                pool)
+        save_figure(plot_regime_check(criticism.check), out / "ppc.png")
     if info is not None:
         write_json(out / "run.json", info)
     if "order_mixture" in posterior.info:
         write_json(out / "order_posterior.json", posterior.info["order_mixture"])
     if dataset is not None and save_dataset:
         dataset.save(out / "dataset.npz")
-    _wait(figures)  # drawn in the pool meanwhile
+
+    if posterior.target_probs is not None:
+        truth = None
+        if dataset is not None and dataset.true_targets is not None:
+            truth = regime_table(dataset.regime, dataset.true_targets)[1]
+        save_figure(plot_target_probabilities(posterior.target_probs, truth, regime_ids=posterior.regimes),
+                    out / "target_probabilities.png")
+    true_w = None if dataset is None else dataset.weights
+    save_figure(plot_edge_probabilities(posterior.edge_probs(), true_w), out / "edge_probabilities.png")
+    save_figure(plot_order_probabilities(order_probabilities(np.asarray(posterior.orders))),
+                out / "order_probabilities.png")
+    elbo = np.asarray(posterior.elbo if posterior.elbo is not None else [])
+    if elbo.size:
+        save_figure(plot_elbo(elbo), out / "elbo.png")
+    if dataset is not None and dataset.z is not None and np.shape(posterior.latent_mean) == dataset.z.shape:
+        save_figure(plot_latents(posterior.latent_mean, dataset.z), out / "latents.png")
     return out

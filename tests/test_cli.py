@@ -280,35 +280,6 @@ def test_write_run_files(tiny, tmp_path):
     assert json.loads((out / "ppc.json").read_text())["regimes"]
 
 
-def test_write_run_draws_the_same_figures_in_the_figure_pool(tiny, tmp_path):
-    """The command line draws the figures in a second process (runs.figure_pool), submitted before the criticism:
-    the same files, byte for byte, as drawn in process; a figure that fails there fails write_run."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from latentscm.runs import draw_figures, figure_jobs, figure_pool
-
-    train, _ = tiny
-    post = fake_posterior(train)
-    metrics = run_metrics(post, train, seed=0)
-    here = write_run(tmp_path / "here", post, metrics, train, save_dataset=False)
-    (tmp_path / "pool").mkdir()
-    pool = figure_pool()
-    try:
-        early = draw_figures(tmp_path / "pool", figure_jobs(post, train), pool)
-        there = write_run(tmp_path / "pool", post, metrics, train, save_dataset=False, pool=pool, figures=early)
-        (tmp_path / "broken").mkdir()
-        bad = draw_figures(tmp_path / "broken", [("bad.png", "latentscm.plots:plot_elbo", ("not a trace",), {})], pool)
-        with pytest.raises(Exception):  # raised in the drawing process, re-raised by write_run
-            write_run(tmp_path / "broken", post, metrics, train, save_dataset=False, pool=pool, figures=bad)
-    finally:
-        pool.shutdown()
-    assert isinstance(pool, ProcessPoolExecutor)
-    pngs = sorted(p.name for p in here.glob("*.png"))
-    assert pngs == sorted(p.name for p in there.glob("*.png")) and "ppc.png" in pngs and "latents.png" in pngs
-    for name in pngs:
-        assert (here / name).read_bytes() == (there / name).read_bytes(), name
-
-
 def test_write_run_without_truth_or_elbo(tiny, tmp_path):
     train, _ = tiny
     post = fake_posterior(train)
