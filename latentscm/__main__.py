@@ -2,5 +2,5 @@
 
 from latentscm.cli import entry
 
-if __name__ == "__main__":  # not in the figure pool's spawned process (latentscm.runs.figure_pool)
+if __name__ == "__main__":  # not when imported (e.g. by a spawned multiprocessing child)
     entry()

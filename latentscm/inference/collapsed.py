@@ -180,7 +180,8 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> Collapsed
     if config.init_scale == "data":
         optimizer = optax.chain(optimizer, scale_updates(step_factors(params0, ini, config)))
     problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
-                         data, config.num_particles, identity=program_identity("collapsed.step", config, priors, devices))
+                         data, config.num_particles,
+                         identity=program_identity("collapsed.step", config, priors, devices))
     return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
 
 

@@ -3,12 +3,12 @@ process skips.
 
 JAX's persistent compilation cache keeps XLA's output, but every process still traces and lowers each
 program before it can look the cache up: for the default run's SVI step that is 2-3 s, more than its
-thousand steps take. With a cache folder set (``jax_compilation_cache_dir``: the command line sets it,
-``docs/performance.md``), :func:`program` exports the traced program (``jax.export``, its arguments
-flattened) to ``<cache folder>/latentscm-programs/`` the first time and later processes deserialise it
-instead of tracing; XLA's compilation of it is then served by JAX's own cache. Without a folder it is
-``jax.jit``. The exported program is the one that runs in both cases, so a first and a repeated run give
-the same numbers (``jax.jit`` of the same function too: ``tests/test_programs.py``).
+thousand steps take. With a cache folder set (``jax_compilation_cache_dir``: the command line sets it, see
+the README; ``docs/collapsed.md``, what a fit compiles), :func:`program` exports the traced program
+(``jax.export``, its arguments flattened) to ``<cache folder>/latentscm-programs/`` the first time and later
+processes deserialise it instead of tracing; XLA's compilation of it is then served by JAX's own cache.
+Without a folder it is ``jax.jit``. The exported program is the one that runs in both cases, so a first and
+a repeated run give the same numbers (``jax.jit`` of the same function too: ``tests/test_programs.py``).
 
 The file's key is everything the program can depend on: the caller's ``identity`` (a string naming the
 function and every setting its closure captures), the static arguments, the tree structure, shapes and
