@@ -12,9 +12,10 @@ a repeated run give the same numbers (``jax.jit`` of the same function too: ``te
 
 The file's key is everything the program can depend on: the caller's ``identity`` (a string naming the
 function and every setting its closure captures), the static arguments, the tree structure, shapes and
-dtypes of the others, whether 64-bit types are on, the backend, the versions of JAX, jaxlib, NumPyro,
-Optax and NumPy and a digest of latentscm's own source. A program may therefore close over settings
-(named in ``identity``) but never over data: every array it depends on must be an argument.
+dtypes of the others, whether 64-bit types are on, JAX's matmul precision and promotion settings, the
+backend, the versions of JAX, jaxlib, NumPyro, Optax and NumPy and a digest of latentscm's own source. A
+program may therefore close over settings (named in ``identity``) but never over data: every array it
+depends on must be an argument.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ class _Program:
 
     def _key(self, static, tree, leaves):
         avals = [(np.shape(x), str(jax.numpy.result_type(x)), bool(getattr(x, "weak_type", False))) for x in leaves]
+        flags = [getattr(jax.config, f"jax_{name}", None)  # JAX settings that change what a trace produces
+                 for name in ("default_matmul_precision", "numpy_dtype_promotion", "numpy_rank_promotion")]
         text = repr((self.identity, static, str(tree), avals, jax.dtypes.canonicalize_dtype(np.float64).name,
-                     jax.default_backend(), _environment()))
+                     flags, jax.default_backend(), _environment()))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _export(self, static, tree, leaves):
