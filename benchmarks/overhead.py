@@ -6,7 +6,7 @@ through :func:`latentscm.cli.main` in a fresh Python process and times its phase
 =====================  =============================================================================
 ``import_cli``         ``import latentscm.cli`` (the standard library only)
 ``import_jax``         ``import jax`` (and turning the compilation cache on, as the command line does)
-``import_inference``   ``latentscm.inference`` and ``latentscm.runs`` (NumPyro, Optax, Equinox, ...)
+``import_inference``   ``latentscm.inference`` and ``latentscm.runs`` (NumPyro, Optax, ...; a method's own module at fit)
 ``import_plots``       ``latentscm.plots`` and ``arviz_base`` (matplotlib, xarray)
 ``simulate``           ``latentscm.data.simulate`` of the default problem
 ``validate``           the settings and priors (``latentscm.cli_commands._resolve``)
