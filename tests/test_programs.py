@@ -84,6 +84,20 @@ def test_a_damaged_file_is_exported_again(folder):
     assert path.read_bytes() != b"not a program"
 
 
+def test_a_program_export_cannot_take_runs_as_jax_jit_traced_once(folder, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("not exportable")
+
+    monkeypatch.setattr(programs._Program, "_export", refuse)
+    state, data = _args()
+    calls = []
+    prog = programs.program(_fun(calls), "f", static_argnums=2)
+    outs = [prog(state, data, 3), prog(state, data, 3)]
+    assert len(calls) == 1 and list(folder.glob("*.jaxexport")) == []
+    for out in outs:
+        assert _same(out, jax.jit(_fun([]), static_argnums=2)(state, data, 3))
+
+
 @pytest.mark.slow  # three fits' compilations (37 s); the CLI's repeated fit runs by default (tests/test_cli.py)
 def test_the_collapsed_fit_is_the_same_with_kept_programs_and_traces_them_once(folder, monkeypatch):
     from latentscm.data import SimulationConfig, simulate

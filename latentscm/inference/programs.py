@@ -95,7 +95,7 @@ class _Program:
             blob = pickle.dumps({"exported": bytes(exported.serialize()), "out_tree": out_tree})
         except Exception as e:  # noqa: BLE001 (what jax.export cannot take runs as jax.jit would)
             log.info("latentscm: %s not exported (%s); traced in this process", self.identity, e)
-            return self.jitted.lower(*args)
+            return _Lowered(self, key, self.jitted.lower(*args), leaves)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
         return _Lowered(self, key, (exported, out_tree), leaves)
@@ -122,13 +122,16 @@ class _Program:
 
 
 class _Lowered:
-    """An exported program for one argument signature; ``compile()`` -> a callable of the non-static arguments."""
+    """An exported program for one argument signature (or, where ``jax.export`` failed, ``jax.jit``'s lowering);
+    ``compile()`` -> a callable of the non-static arguments, kept for the next call of that signature."""
 
     def __init__(self, prog, key, found, leaves):
         self.prog, self.key, self.found, self.leaves = prog, key, found, leaves
         self.x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64  # as when lowered, wherever compiled
 
     def compile(self):
+        if self.key not in self.prog._compiled and isinstance(self.found, jax.stages.Lowered):
+            self.prog._compiled[self.key] = self.found.compile()
         if self.key not in self.prog._compiled:
             exported, out_tree = self.found
             x64 = self.x64
