@@ -29,6 +29,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -81,6 +82,7 @@ class CollapsedConfig:
     mlp_hidden: int = setting(32, integer(1))
     tau: float = setting(0.1, number(gt=0))
     use_pairs: bool = setting(False, flag())
+    pair_warmup: float = setting(0.5, number(ge=0, lt=1))
     unknown_values: str = setting("error", one_of("error", "latent"))
     value_scale: float = setting(2.0, number(gt=0))
     unknown_targets: str = setting("error", one_of("error", "latent"))
@@ -151,11 +153,12 @@ class CollapsedBuild(NamedTuple):
     known: jax.Array | None  # a fixed order
 
 
-def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> CollapsedBuild:
+def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) -> CollapsedBuild:
     """The collapsed SVI problem: statistics, start, model, guide, initial parameters and optimiser.
 
     Arrays are made in the precision of the steps: call it, and :func:`~latentscm.inference.svi.solve`,
-    under ``jax.enable_x64(config.precision == "float64" or config.decoder == "identity")``."""
+    under ``jax.enable_x64(config.precision == "float64" or config.decoder == "identity")``. ``ini``: the
+    data-driven start when already made (:func:`~latentscm.inference.initialise.initialise`)."""
     d = dataset.d
     rng = np.random.default_rng(seed)
     identity = config.decoder == "identity"
@@ -165,7 +168,7 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> Collapsed
         auto = "data" if open_rows is not None else "fixed" if config.use_pairs else "scale"
         config = dataclasses.replace(config, init_scale=auto)
     with jax.enable_x64(True):  # the start and the statistics in float64 (numpy), whatever the steps'
-        ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
+        ini = ini if ini is not None else initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
                          tau=config.tau, value_scale=config.value_scale, seed=seed,
                          unknown=dataset.target_unknown, regime=dataset.regime, target_rate=config.target_rate)
     devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
@@ -176,13 +179,40 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed) -> Collapsed
     specs = site_specs(model, 1.0, data)
     guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
     params0 = initial_params(specs, ini, d, config, rng)
-    optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps, config.lr_final_fraction))
+    steps = warmup_split(config)[1]  # with pairs: the paired steps, after the warm-up's
+    optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction))
     if config.init_scale == "data":
         optimizer = optax.chain(optimizer, scale_updates(step_factors(params0, ini, config)))
-    problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, config.steps),
+    problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, steps),
                          data, config.num_particles,
                          identity=program_identity("collapsed.step", config, priors, devices))
     return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
+
+
+def warmup_split(config) -> tuple[int, int]:
+    """``(warm-up steps, paired steps)``: with ``use_pairs``, the first ``pair_warmup`` of ``steps`` (at least one
+    step left for the pairs) fit the rows as independent; without pairs ``(0, steps)``."""
+    warm = min(round(config.steps * config.pair_warmup), config.steps - 1) if config.use_pairs else 0
+    return warm, config.steps - warm
+
+
+def _pair_warmup(dataset, config, built, priors, seed, key, progress):
+    """The paired fit's warm-up (docs/collapsed.md, pairs): ``config`` (as given, "auto" settings unresolved) without
+    pairs, for the warm-up's steps, from the same data-driven start. Its final parameters start the paired steps
+    (every restart its own). Returns ``(built with those parameters, the warm-up's SVIFit)``; ``(built, None)``
+    without a warm-up. With a checkpoint folder the warm-up keeps its own file, ``checkpoint-unpaired.npz``."""
+    warm_steps = warmup_split(built.config)[0]
+    if warm_steps == 0:
+        return built, None
+    warm_config = dataclasses.replace(config, use_pairs=False, steps=warm_steps)
+    warm = build_collapsed(dataset, warm_config, priors, seed, ini=built.ini)
+    checkpoint = checkpoint_for("collapsed", warm_config, priors, seed, dataset)
+    if checkpoint is not None:
+        checkpoint = checkpoint._replace(path=Path(checkpoint.path).with_name("checkpoint-unpaired.npz"))
+    fit = solve(warm.problem, key, warm_steps, chunk=config.chunk, progress=progress, desc="collapsed (pairs off)",
+                checkpoint=checkpoint)
+    params = jax.tree.map(lambda a, like: jnp.asarray(a, like.dtype), fit.params, built.problem.params)
+    return built._replace(problem=built.problem._replace(params=params)), fit
 
 
 def program_identity(name, config, priors, devices):
@@ -312,10 +342,11 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     keys = seed_keys(seed, 3 + config.num_restarts)  # SVI, the posterior's draws, each restart's check, mixture
     with jax.enable_x64(x64):
         built = build_collapsed(dataset, config, priors, seed)
+        built, warm = _pair_warmup(dataset, config, built, priors, seed, jax.random.fold_in(keys[0], 1), progress)
         config = built.config
         ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
         try:
-            svi = solve(built.problem, keys[0], config.steps, chunk=config.chunk, progress=progress,
+            svi = solve(built.problem, keys[0], warmup_split(config)[1], chunk=config.chunk, progress=progress,
                         desc="collapsed", checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset),
                         after_compile=None if ahead is None else ahead.start)
         finally:  # the main thread traces no model before (also when the steps failed)
@@ -359,9 +390,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
                                     value_scale=config.value_scale, pairs=config.use_pairs)
     return Posterior(
         method="collapsed", W=draws["W"], noise_scales=draws["noise_scale"], orders=draws["order"],
-        decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, elbo=-svi.losses[:, svi.best],
-        seconds=time.perf_counter() - start, tau=config.tau,
-        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
+        decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, seconds=time.perf_counter() - start,
+        elbo=-np.concatenate(([] if warm is None else [warm.losses[:, svi.best]]) + [svi.losses[:, svi.best]]),
+        tau=config.tau,
+        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best, "pair_warmup_steps": warmup_split(config)[0],
               "restart_edge_probs": restart_probs.tolist(), "proposal_order": built.ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__,
               **({"order_mixture": mixture.summary()} if mixture is not None else {}),
