@@ -77,6 +77,29 @@ def test_pair_log_likelihood_is_the_joint_density_in_pair_id_order():
         post.log_likelihood(Dataset.from_arrays(sim.x, t, v), by="pair")
 
 
+def test_row_log_likelihood_does_not_depend_on_the_row_blocks(monkeypatch):
+    """Rows are scored per pattern in blocks (the power of two holding the median pattern, at most _LL_ROWS): any
+    block size, padded or spanning several blocks, gives the same densities."""
+    import latentscm.inference.decoders as decoders
+
+    assert decoders._row_block([250] * 16) == 256 and decoders._row_block([3, 5]) == 8
+    assert decoders._row_block([5000, 4000]) == decoders._LL_ROWS
+    rng = np.random.default_rng(4)
+    d, D, N = 3, 6, 100
+    t = np.zeros((N, d), np.int8)  # patterns of 70, 3, 12 and 15 rows
+    t[70:73, 0] = t[73:85, 1] = 1
+    t[85:, :2] = 1
+    v = np.where(t > 0, rng.normal(size=(N, d)), 0.0)
+    sim = Dataset.from_arrays(rng.normal(size=(N, D)), t, v, weights=np.triu(rng.normal(size=(d, d)), 1),
+                              noise_scales=np.ones(d), projection=rng.normal(size=(d, D)))
+    post = truth_posterior(sim, S=20, jitter=0.1)
+    blocked = post.log_likelihood(sim)  # the median pattern (13.5 rows): blocks of 16
+    monkeypatch.setattr(decoders, "_row_block", lambda sizes: 4)
+    np.testing.assert_allclose(post.log_likelihood(sim), blocked, rtol=1e-12)
+    monkeypatch.setattr(decoders, "_row_block", lambda sizes: 128)
+    np.testing.assert_allclose(post.log_likelihood(sim), blocked, rtol=1e-12)
+
+
 @pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")
 def test_loo_and_group_of_a_hand_built_posterior(data):
     import arviz as az

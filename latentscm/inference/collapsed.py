@@ -518,8 +518,9 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale):
         # forms its pattern's factors again (O(d^3) per draw), so a typical pattern must fit one block: with
         # blocks of half its size the d = 200 scaling fit's summaries took 230 s instead of about 115 s
         block = 1 << min(max(3, int(np.ceil(np.log2(np.median(np.bincount(g)))))), int(np.log2(_ROW_BUCKET)))
-        step = max(1, min(S, int(_SUMMARY_NUMBERS // (block * k * (u.x.shape[2] + d)))))  # draws per call
-        padded = -(-S // step) * step  # chunks of equal size, the last padded with weight 0
+        most = max(1, min(S, int(_SUMMARY_NUMBERS // (block * k * (u.x.shape[2] + d)))))  # draws per call at most
+        step = -(-S // -(-S // most))  # as few calls as that allows, of equal size (200 draws, 186 at most: 2 x 100)
+        padded = -(-S // step) * step  # the last padded with weight 0
         weight = (np.arange(padded) < S).astype(np.float64)
         chunks = {key: np.concatenate([draws[key], np.repeat(draws[key][-1:], padded - S, 0)]) for key in keys}
         for r, pattern in enumerate(patterns):

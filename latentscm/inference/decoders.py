@@ -104,10 +104,11 @@ class LinearDecoder(Decoder):
             v = np.where(known, values, 0.0)
             out = np.empty((S, len(x)))
             patterns, group = group_rows(np.concatenate([targets > 0, known], 1))
+            block = _row_block(np.bincount(group))
             for g, pattern in enumerate(patterns.astype(np.float64)):
                 rows = np.flatnonzero(group == g)
                 masks = tuple(np.broadcast_to(m, (len(draws[0]), d)) for m in (pattern[:d], pattern[d:]))
-                out[:, rows] = _chunked(_pattern_rows, (x[rows], v[rows]), masks + draws)[:S]
+                out[:, rows] = _chunked(_pattern_rows, (x[rows], v[rows]), masks + draws, rows=block)[:S]
             return out
 
     def pair_log_likelihood(self, posterior, dataset):
@@ -184,18 +185,24 @@ def _draw_chunk(f, data, draws):
     return jax.vmap(lambda *a: f(*data, *a))(*draws)
 
 
-def _chunked(f, data, draws):
+def _row_block(sizes):
+    """Units per call for groups of these sizes: the power of two that holds the median group (8 to ``_LL_ROWS``), so
+    that groups smaller than ``_LL_ROWS`` are not padded to it (the default problem's 250-row patterns: 256)."""
+    return 1 << int(np.clip(np.ceil(np.log2(max(1.0, float(np.median(sizes))))), 3, np.log2(_LL_ROWS)))
+
+
+def _chunked(f, data, draws, rows=_LL_ROWS):
     """``f(*data_units, *one_draw) -> (U,)`` for every draw (S) and unit (U): (S, U) float64.
 
-    Draws go in chunks of ``_LL_DRAWS`` and units in chunks of ``_LL_ROWS``, the last of each padded by
+    Draws go in chunks of ``_LL_DRAWS`` and units in chunks of ``rows``, the last of each padded by
     repeating its final entry, so that every call has one shape (compiled once per ``f`` and unit shape).
     """
     S, U = len(draws[0]), len(data[0])
     chunk = min(S, _LL_DRAWS)
     draws = [_pad(np.asarray(a), chunk) for a in draws]
-    data = [_pad(np.asarray(a), _LL_ROWS) for a in data]
-    out = [[np.asarray(_draw_chunk(f, tuple(a[j:j + _LL_ROWS] for a in data), tuple(a[i:i + chunk] for a in draws)))
-            for j in range(0, len(data[0]), _LL_ROWS)] for i in range(0, len(draws[0]), chunk)]
+    data = [_pad(np.asarray(a), rows) for a in data]
+    out = [[np.asarray(_draw_chunk(f, tuple(a[j:j + rows] for a in data), tuple(a[i:i + chunk] for a in draws)))
+            for j in range(0, len(data[0]), rows)] for i in range(0, len(draws[0]), chunk)]
     return np.block(out)[:S, :U].astype(np.float64)
 
 
