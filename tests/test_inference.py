@@ -203,6 +203,58 @@ def test_checkpoint_resume_matches_uninterrupted_run(data, tmp_path):
         fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=3, progress=False)
 
 
+def test_pair_warmup_split():
+    """With pairs the first pair_warmup of the steps fit the rows as independent, at least one step left paired."""
+    from latentscm.inference.collapsed import CollapsedConfig, warmup_split
+
+    assert warmup_split(CollapsedConfig(steps=1000)) == (0, 1000)  # no pairs: no warm-up
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True)) == (500, 500)
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True, pair_warmup=0.0)) == (0, 1000)
+    assert warmup_split(CollapsedConfig(steps=1, use_pairs=True, pair_warmup=0.9)) == (0, 1)
+    assert warmup_split(CollapsedConfig(steps=10, use_pairs=True, pair_warmup=0.99)) == (9, 1)
+    with pytest.raises(ValueError, match="pair_warmup"):
+        CollapsedConfig(use_pairs=True, pair_warmup=1.0)
+
+
+@pytest.mark.slow
+def test_paired_fit_warms_up_and_resumes_in_its_paired_steps(data, tmp_path):
+    """A paired fit runs its warm-up without pairs, then the paired steps from the warm-up's parameters (the ELBO
+    trace holds both); interrupted in the paired steps it resumes from both checkpoints to the same numbers."""
+    train, _ = data
+    cfg = {"steps": 200, "num_draws": 20, "chunk": 50, "checkpoint_every": 50, "use_pairs": True}
+    full = fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "a")}, seed=3, progress=False)
+    assert full.info["pair_warmup_steps"] == 100 and len(full.elbo) == 200
+    assert (tmp_path / "a" / "checkpoint-unpaired.npz").exists() and (tmp_path / "a" / "checkpoint.npz").exists()
+    # the paired steps score the pairs jointly: their ELBO differs from the warm-up's unpaired one at the switch
+    assert abs(full.elbo[100] - full.elbo[99]) > 10 * abs(full.elbo[99] - full.elbo[98])
+
+    import latentscm.inference.svi as svi
+
+    class Interrupt(Exception):
+        pass
+
+    calls = []
+    original = svi.run_svi
+
+    def interrupt_paired(state, losses):
+        if len(calls) == 2 and len(losses) >= 50:  # the second run: the paired steps
+            raise Interrupt
+
+    def run_and_interrupt(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs, callback=interrupt_paired)
+
+    svi.run_svi = run_and_interrupt  # solve's
+    try:
+        with pytest.raises(Interrupt):
+            fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=3, progress=False)
+    finally:
+        svi.run_svi = original
+    resumed = fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=3, progress=False)
+    np.testing.assert_allclose(resumed.elbo, full.elbo, rtol=1e-10)
+    np.testing.assert_allclose(resumed.W, full.W, atol=1e-10)
+
+
 def test_svi_checkpoint_resume_is_exact_and_validated(tmp_path):
     """Engine level (no model): a resumed run equals an uninterrupted one; bad checkpoints are refused."""
     import jax
@@ -296,11 +348,18 @@ def test_scaled_settings_keep_the_paired_margin():
     assert scaled_settings(200, use_pairs=True)["logit_scale"] == round(np.log(4000), 2)  # 8.29
 
 
-def test_latent_summaries_blocks_match_the_exact_posterior():
+@pytest.mark.parametrize("numbers", [None, 2 * 16 * 9])
+def test_latent_summaries_blocks_match_the_exact_posterior(numbers, monkeypatch):
     """The blocked latent summaries (patterns of 3 to 70 rows, blocks of one size: the large pattern spans
     several blocks, the small ones are padded; single rows in precision form; known and unknown values) equal the
-    mixture moments of each row's exact posterior (the factor form of unit_latent_posterior)."""
+    mixture moments of each row's exact posterior (the factor form of unit_latent_posterior). ``numbers``: a
+    size budget that allows 2 draws per call: the 5 draws go in 3 calls of 2, the last padded with weight 0."""
     import jax
+
+    import latentscm.inference.collapsed as collapsed
+
+    if numbers is not None:
+        monkeypatch.setattr(collapsed, "_SUMMARY_NUMBERS", numbers)
 
     from latentscm.data import Dataset
     from latentscm.inference.collapsed import latent_summaries
