@@ -49,8 +49,8 @@ from ..models.priors import parse_priors
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .decoders import IdentityDecoder, LinearDecoder
 from .diagnostics import FitDiagnosticWarning, restart_problems
-from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
-                    step_factors)
+from .guide import (softplus_inv, draw, initial_params, make_sampler, mean_field_guide, scale_updates,
+                    site_specs, step_factors)
 from .initialise import initialise
 from .order_mixture import mixture_from_guide, prepare_weighing
 from .posterior import Posterior
@@ -63,6 +63,8 @@ _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
+_PAIR_SHRINK = 10.0  # the guide's sds divided by this where the paired steps take over from the warm-up: the paired
+# likelihood pins the weights and the decoder about ten times more tightly (docs/collapsed.md, pairs)
 _ROW_BUCKET = 1024  # latent summaries: rows per block at most (blocks: the power of two that holds the median pattern)
 
 
@@ -179,8 +181,12 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) ->
     specs = site_specs(model, 1.0, data)
     guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
     params0 = initial_params(specs, ini, d, config, rng)
-    steps = warmup_split(config)[1]  # with pairs: the paired steps, after the warm-up's
-    optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction))
+    warm, steps = warmup_split(config)  # with pairs: the paired steps, after the warm-up's
+    rate = optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction)
+    if warm:  # after a warm-up the paired steps ramp their rate up from 0 (see _pair_warmup)
+        rate = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, steps // 5, steps,
+                                                  config.learning_rate * config.lr_final_fraction)
+    optimizer = optax.adam(rate)
     if config.init_scale == "data":
         optimizer = optax.chain(optimizer, scale_updates(step_factors(params0, ini, config)))
     problem = SVIProblem(model, guide, params0, optimizer, geometric_schedule(*config.temperature, steps),
@@ -199,8 +205,10 @@ def warmup_split(config) -> tuple[int, int]:
 def _pair_warmup(dataset, config, built, priors, seed, key, progress):
     """The paired fit's warm-up (docs/collapsed.md, pairs): ``config`` (as given, "auto" settings unresolved) without
     pairs, for the warm-up's steps, from the same data-driven start. Its final parameters start the paired steps
-    (every restart its own). Returns ``(built with those parameters, the warm-up's SVIFit)``; ``(built, None)``
-    without a warm-up. With a checkpoint folder the warm-up keeps its own file, ``checkpoint-unpaired.npz``."""
+    (every restart its own), the guide's sds divided by ``_PAIR_SHRINK``; the paired steps' learning rate ramps up
+    from 0 over their first fifth (:func:`build_collapsed`). Returns ``(built with those parameters, the warm-up's
+    SVIFit)``; ``(built, None)`` without a warm-up. With a checkpoint folder the warm-up keeps its own file,
+    ``checkpoint-unpaired.npz``."""
     warm_steps = warmup_split(built.config)[0]
     if warm_steps == 0:
         return built, None
@@ -211,7 +219,9 @@ def _pair_warmup(dataset, config, built, priors, seed, key, progress):
         checkpoint = checkpoint._replace(path=Path(checkpoint.path).with_name("checkpoint-unpaired.npz"))
     fit = solve(warm.problem, key, warm_steps, chunk=config.chunk, progress=progress, desc="collapsed (pairs off)",
                 checkpoint=checkpoint)
-    params = jax.tree.map(lambda a, like: jnp.asarray(a, like.dtype), fit.params, built.problem.params)
+    params = {name: softplus_inv(np.logaddexp(0.0, value) / _PAIR_SHRINK) if name.endswith("_rawscale") else value
+              for name, value in fit.params.items()}  # sd = softplus(rawscale)
+    params = jax.tree.map(lambda a, like: jnp.asarray(a, like.dtype), params, built.problem.params)
     return built._replace(problem=built.problem._replace(params=params)), fit
 
 

@@ -84,7 +84,7 @@ def mean_field_guide(specs, d, *, learn_order, gumbel_scale):
     return guide
 
 
-def _softplus_inv(y):
+def softplus_inv(y):
     return np.log(np.expm1(y))
 
 
@@ -118,7 +118,7 @@ def initial_params(specs, ini, d, config, rng):
                 loc = np.full(shape, np.log(0.1) if name.endswith("global_scale") else 0.0)
             params[f"{name}_loc"] = np.asarray(loc, np.float64).reshape(shape)
             scale = np.broadcast_to(decoder_scales(start, config).get(name, INIT_SCALE), shape)
-            params[f"{name}_rawscale"] = _softplus_inv(np.asarray(scale, np.float64))
+            params[f"{name}_rawscale"] = softplus_inv(np.asarray(scale, np.float64))
         if config.known_order is None:
             P0 = np.eye(d)[order]
             params["order_mlp"] = {
