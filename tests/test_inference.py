@@ -204,14 +204,17 @@ def test_checkpoint_resume_matches_uninterrupted_run(data, tmp_path):
 
 
 def test_pair_warmup_split():
-    """With pairs the first pair_warmup of the steps fit the rows as independent, at least one step left paired."""
+    """With pairs the first pair_warmup of the steps fit the rows as independent, at least one step left paired;
+    by default (None) half of them up to d = 5 and none above."""
     from latentscm.inference.collapsed import CollapsedConfig, warmup_split
 
-    assert warmup_split(CollapsedConfig(steps=1000)) == (0, 1000)  # no pairs: no warm-up
-    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True)) == (500, 500)
-    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True, pair_warmup=0.0)) == (0, 1000)
-    assert warmup_split(CollapsedConfig(steps=1, use_pairs=True, pair_warmup=0.9)) == (0, 1)
-    assert warmup_split(CollapsedConfig(steps=10, use_pairs=True, pair_warmup=0.99)) == (9, 1)
+    assert warmup_split(CollapsedConfig(steps=1000), 5) == (0, 1000)  # no pairs: no warm-up
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True), 5) == (500, 500)
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True), 6) == (0, 1000)
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True, pair_warmup=0.25), 10) == (250, 750)
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True, pair_warmup=0.0), 5) == (0, 1000)
+    assert warmup_split(CollapsedConfig(steps=1, use_pairs=True, pair_warmup=0.9), 5) == (0, 1)
+    assert warmup_split(CollapsedConfig(steps=10, use_pairs=True, pair_warmup=0.99), 5) == (9, 1)
     with pytest.raises(ValueError, match="pair_warmup"):
         CollapsedConfig(use_pairs=True, pair_warmup=1.0)
 

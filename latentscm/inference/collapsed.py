@@ -61,6 +61,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
+PAIR_WARMUP_MAX_D = 5  # pair_warmup None: a warm-up of half the steps up to this d, none above (docs/collapsed.md, pairs)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
 _PAIR_SHRINK = 10.0  # the guide's sds divided by this where the paired steps take over from the warm-up: the paired
@@ -84,7 +85,7 @@ class CollapsedConfig:
     mlp_hidden: int = setting(32, integer(1))
     tau: float = setting(0.1, number(gt=0))
     use_pairs: bool = setting(False, flag())
-    pair_warmup: float = setting(0.5, number(ge=0, lt=1))
+    pair_warmup: float | None = setting(None, optional(number(ge=0, lt=1), "for 0.5 up to d = 5 and 0 above"))
     unknown_values: str = setting("error", one_of("error", "latent"))
     value_scale: float = setting(2.0, number(gt=0))
     unknown_targets: str = setting("error", one_of("error", "latent"))
@@ -181,7 +182,7 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) ->
     specs = site_specs(model, 1.0, data)
     guide = mean_field_guide(specs, d, learn_order=known is None, gumbel_scale=config.gumbel_scale)
     params0 = initial_params(specs, ini, d, config, rng)
-    warm, steps = warmup_split(config)  # with pairs: the paired steps, after the warm-up's
+    warm, steps = warmup_split(config, d)  # with pairs: the paired steps, after the warm-up's
     rate = optax.cosine_decay_schedule(config.learning_rate, steps, config.lr_final_fraction)
     if warm:  # after a warm-up the paired steps ramp their rate up from 0 (see _pair_warmup)
         rate = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, steps // 5, steps,
@@ -195,10 +196,12 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) ->
     return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
 
 
-def warmup_split(config) -> tuple[int, int]:
-    """``(warm-up steps, paired steps)``: with ``use_pairs``, the first ``pair_warmup`` of ``steps`` (at least one
-    step left for the pairs) fit the rows as independent; without pairs ``(0, steps)``."""
-    warm = min(round(config.steps * config.pair_warmup), config.steps - 1) if config.use_pairs else 0
+def warmup_split(config, d) -> tuple[int, int]:
+    """``(warm-up steps, paired steps)`` for ``d`` latents: with ``use_pairs``, the first ``pair_warmup`` of ``steps``
+    (None: 0.5 up to ``PAIR_WARMUP_MAX_D``, else 0; at least one step left for the pairs) fit the rows as
+    independent; without pairs ``(0, steps)``."""
+    fraction = config.pair_warmup if config.pair_warmup is not None else 0.5 if d <= PAIR_WARMUP_MAX_D else 0.0
+    warm = min(round(config.steps * fraction), config.steps - 1) if config.use_pairs else 0
     return warm, config.steps - warm
 
 
@@ -209,7 +212,7 @@ def _pair_warmup(dataset, config, built, priors, seed, key, progress):
     from 0 over their first fifth (:func:`build_collapsed`). Returns ``(built with those parameters, the warm-up's
     SVIFit)``; ``(built, None)`` without a warm-up. With a checkpoint folder the warm-up keeps its own file,
     ``checkpoint-unpaired.npz``."""
-    warm_steps = warmup_split(built.config)[0]
+    warm_steps = warmup_split(built.config, dataset.d)[0]
     if warm_steps == 0:
         return built, None
     warm_config = dataclasses.replace(config, use_pairs=False, steps=warm_steps)
@@ -356,7 +359,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         config = built.config
         ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
         try:
-            svi = solve(built.problem, keys[0], warmup_split(config)[1], chunk=config.chunk, progress=progress,
+            svi = solve(built.problem, keys[0], warmup_split(config, d)[1], chunk=config.chunk, progress=progress,
                         desc="collapsed", checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset),
                         after_compile=None if ahead is None else ahead.start)
         finally:  # the main thread traces no model before (also when the steps failed)
@@ -403,7 +406,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, seconds=time.perf_counter() - start,
         elbo=-np.concatenate(([] if warm is None else [warm.losses[:, svi.best]]) + [svi.losses[:, svi.best]]),
         tau=config.tau,
-        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best, "pair_warmup_steps": warmup_split(config)[0],
+        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best, "pair_warmup_steps": warmup_split(config, d)[0],
               "restart_edge_probs": restart_probs.tolist(), "proposal_order": built.ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__,
               **({"order_mixture": mixture.summary()} if mixture is not None else {}),
