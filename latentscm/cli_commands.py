@@ -75,17 +75,10 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     from latentscm.criticism import criticise
-    from latentscm.runs import render_figures, write_json, write_run
+    from latentscm.runs import write_json, write_run
 
-    # the posterior's figures drawn in a thread while the criticism computes (its arithmetic releases the GIL);
-    # nothing else uses pyplot meanwhile
-    with ThreadPoolExecutor(1, thread_name_prefix="latentscm-figures") as pool:
-        figures = pool.submit(render_figures, posterior, dataset)
-        criticism = criticise(posterior, dataset)  # LOO and the regime check on the training data
-        figures = figures.result()
+    criticism = criticise(posterior, dataset)  # LOO and the regime check on the training data
     metrics |= criticism.metrics
     _print_metrics(metrics)
     for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
@@ -96,8 +89,7 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     args.out = str(out)
     if "decoder_choice" in posterior.info:
         info = dict(info) | {"decoder_choice": posterior.info["decoder_choice"]}
-    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism,
-              figures=figures)
+    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["atomic_write", "write_json", "run_metrics", "render_figures", "write_run"]
+__all__ = ["atomic_write", "write_json", "run_metrics", "write_run"]
 
 
 def _jsonable(obj):
@@ -125,44 +125,8 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 
-def render_figures(posterior, dataset=None) -> dict[str, bytes]:
-    """The run folder's figures of the posterior alone (beside the dataset's truth where known), rendered:
-    ``{file name: PNG bytes}`` (``ppc.png`` needs the criticism: :func:`write_run` draws it). Uses pyplot: call
-    it from one thread at a time (the command line draws them in a thread while the criticism computes)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from .metrics import order_probabilities, regime_table
-    from .plots import (plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities,
-                        plot_target_probabilities)
-
-    figures = {}
-    if posterior.target_probs is not None:
-        truth = None
-        if dataset is not None and dataset.true_targets is not None:
-            truth = regime_table(dataset.regime, dataset.true_targets)[1]
-        figures["target_probabilities.png"] = plot_target_probabilities(posterior.target_probs, truth,
-                                                                        regime_ids=posterior.regimes)
-    true_w = None if dataset is None else dataset.weights
-    figures["edge_probabilities.png"] = plot_edge_probabilities(posterior.edge_probs(), true_w)
-    figures["order_probabilities.png"] = plot_order_probabilities(order_probabilities(np.asarray(posterior.orders)))
-    elbo = np.asarray(posterior.elbo if posterior.elbo is not None else [])
-    if elbo.size:
-        figures["elbo.png"] = plot_elbo(elbo)
-    if dataset is not None and dataset.z is not None and np.shape(posterior.latent_mean) == dataset.z.shape:
-        figures["latents.png"] = plot_latents(posterior.latent_mean, dataset.z)
-    rendered = {}
-    for name, fig in figures.items():
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        rendered[name] = buffer.getvalue()
-    return rendered
-
-
 def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=None, *,
-              save_dataset: bool = True, info: Mapping | None = None, criticism=None, figures=None) -> Path:
+              save_dataset: bool = True, info: Mapping | None = None, criticism=None) -> Path:
     """Write a run folder (see the module docstring for its files).
 
     Parameters
@@ -182,15 +146,15 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
     criticism : latentscm.criticism.Criticism, optional
         The model criticism of ``posterior`` on ``dataset`` when already computed; by default computed
         here (:func:`latentscm.criticism.criticise`) whenever ``dataset`` is given.
-    figures : dict, optional
-        :func:`render_figures` of ``posterior`` and ``dataset`` when already rendered; by default rendered here.
 
     Returns
     -------
     pathlib.Path
         The run folder.
     """
-    from .plots import save_figure
+    from .metrics import order_probabilities, regime_table
+    from .plots import (plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities,
+                        plot_target_probabilities, save_figure)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +181,20 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
         write_json(out / "order_posterior.json", posterior.info["order_mixture"])
     if dataset is not None and save_dataset:
         dataset.save(out / "dataset.npz")
-    for name, png in (render_figures(posterior, dataset) if figures is None else figures).items():
-        atomic_write(out / name, lambda tmp: Path(tmp).write_bytes(png))
+
+    if posterior.target_probs is not None:
+        truth = None
+        if dataset is not None and dataset.true_targets is not None:
+            truth = regime_table(dataset.regime, dataset.true_targets)[1]
+        save_figure(plot_target_probabilities(posterior.target_probs, truth, regime_ids=posterior.regimes),
+                    out / "target_probabilities.png")
+    true_w = None if dataset is None else dataset.weights
+    save_figure(plot_edge_probabilities(posterior.edge_probs(), true_w), out / "edge_probabilities.png")
+    save_figure(plot_order_probabilities(order_probabilities(np.asarray(posterior.orders))),
+                out / "order_probabilities.png")
+    elbo = np.asarray(posterior.elbo if posterior.elbo is not None else [])
+    if elbo.size:
+        save_figure(plot_elbo(elbo), out / "elbo.png")
+    if dataset is not None and dataset.z is not None and np.shape(posterior.latent_mean) == dataset.z.shape:
+        save_figure(plot_latents(posterior.latent_mean, dataset.z), out / "latents.png")
     return out

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from latentscm.cli import QUICK_FIT, main  # noqa: E402
 from latentscm.inference.decoders import LinearDecoder  # noqa: E402
 from latentscm.data import Dataset, SimulationConfig, simulate  # noqa: E402
-from latentscm.runs import atomic_write, render_figures, run_metrics, write_json, write_run  # noqa: E402
+from latentscm.runs import atomic_write, run_metrics, write_json, write_run  # noqa: E402
 
 TINY = SimulationConfig(d=3, D=10, n_pairs=200, n_regimes=4, rows_per_regime=50)
 RUN_FILES = {"posterior.nc", "metrics.json", "run.json", "edge_probabilities.png", "order_probabilities.png",
@@ -278,12 +278,6 @@ def test_write_run_files(tiny, tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     assert {"loo", "loo_se", "loo_k_max", "ppc_min_p", "ppc_failed"} <= set(written)
     assert json.loads((out / "ppc.json").read_text())["regimes"]
-    # the posterior's figures rendered ahead (as the command line does, in a thread) are written as given
-    figures = render_figures(post, train)
-    assert set(figures) == {n for n in RUN_FILES if n.endswith(".png")} - {"ppc.png"}
-    assert all(png.startswith(b"\x89PNG") for png in figures.values())
-    again = write_run(tmp_path / "again", post, metrics, train, criticism=None, figures=figures)
-    assert all((again / name).read_bytes() == png for name, png in figures.items())
 
 
 def test_write_run_without_truth_or_elbo(tiny, tmp_path):
