@@ -207,11 +207,11 @@ def warmup_split(config, d) -> tuple[int, int]:
 
 def _pair_warmup(dataset, config, built, priors, seed, key, progress):
     """The paired fit's warm-up (docs/collapsed.md, pairs): ``config`` (as given, "auto" settings unresolved) without
-    pairs, for the warm-up's steps, from the same data-driven start. Its final parameters start the paired steps
-    (every restart its own), the guide's sds divided by ``_PAIR_SHRINK``; the paired steps' learning rate ramps up
-    from 0 over their first fifth (:func:`build_collapsed`). Returns ``(built with those parameters, the warm-up's
-    SVIFit)``; ``(built, None)`` without a warm-up. With a checkpoint folder the warm-up keeps its own file,
-    ``checkpoint-unpaired.npz``."""
+    pairs, for the warm-up's steps, from the same data-driven start, with ``key`` folded with 1 (``key`` itself drives
+    the paired steps). Its final parameters start the paired steps (every restart its own), the guide's sds divided
+    by ``_PAIR_SHRINK``; the paired steps' learning rate ramps up from 0 over their first fifth
+    (:func:`build_collapsed`). Returns ``(built with those parameters, the warm-up's SVIFit)``; ``(built, None)``
+    without a warm-up. With a checkpoint folder the warm-up keeps its own file, ``checkpoint-unpaired.npz``."""
     warm_steps = warmup_split(built.config, dataset.d)[0]
     if warm_steps == 0:
         return built, None
@@ -220,8 +220,8 @@ def _pair_warmup(dataset, config, built, priors, seed, key, progress):
     checkpoint = checkpoint_for("collapsed", warm_config, priors, seed, dataset)
     if checkpoint is not None:
         checkpoint = checkpoint._replace(path=Path(checkpoint.path).with_name("checkpoint-unpaired.npz"))
-    fit = solve(warm.problem, key, warm_steps, chunk=config.chunk, progress=progress, desc="collapsed (pairs off)",
-                checkpoint=checkpoint)
+    fit = solve(warm.problem, jax.random.fold_in(key, 1), warm_steps, chunk=config.chunk, progress=progress,
+                desc="collapsed (pairs off)", checkpoint=checkpoint)
     params = {name: softplus_inv(np.logaddexp(0.0, value) / _PAIR_SHRINK) if name.endswith("_rawscale") else value
               for name, value in fit.params.items()}  # sd = softplus(rawscale)
     params = jax.tree.map(lambda a, like: jnp.asarray(a, like.dtype), params, built.problem.params)
@@ -355,7 +355,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
     keys = seed_keys(seed, 3 + config.num_restarts)  # SVI, the posterior's draws, each restart's check, mixture
     with jax.enable_x64(x64):
         built = build_collapsed(dataset, config, priors, seed)
-        built, warm = _pair_warmup(dataset, config, built, priors, seed, jax.random.fold_in(keys[0], 1), progress)
+        built, warm = _pair_warmup(dataset, config, built, priors, seed, keys[0], progress)
         config = built.config
         ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
         try:
