@@ -165,32 +165,40 @@ def test_run_svi_stops_on_non_finite_loss_with_step_number():
         run_svi(jax.jit(bad_params, static_argnums=2), state, None, 30, chunk=10, progress=False)
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupted_fit(train, config, stop):
+    """``fit(train, config, seed=3)`` stopped by an exception where ``stop(run, losses)`` says (``run``: 1 for the
+    fit's first run of SVI steps, 2 for its second; checked after each chunk, as a Ctrl-C would land)."""
+    import latentscm.inference.svi as svi
+
+    original, runs = svi.run_svi, []
+
+    def callback(state, losses):
+        if stop(len(runs), losses):
+            raise _Interrupt
+
+    def run_and_interrupt(*args, **kwargs):
+        runs.append(1)
+        return original(*args, **kwargs, callback=callback)
+
+    svi.run_svi = run_and_interrupt  # solve's
+    try:
+        with pytest.raises(_Interrupt):
+            fit(train, config=config, seed=3, progress=False)
+    finally:
+        svi.run_svi = original
+
+
 @pytest.mark.slow
 def test_checkpoint_resume_matches_uninterrupted_run(data, tmp_path):
     train, _ = data
     cfg = {"steps": 200, "num_draws": 20, "chunk": 50, "checkpoint_every": 100}
     full = fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "a")}, seed=3, progress=False)
 
-    import latentscm.inference.svi as svi
-
-    class Interrupt(Exception):
-        pass
-
-    def interrupt_after_100(state, losses):
-        if len(losses) >= 100:
-            raise Interrupt
-
-    original = svi.run_svi
-
-    def run_and_interrupt(*args, **kwargs):
-        return original(*args, **kwargs, callback=interrupt_after_100)
-
-    svi.run_svi = run_and_interrupt  # solve's
-    try:
-        with pytest.raises(Interrupt):
-            fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=3, progress=False)
-    finally:
-        svi.run_svi = original
+    _interrupted_fit(train, {**cfg, "checkpoint_dir": str(tmp_path / "b")}, lambda run, losses: len(losses) >= 100)
     assert (tmp_path / "b" / "checkpoint.npz").exists()
     resumed = fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=3, progress=False)
     np.testing.assert_allclose(resumed.elbo, full.elbo, rtol=1e-10)
@@ -231,28 +239,9 @@ def test_paired_fit_warms_up_and_resumes_in_its_paired_steps(data, tmp_path):
     # the paired steps score the pairs jointly: their ELBO differs from the warm-up's unpaired one at the switch
     assert abs(full.elbo[100] - full.elbo[99]) > 10 * abs(full.elbo[99] - full.elbo[98])
 
-    import latentscm.inference.svi as svi
-
-    class Interrupt(Exception):
-        pass
-
-    calls = []
-    original = svi.run_svi
-
-    def interrupt_paired(state, losses):
-        if len(calls) == 2 and len(losses) >= 50:  # the second run: the paired steps
-            raise Interrupt
-
-    def run_and_interrupt(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs, callback=interrupt_paired)
-
-    svi.run_svi = run_and_interrupt  # solve's
-    try:
-        with pytest.raises(Interrupt):
-            fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=3, progress=False)
-    finally:
-        svi.run_svi = original
+    # interrupted in the second run of the steps (the paired ones) after 50 steps
+    _interrupted_fit(train, {**cfg, "checkpoint_dir": str(tmp_path / "b")},
+                     lambda run, losses: run == 2 and len(losses) >= 50)
     resumed = fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "b")}, seed=3, progress=False)
     np.testing.assert_allclose(resumed.elbo, full.elbo, rtol=1e-10)
     np.testing.assert_allclose(resumed.W, full.W, atol=1e-10)
