@@ -49,8 +49,8 @@ from ..models.priors import parse_priors
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .decoders import IdentityDecoder, LinearDecoder
 from .diagnostics import FitDiagnosticWarning, restart_problems
-from .guide import (softplus_inv, draw, initial_params, make_sampler, mean_field_guide, scale_updates,
-                    site_specs, step_factors)
+from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
+                    softplus_inv, step_factors)
 from .initialise import initialise
 from .order_mixture import mixture_from_guide, prepare_weighing
 from .posterior import Posterior
@@ -61,7 +61,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
-PAIR_WARMUP_MAX_D = 5  # pair_warmup None: a warm-up of half the steps up to this d, none above (docs/collapsed.md, pairs)
+PAIR_WARMUP_MAX_D = 5  # pair_warmup None: half the steps warm up to this d, none above (docs/collapsed.md, pairs)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
 _PAIR_SHRINK = 10.0  # the guide's sds divided by this where the paired steps take over from the warm-up: the paired
@@ -171,9 +171,10 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) ->
         auto = "data" if open_rows is not None else "fixed" if config.use_pairs else "scale"
         config = dataclasses.replace(config, init_scale=auto)
     with jax.enable_x64(True):  # the start and the statistics in float64 (numpy), whatever the steps'
-        ini = ini if ini is not None else initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
-                         tau=config.tau, value_scale=config.value_scale, seed=seed,
-                         unknown=dataset.target_unknown, regime=dataset.regime, target_rate=config.target_rate)
+        if ini is None:
+            ini = initialise(dataset.x, dataset.targets, dataset.values, order=config.known_order, observed=identity,
+                             tau=config.tau, value_scale=config.value_scale, seed=seed,
+                             unknown=dataset.target_unknown, regime=dataset.regime, target_rate=config.target_rate)
     devices = resolve_devices(config.devices)  # > 1: the statistics' rows split over devices
     units, stats, tstats = _statistics(dataset, config, ini, devices)
     known = None if config.known_order is None else jnp.asarray(config.known_order)
@@ -406,7 +407,8 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         decoder=decoder, latent_mean=latent_mean, latent_scale=latent_sd, seconds=time.perf_counter() - start,
         elbo=-np.concatenate(([] if warm is None else [warm.losses[:, svi.best]]) + [svi.losses[:, svi.best]]),
         tau=config.tau,
-        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best, "pair_warmup_steps": warmup_split(config, d)[0],
+        info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
+              "pair_warmup_steps": warmup_split(config, d)[0],
               "restart_edge_probs": restart_probs.tolist(), "proposal_order": built.ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__,
               **({"order_mixture": mixture.summary()} if mixture is not None else {}),
