@@ -81,9 +81,10 @@ def test_row_log_likelihood_does_not_depend_on_the_row_blocks(monkeypatch):
     """Rows are scored per pattern in blocks (the power of two holding the median pattern, at most _LL_ROWS): any
     block size, padded or spanning several blocks, gives the same densities."""
     import latentscm.inference.decoders as decoders
+    from latentscm.models.collapsed import group_block
 
-    assert decoders._row_block([250] * 16) == 256 and decoders._row_block([3, 5]) == 8
-    assert decoders._row_block([5000, 4000]) == decoders._LL_ROWS
+    assert group_block(np.repeat(np.arange(16), 250), 512) == 256 and group_block(np.array([0, 0, 0, 1]), 512) == 8
+    assert group_block(np.repeat([0, 1], [5000, 4000]), 512) == 512
     rng = np.random.default_rng(4)
     d, D, N = 3, 6, 100
     t = np.zeros((N, d), np.int8)  # patterns of 70, 3, 12 and 15 rows
@@ -94,9 +95,9 @@ def test_row_log_likelihood_does_not_depend_on_the_row_blocks(monkeypatch):
                               noise_scales=np.ones(d), projection=rng.normal(size=(d, D)))
     post = truth_posterior(sim, S=20, jitter=0.1)
     blocked = post.log_likelihood(sim)  # the median pattern (13.5 rows): blocks of 16
-    monkeypatch.setattr(decoders, "_row_block", lambda sizes: 4)
+    monkeypatch.setattr(decoders, "group_block", lambda group, most: 4)
     np.testing.assert_allclose(post.log_likelihood(sim), blocked, rtol=1e-12)
-    monkeypatch.setattr(decoders, "_row_block", lambda sizes: 128)
+    monkeypatch.setattr(decoders, "group_block", lambda group, most: 128)
     np.testing.assert_allclose(post.log_likelihood(sim), blocked, rtol=1e-12)
 
 

@@ -40,8 +40,8 @@ import optax
 from .._validate import (KNOWN_ORDER, TEMPERATURES, check_fields, flag, integer, integer_or, number, one_of,
                          optional, path, setting)
 from ..metrics import edge_probabilities
-from ..models.collapsed import (Units, centered_stats, collapsed_model, group_rows, make_units, unit_latent_posterior,
-                                unit_stats)
+from ..models.collapsed import (Units, centered_stats, collapsed_model, group_block, group_rows, make_units,
+                                unit_latent_posterior, unit_stats)
 from ..models.factors import unit_factors
 from ..models.target_sets import TargetStats
 from ..models.observed import identity_model, identity_stats
@@ -358,9 +358,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         built = build_collapsed(dataset, config, priors, seed)
         built, warm = _pair_warmup(dataset, config, built, priors, seed, keys[0], progress)
         config = built.config
+        warm_steps, paired_steps = warmup_split(config, d)  # (0, steps) without pairs
         ahead = _weighing_ahead(built, dataset, priors) if uses_mixture(config, d) else None
         try:
-            svi = solve(built.problem, keys[0], warmup_split(config, d)[1], chunk=config.chunk, progress=progress,
+            svi = solve(built.problem, keys[0], paired_steps, chunk=config.chunk, progress=progress,
                         desc="collapsed", checkpoint=checkpoint_for("collapsed", config, priors, seed, dataset),
                         after_compile=None if ahead is None else ahead.start)
         finally:  # the main thread traces no model before (also when the steps failed)
@@ -408,7 +409,7 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         elbo=-np.concatenate(([] if warm is None else [warm.losses[:, svi.best]]) + [svi.losses[:, svi.best]]),
         tau=config.tau,
         info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
-              "pair_warmup_steps": warmup_split(config, d)[0],
+              "pair_warmup_steps": warm_steps,
               "restart_edge_probs": restart_probs.tolist(), "proposal_order": built.ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__,
               **({"order_mixture": mixture.summary()} if mixture is not None else {}),
@@ -532,7 +533,7 @@ def _pattern_summaries(dataset, draws, tau, units, value_scale):
         # last block padded): one compiled shape per unit size, however the patterns' sizes vary. Each block
         # forms its pattern's factors again (O(d^3) per draw), so a typical pattern must fit one block: with
         # blocks of half its size the d = 200 scaling fit's summaries took 230 s instead of about 115 s
-        block = 1 << min(max(3, int(np.ceil(np.log2(np.median(np.bincount(g)))))), int(np.log2(_ROW_BUCKET)))
+        block = group_block(g, _ROW_BUCKET)
         most = max(1, min(S, int(_SUMMARY_NUMBERS // (block * k * (u.x.shape[2] + d)))))  # draws per call at most
         step = -(-S // -(-S // most))  # as few calls as that allows, of equal size (200 draws, 186 at most: 2 x 100)
         padded = -(-S // step) * step  # the last padded with weight 0

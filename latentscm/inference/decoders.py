@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.collapsed import Units, group_rows, make_units, unit_log_likelihood
+from ..models.collapsed import Units, group_block, group_rows, make_units, unit_log_likelihood
 from ..models.precision_form import pattern_row_log_likelihood
 from ..models.scm import InterventionalLinearGaussian
 
@@ -104,7 +104,7 @@ class LinearDecoder(Decoder):
             v = np.where(known, values, 0.0)
             out = np.empty((S, len(x)))
             patterns, group = group_rows(np.concatenate([targets > 0, known], 1))
-            block = _row_block(np.bincount(group))
+            block = group_block(group, _LL_ROWS)  # the default problem's 250-row patterns: 256, not 512
             for g, pattern in enumerate(patterns.astype(np.float64)):
                 rows = np.flatnonzero(group == g)
                 masks = tuple(np.broadcast_to(m, (len(draws[0]), d)) for m in (pattern[:d], pattern[d:]))
@@ -183,12 +183,6 @@ def _collapsed_units(x, t, v, known, W, sigma, A, b, obs_scale, tau, value_scale
 def _draw_chunk(f, data, draws):
     """``f`` over a chunk of draws (vmapped) and units: (draws, units)."""
     return jax.vmap(lambda *a: f(*data, *a))(*draws)
-
-
-def _row_block(sizes):
-    """Units per call for groups of these sizes: the power of two that holds the median group (8 to ``_LL_ROWS``), so
-    that groups smaller than ``_LL_ROWS`` are not padded to it (the default problem's 250-row patterns: 256)."""
-    return 1 << int(np.clip(np.ceil(np.log2(max(1.0, float(np.median(sizes))))), 3, np.log2(_LL_ROWS)))
 
 
 def _chunked(f, data, draws, rows=_LL_ROWS):

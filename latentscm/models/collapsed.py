@@ -109,6 +109,14 @@ def group_rows(targets):
     return masks, index.reshape(-1)
 
 
+def group_block(group, most):
+    """Rows per block for the groups of :func:`group_rows`' index ``group``: the power of two that holds the median
+    group (8 to ``most``, a power of two), so that every group's rows go in blocks of one size (one compiled shape)
+    and a typical group fills one block without being padded far beyond it."""
+    median = max(1.0, float(np.median(np.bincount(group))))
+    return 1 << int(np.clip(np.ceil(np.log2(median)), 3, np.log2(most)))
+
+
 def unit_stats(units: Units, dtype=np.float64, group=None):
     """Sufficient statistics of units grouped by their (targets, known) pattern (float64, numpy), or by
     ``group`` (U,) (e.g. regime ids; each group's pattern is that of its first unit)."""
