@@ -235,3 +235,28 @@ def test_rival_is_a_close_em_end_with_different_latents():
     assert gap == pytest.approx(3.0) and m == pytest.approx((np.sqrt(2) + 1) / 3, abs=0.03) and n == 3
     assert f"MCC {m:.3f}" in rival_problem((gap, m, n)) and rival_problem(None) is None
     assert "2.0 nats above the best" in rival_problem((-2.0, 0.8, 5))  # an end above the kept one is named so
+
+
+def test_regime_clusters_pool_regimes_of_one_law_and_keep_others_apart():
+    from scipy.stats import multivariate_normal
+
+    from latentscm.inference.targets import _gaussian_ll, regime_clusters
+
+    rng = np.random.default_rng(0)
+    d, n = 3, 300
+    y = rng.normal(size=(n, d)) @ np.diag([1.0, 2.0, 0.5])
+    mu, cov = y.mean(0), np.cov(y.T, bias=True)
+    # the maximised log-likelihood up to the constant n d (1 + log 2 pi) / 2
+    full = multivariate_normal(mu, cov).logpdf(y).sum() + n * d * (1 + np.log(2 * np.pi)) / 2
+    assert _gaussian_ll(np.float64(n), y.sum(0), y.T @ y) == pytest.approx(full)
+    # nine regimes from three laws (a node's variance changed, another's mean): three groups, exactly those
+    laws = [np.eye(d), np.diag([3.0, 1.0, 1.0]), np.eye(d)]
+    means = [np.zeros(d), np.zeros(d), np.array([0.0, 0.0, 1.0])]
+    law = np.array([0, 1, 2, 1, 0, 2, 2, 0, 1])
+    ys = np.concatenate([rng.normal(size=(n, d)) @ laws[k] + means[k] for k in law])
+    g = np.repeat(np.arange(len(law)), n)
+    label = regime_clusters(ys, g)
+    assert len(np.unique(label)) == 3
+    np.testing.assert_array_equal(label[:, None] == label[None, :], law[:, None] == law[None, :])
+    # six regimes of one law: one group
+    assert (regime_clusters(rng.normal(size=(6 * n, d)), np.repeat(np.arange(6), n)) == 0).all()

@@ -11,8 +11,9 @@ predecessors) or as intervened rows with an unknown value (``z_j ~ N(0, tau^2 + 
 (sums over the regime's rows, from its second moments). EM alternates that E-step with the M-step of
 :mod:`~latentscm.inference.identify` (L-BFGS on ``H`` and an order move, with each regime's moments
 weighted by its target probabilities: the expected complete-data likelihood is linear in them). The
-search runs from several starts (every unknown entry targeted, or none, each with a data-driven and
-random ``H``) and keeps the largest EM lower bound ``E_q log p(y, t) + H(q)``.
+search runs from several starts (sink peeling; regimes grouped by their law, :func:`regime_clusters`, each group
+one node's targets; every unknown entry targeted, or none, each with a data-driven and random ``H``) and keeps
+the largest EM lower bound ``E_q log p(y, t) + H(q)``.
 
 The collapsed fit's side is here too: the candidate target sets and statistics of the regimes with
 unknown targets (:func:`open_target_stats`), each posterior draw's exact target probabilities
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import scipy.optimize
+import scipy.special
 
 from .identify import (_closed_form_start, _fit_H, _peel_start, _polish, _random_start, Moments,
                        log_likelihood, pattern_moments, profile, split_direction)
@@ -44,6 +46,7 @@ MAX_SETS = 1024  # target_sets = "all": every set up to this many, else sets of 
 _DRAW_CHUNK = 16  # posterior draws per call of the jitted target probabilities
 _NEAR = 2  # the last climb's moves pair nodes at most this far apart in the order
 _MIN_GAIN = 1.0  # nats: the last climb keeps a move only when it raises the bound by more
+_SAME_P = 1e-3  # regimes pooled while a likelihood-ratio test of equal distributions keeps p above this
 RIVAL_NATS, RIVAL_MCC = 10.0, 0.97  # an EM end this close to the best, with latents this different: a warning
 
 
@@ -212,6 +215,72 @@ def _peel_unknown(y1, g, observational, tau, value_scale):
     return np.array(order[::-1]), H, on_all
 
 
+def _gaussian_ll(n, s1, s2):
+    """Maximised Gaussian log-likelihood (up to a constant) of rows with count ``n``, sum ``s1``, ``y^T y`` ``s2``
+    (leading axes broadcast)."""
+    mu = s1 / n[..., None]
+    cov = s2 / n[..., None, None] - mu[..., :, None] * mu[..., None, :]
+    return -0.5 * n * np.linalg.slogdet(cov)[1]
+
+
+def regime_clusters(y, g, p_same=_SAME_P):
+    """Regimes ``0..G-1`` of ``g`` grouped by their distribution: agglomerative, the two groups whose
+    likelihood-ratio statistic for one Gaussian (mean and covariance) against two is smallest merged while its
+    chi-square p-value exceeds ``p_same``. Regimes with the same targets and unknown values share their law, so
+    the groups are candidates for "the same targets". Returns the group label of each regime (G,)."""
+    G, d = int(g.max()) + 1, y.shape[1]
+    n = np.bincount(g, minlength=G).astype(np.float64)
+    s1 = np.stack([y[g == r].sum(0) for r in range(G)])
+    s2 = np.stack([y[g == r].T @ y[g == r] for r in range(G)])
+    label = np.arange(G)
+    alive = n > d + 1  # fewer rows: a singular covariance, left alone
+    own = np.where(alive, _gaussian_ll(np.maximum(n, 1), s1, s2 + np.eye(d) * (~alive)[:, None, None]), 0.0)
+
+    def lr(a, b):  # the likelihood-ratio statistic of merging a with each of b
+        return 2 * (own[a] + own[b] - _gaussian_ll(n[a] + n[b], s1[a] + s1[b], s2[a] + s2[b]))
+
+    stat = np.full((G, G), np.inf)
+    for a in np.flatnonzero(alive):
+        b = np.flatnonzero(alive[a + 1:]) + a + 1
+        stat[a, b] = stat[b, a] = lr(a, b)
+    df = d + d * (d + 1) / 2
+    while alive.sum() > 1:
+        a, b = np.unravel_index(np.argmin(stat), stat.shape)
+        if scipy.special.chdtrc(df, stat[a, b]) < p_same:
+            break
+        n[a], s1[a], s2[a] = n[a] + n[b], s1[a] + s1[b], s2[a] + s2[b]
+        own[a] = _gaussian_ll(n[a], s1[a], s2[a])
+        alive[b] = False
+        label[label == b] = a
+        stat[b, :] = stat[:, b] = np.inf
+        others = np.flatnonzero(alive & (np.arange(G) != a))
+        stat[a, others] = stat[others, a] = lr(a, others)
+    return np.unique(label, return_inverse=True)[1]
+
+
+def _cluster_start(problem, y1, g_all, fixed_all, free_all, all_ids):
+    """Target probabilities from :func:`regime_clusters` of every regime: an open regime grouped with a regime whose
+    targets are all known takes its targets; each remaining group (when at most d) one node of its own. None
+    when no group is left or more than d are."""
+    label = regime_clusters(y1[:, :-1], g_all)
+    open_g = np.searchsorted(all_ids, problem.ids)
+    known = ~free_all.any(1)
+    q = np.zeros((len(open_g), problem.d))
+    groups = []
+    for i, r in enumerate(open_g):
+        mates = np.flatnonzero((label == label[r]) & known)
+        if len(mates):
+            q[i] = fixed_all[mates[0]]
+        elif label[r] not in groups:
+            groups.append(label[r])
+    if not groups or len(groups) > problem.d:
+        return None
+    for i, r in enumerate(open_g):
+        if label[r] in groups:
+            q[i, groups.index(label[r])] = 1.0
+    return np.where(problem.free, np.clip(q, 0.02, 0.98), 0.0)
+
+
 def _match_labels(on, fixed, free):
     """Permutation of the peeled nodes onto the labels that best agrees with the known target entries."""
     agree = np.einsum("gi,gk->ik", on.astype(float), np.where(free, 0.0, fixed)) \
@@ -296,6 +365,12 @@ def search_targets(y1, targets, values, unknown, group, *, rate, tau, value_scal
         on = on[np.searchsorted(all_ids, problem.ids)]
         q0 = np.where(problem.free, np.clip(on[:, perm], 0.02, 0.98), 0.0)
         starts.append((q0, p_H[:, perm], inv[p_order] if order is None else np.asarray(order)))
+    clustered = _cluster_start(problem, y1, g_all.reshape(-1), fixed_all, free_all, all_ids)
+    if clustered is not None:  # regimes grouped by their law, each group one node's targets
+        t, v = problem.hard(clustered)
+        peel = _peel_start(y1, t, v, tau, value_scale)
+        if peel is not None:
+            starts.append((clustered, peel[1], peel[0] if order is None else np.asarray(order)))
     for q0 in (problem.free.astype(np.float64), np.where(problem.free, rate, 0.0)):
         t, v = problem.hard(q0)
         Hs = [_closed_form_start(y1, t, v, tau, value_scale, rng)]
