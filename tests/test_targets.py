@@ -260,3 +260,33 @@ def test_regime_clusters_pool_regimes_of_one_law_and_keep_others_apart():
     np.testing.assert_array_equal(label[:, None] == label[None, :], law[:, None] == law[None, :])
     # six regimes of one law: one group
     assert (regime_clusters(rng.normal(size=(6 * n, d)), np.repeat(np.arange(6), n)) == 0).all()
+
+
+def test_cluster_start_gives_each_group_of_regimes_one_node():
+    """Single-target knockouts (d = 4, 12 regimes): every regime grouped with the others of its target, the
+    labelled observational regime free; each group one node, so the start's targets are the truth up to the
+    node labels. With more groups than nodes (multi-target regimes) there is no such start."""
+    from latentscm.inference.targets import _Problem, _cluster_start
+
+    def start(targets):
+        cfg = SimulationConfig(d=4, D=12, design="iid", targets=targets, values="zero", n_regimes=12,
+                               rows_per_regime=100, n_pairs=1200, n_rows=2600)
+        data = simulate(cfg, 1)[0]
+        ds = _observational_known(data)
+        y1 = np.c_[project(ds.x, ds.d)[0], np.ones(ds.N)]
+        ids, first, g = np.unique(ds.regime, return_index=True, return_inverse=True)
+        free = ds.target_unknown[first]
+        fixed = np.where(free, 0.0, ds.targets[first] > 0)
+        problem = _Problem(y1, ds.targets, np.where(ds.targets > 0, ds.values, 0.0), ds.target_unknown, ds.regime)
+        q = _cluster_start(problem, y1, g.reshape(-1), fixed, free, ids)
+        return q, regime_table(data.regime, data.targets)[1][np.searchsorted(ids, problem.ids)]
+
+    q, truth = start("single")
+    assert set(np.unique(q)) == {0.02, 0.98}
+    hard = q > 0.5
+    assert (hard.sum(1) == 1).all()
+    match = [int(np.flatnonzero(truth[hard[:, k]].any(0))[0]) for k in range(4)]  # group k's true node
+    assert sorted(match) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(hard, truth[:, match] > 0)
+    q, _ = start("multi")
+    assert q is None
