@@ -73,10 +73,14 @@ def main(argv=None):
     parser.add_argument("--fresh", action="store_true", help="forget finished fits and refit everything")
     parser.add_argument("--name", default="scaling")
     parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from finished fits, fit nothing")
+    parser.add_argument("--timings", default=None,
+                        help="the results file's paragraph on how this run was timed (default: that of scaling.md)")
     args = parser.parse_args(argv)
+    note = NOTE if args.timings is None else NOTE.replace(NOTE[NOTE.index("**Timings"):NOTE.index("History:")],
+                                                          f"**Timings.** {args.timings}\n\n")
     only = set(args.only.split(",")) - {""}
     table = run_grid(cells(only), work=ROOT / "benchmarks" / "_work" / args.name, out=RESULTS / args.name,
-                     title="Scaling of `collapsed` (issue 5 acceptance)", note=NOTE, fresh=args.fresh,
+                     title="Scaling of `collapsed` (issue 5 acceptance)", note=note, fresh=args.fresh,
                      fit=not args.tables_only)
     print(table.drop(columns=["config"], errors="ignore").to_string(index=False))
 
