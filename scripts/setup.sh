@@ -80,17 +80,28 @@ else
 fi
 
 VPY="$VENV/bin/python"
-# The stamp records pyproject.toml and the interpreter; pip runs only when either changed or the
+# Dependencies at the versions the results were measured with (constraints.txt); CONSTRAINTS= (empty) for the
+# newest that pyproject.toml allows, CONSTRAINTS=/path/file for others.
+CONSTRAINTS="${CONSTRAINTS-$REPO/constraints.txt}"
+[[ -z "$CONSTRAINTS" || -f "$CONSTRAINTS" ]] || die "CONSTRAINTS=$CONSTRAINTS is not a file; point it at a pip constraints file, or set it empty to install unpinned"
+# The stamp records pyproject.toml, the constraints and the interpreter; pip runs only when one changed or the
 # package is not installed.
-want="$("$VPY" -c 'import hashlib, sys; h = hashlib.sha256(open("pyproject.toml", "rb").read()); h.update(sys.version.encode()); print(h.hexdigest())')"
+want="$("$VPY" -c 'import hashlib, sys; h = hashlib.sha256(open("pyproject.toml", "rb").read()); h.update(open(sys.argv[1], "rb").read() if sys.argv[1] else b"unpinned"); h.update(sys.version.encode()); print(h.hexdigest())' "$CONSTRAINTS")"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want" == "$have" ]] && "$VPY" -c 'import importlib.metadata as m; m.version("latentscm")' >/dev/null 2>&1; then
     exit 0
 fi
 
-say "installing latentscm (editable, with test extras) into $VENV"
+say "installing latentscm (editable, with test extras) into $VENV${CONSTRAINTS:+ at the versions of $CONSTRAINTS}"
 LOG="$VENV/pip-install.log"
-if ! "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[test]' >"$LOG" 2>&1; then
+install() { "$VPY" -m pip install --quiet --disable-pip-version-check "$@" -e '.[test]' >>"$LOG" 2>&1; }
+: >"$LOG"
+if [[ -n "$CONSTRAINTS" ]] && ! install -c "$CONSTRAINTS"; then
+    tail -n 5 "$LOG" >&2
+    say "warning: the pinned versions do not install for Python $(python_version "$VPY") (above); installing the newest that pyproject.toml allows, whose results may differ from the README's"
+    CONSTRAINTS=""
+    install || { tail -n 40 "$LOG" >&2; die "pip install failed (last lines above, full log in $LOG); fix the error and run scripts/setup.sh again"; }
+elif [[ -z "$CONSTRAINTS" ]] && ! install; then
     tail -n 40 "$LOG" >&2
     die "pip install failed (last lines above, full log in $LOG); fix the error and run scripts/setup.sh again"
 fi
