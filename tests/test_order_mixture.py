@@ -55,13 +55,38 @@ def test_order_weights_match_enumeration():
 
 def test_problems_name_unreliable_weights():
     mix = OrderMixture(np.array([[0, 1], [1, 0]]), np.zeros(2), np.array([0.6, 0.4]), np.array([0.2, 0.9]),
-                       np.ones(2), np.zeros(2), True, {})
+                       np.ones(2), np.zeros(2), True, {}, np.zeros(2, bool))
     (problem,) = mix.problems()
     assert "PSIS k up to 0.90" in problem and "[1, 0]" in problem
     assert mix.summary()["max_khat"] == pytest.approx(0.9)
     stopped = mix._replace(khat=np.zeros(2), complete=False)
     (problem,) = stopped.problems()
     assert "search stopped after weighing 2 orders" in problem
+
+
+def test_orders_whose_weights_cannot_be_smoothed_get_no_mass():
+    """An order whose importance weights are one overflowing draw (as a Laplace proposal in a region where the density
+    is numerically broken gives, log weight 2.8e8 in the unknown-target knockout test) has no evidence estimate: it
+    is left out, the other order takes the mass, and the problems say so."""
+    from latentscm.inference.order_mixture import Weighing
+
+    rng = np.random.default_rng(0)
+    num = 256
+    sane = -1000.0 + rng.normal(size=num)
+    broken = np.r_[2.8e8, -1000.0 + 500.0 * rng.normal(size=num - 1)]
+
+    def weigher(Ps, u0, key, index, data, fixed):
+        log_w = np.stack([broken if P[0, 0] == 0 else sane for P in Ps])  # order (1, 0): the broken one
+        return log_w, {"W": np.zeros((len(Ps), num, 2, 2))}
+
+    mix = weigh_orders(Weighing({}, {}, weigher), None, lambda order: np.zeros(1), np.array([[0, 1]]),
+                       np.zeros(2, np.uint32), d=2, num_draws=20)
+    broken_at = [tuple(o) for o in mix.orders].index((1, 0))
+    assert not np.isfinite(mix.khat[broken_at]) and mix.left_out[broken_at] and mix.left_out.sum() == 1
+    assert mix.probs[broken_at] == 0.0 and mix.probs.sum() == pytest.approx(1.0)
+    assert (mix.draws["order"] == [0, 1]).all()
+    assert any("left out" in p for p in mix.problems())
+    assert mix.summary()["left_out"] == 1
 
 
 @pytest.mark.slow

@@ -58,8 +58,10 @@ class OrderMixture(NamedTuple):
     """The weighed orders: ``orders`` (K, d), ``log_evidence`` (K,) (log p(x, order) up to one constant),
     ``probs`` (K,), ``khat`` (K,), ``ess`` (K,) (each order's importance-sampling effective size),
     ``relative_se`` (K,) (Monte Carlo standard error of each evidence, relative), ``complete`` (every
-    order was weighed or the search closed), and the resampled draws ``draws`` ({site: (num, ...)},
-    ``W`` and ``order`` included)."""
+    order was weighed or the search closed), the resampled draws ``draws`` ({site: (num, ...)},
+    ``W`` and ``order`` included) and ``left_out`` (K,): orders given no mass because PSIS could not fit their
+    weights' tail (k NaN or inf: the evidence is one draw's weight, e.g. a Laplace proposal in a region where
+    the density overflows), while other orders' weights could be smoothed."""
 
     orders: np.ndarray
     log_evidence: np.ndarray
@@ -69,6 +71,7 @@ class OrderMixture(NamedTuple):
     relative_se: np.ndarray
     complete: bool
     draws: dict
+    left_out: np.ndarray
 
     def problems(self, mass=0.01) -> list[str]:
         """Why the weights cannot be trusted, if they cannot: the search stopped with candidates left, or PSIS
@@ -76,6 +79,10 @@ class OrderMixture(NamedTuple):
         out = [] if self.complete else [
             f"order posterior: the search stopped after weighing {len(self.orders)} orders (mixture_orders) with "
             "candidates within reach of the best left unweighed; orders beyond them get no mass"]
+        kept = np.where(self.left_out, -np.inf, self.log_evidence)
+        if (self.left_out & (self.log_evidence > kept.max() + math.log(mass))).any():
+            out.append(f"order posterior: {int(self.left_out.sum())} order(s) left out, their importance weights "
+                       "beyond smoothing (PSIS k undefined) with an evidence estimate that would have carried mass")
         heavy = (self.probs >= mass) & (self.khat > KHAT_MAX)
         if not heavy.any():
             return out
@@ -88,7 +95,7 @@ class OrderMixture(NamedTuple):
         """JSON-ready: the ``top`` orders with probability, k, effective size and relative error; every
         order with probability above 1e-9 (``weights``: [order, probability], most probable first); totals."""
         idx = np.argsort(self.probs)[::-1]
-        return {"orders_weighed": len(self.orders), "complete": self.complete,
+        return {"orders_weighed": len(self.orders), "complete": self.complete, "left_out": int(self.left_out.sum()),
                 "max_khat": float(np.max(np.where(self.probs >= 0.01, self.khat, -np.inf), initial=-np.inf)),
                 "top": [{"order": self.orders[i].tolist(), "prob": float(self.probs[i]),
                          "khat": float(self.khat[i]), "ess": float(self.ess[i]),
@@ -222,11 +229,13 @@ def weigh_orders(weighing, data, start, seeds, key, *, d, num_draws, max_orders=
                     pending += new
                     seen.update(new)
     log_z, ess, rse, khat = (np.array([r[i] for r in results]) for i in range(4))
-    probs = np.exp(log_z - log_z.max())
+    left_out = ~np.isfinite(khat) & np.isfinite(khat).any()  # one draw's weight: no estimate (OrderMixture)
+    kept = np.where(left_out, -np.inf, log_z)
+    probs = np.exp(kept - kept.max())
     probs /= probs.sum()
     draws = _resample(np.array(done), probs, [r[4] for r in results], [r[5] for r in results], num_draws,
                       np.random.default_rng(seed))
-    return OrderMixture(np.array(done), log_z, probs, khat, ess, rse, not pending, draws)
+    return OrderMixture(np.array(done), log_z, probs, khat, ess, rse, not pending, draws, left_out)
 
 
 def _resample(orders, probs, smoothed, sites, num, rng):
