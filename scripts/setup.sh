@@ -100,8 +100,8 @@ if [[ -n "$CONSTRAINTS" ]] && ! install -c "$CONSTRAINTS"; then
     tail -n 5 "$LOG" >&2
     say "warning: the pinned versions do not install for Python $(python_version "$VPY") (above); installing the newest that pyproject.toml allows, whose results may differ from the README's"
     CONSTRAINTS=""
-    install || { tail -n 40 "$LOG" >&2; die "pip install failed (last lines above, full log in $LOG); fix the error and run scripts/setup.sh again"; }
-elif [[ -z "$CONSTRAINTS" ]] && ! install; then
+fi
+if [[ -z "$CONSTRAINTS" ]] && ! install; then
     tail -n 40 "$LOG" >&2
     die "pip install failed (last lines above, full log in $LOG); fix the error and run scripts/setup.sh again"
 fi

@@ -255,11 +255,11 @@ def test_regime_clusters_pool_regimes_of_one_law_and_keep_others_apart():
     law = np.array([0, 1, 2, 1, 0, 2, 2, 0, 1])
     ys = np.concatenate([rng.normal(size=(n, d)) @ laws[k] + means[k] for k in law])
     g = np.repeat(np.arange(len(law)), n)
-    label = regime_clusters(ys, g)
+    label = regime_clusters(np.c_[ys, np.ones(len(ys))], g)
     assert len(np.unique(label)) == 3
     np.testing.assert_array_equal(label[:, None] == label[None, :], law[:, None] == law[None, :])
     # six regimes of one law: one group
-    assert (regime_clusters(rng.normal(size=(6 * n, d)), np.repeat(np.arange(6), n)) == 0).all()
+    assert (regime_clusters(np.c_[rng.normal(size=(6 * n, d)), np.ones(6 * n)], np.repeat(np.arange(6), n)) == 0).all()
 
 
 def test_cluster_start_gives_each_group_of_regimes_one_node():

@@ -223,15 +223,15 @@ def _gaussian_ll(n, s1, s2):
     return -0.5 * n * np.linalg.slogdet(cov)[1]
 
 
-def regime_clusters(y, g, p_same=_SAME_P):
-    """Regimes ``0..G-1`` of ``g`` grouped by their distribution: agglomerative, the two groups whose
-    likelihood-ratio statistic for one Gaussian (mean and covariance) against two is smallest merged while its
-    chi-square p-value exceeds ``p_same``. Regimes with the same targets and unknown values share their law, so
-    the groups are candidates for "the same targets". Returns the group label of each regime (G,)."""
-    G, d = int(g.max()) + 1, y.shape[1]
-    n = np.bincount(g, minlength=G).astype(np.float64)
-    s1 = np.stack([y[g == r].sum(0) for r in range(G)])
-    s2 = np.stack([y[g == r].T @ y[g == r] for r in range(G)])
+def regime_clusters(y1, g, p_same=_SAME_P):
+    """Regimes ``0..G-1`` of ``g`` grouped by the distribution of their rows of ``y`` (``y1 = [y, 1]``):
+    agglomerative, the two groups whose likelihood-ratio statistic for one Gaussian (mean and covariance) against
+    two is smallest merged while its chi-square p-value exceeds ``p_same``. Regimes with the same targets and
+    unknown values share their law, so the groups are candidates for "the same targets". Returns the group label
+    of each regime (G,)."""
+    G, d = int(g.max()) + 1, y1.shape[1] - 1
+    S, n = pattern_moments(y1, g, G)  # y1^T y1 per regime: y^T y, and the sum of y in its last column
+    s1, s2 = S[:, :d, d].copy(), S[:, :d, :d].copy()
     label = np.arange(G)
     alive = n > d + 1  # fewer rows: a singular covariance, left alone
     own = np.where(alive, _gaussian_ll(np.maximum(n, 1), s1, s2 + np.eye(d) * (~alive)[:, None, None]), 0.0)
@@ -262,7 +262,7 @@ def _cluster_start(problem, y1, g_all, fixed_all, free_all, all_ids):
     """Target probabilities from :func:`regime_clusters` of every regime: an open regime grouped with a regime whose
     targets are all known takes its targets; each remaining group (when at most d) one node of its own. None
     when no group is left or more than d are."""
-    label = regime_clusters(y1[:, :-1], g_all)
+    label = regime_clusters(y1, g_all)
     open_g = np.searchsorted(all_ids, problem.ids)
     known = ~free_all.any(1)
     q = np.zeros((len(open_g), problem.d))
