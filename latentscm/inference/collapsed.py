@@ -43,6 +43,7 @@ from ..metrics import edge_probabilities
 from ..models.collapsed import (Units, centered_stats, collapsed_model, group_block, group_rows, make_units,
                                 unit_latent_posterior, unit_stats)
 from ..models.factors import unit_factors
+from ..models.precision_form import pattern_row_moments
 from ..models.target_sets import TargetStats
 from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
@@ -495,8 +496,11 @@ def _pattern_moments(W, sigma, A, b, s, masks, known, X, V, tau, value_scale):
     W ... s: one posterior draw; masks, known (1, k, d); X (n, k, D); V (n, k, d). The latent
     covariance and the Woodbury matrices depend only on the pattern, so they are formed once and
     each unit costs O(k D d): mean (n, k d) and mean^2 + var (n, k d). Same formulas as
-    :func:`~latentscm.models.collapsed.unit_latent_posterior`.
+    :func:`~latentscm.models.collapsed.unit_latent_posterior` (single rows, k = 1: in precision form,
+    :func:`~latentscm.models.precision_form.pattern_row_moments`).
     """
+    if X.shape[1] == 1:
+        return pattern_row_moments(masks[0, 0], known[0, 0], X[:, 0], V[:, 0], W, sigma, A, b, s, tau, value_scale)
     gamma, gz = unit_factors(W, sigma, tau, value_scale, masks, known)
     Ut, G = _decoded(gamma, gz, A)
     Ut, G = Ut[0], G[0]  # (r, kD), (kd, kD)
