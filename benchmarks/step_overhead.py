@@ -52,12 +52,24 @@ def main():
     parser.add_argument("out", help="stem of the output files OUT.json and OUT.npz")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ablate", default="", help="comma-separated: hungarian, bethe, sinkhorn")
+    parser.add_argument("--d", type=int, default=None,
+                        help="instead of the default job, the scaling problem with d latents (benchmarks/scaling.py: "
+                             "D = 100, paired, 100 multi-target regimes x 100 rows) under scaled_settings(d)")
+    parser.add_argument("--chunks", type=int, default=None, help="chunks of 100 steps run from the start (default: "
+                                                                 "the whole fit)")
     args = parser.parse_args()
     for part in filter(None, args.ablate.split(",")):
         setattr(permutation, NAMES[part], STANDINS[part])
     chunk = 100
-    train, _ = simulate(SimulationConfig(), 0)
-    config = CollapsedConfig()
+    if args.d is None:
+        train, _ = simulate(SimulationConfig(), 0)
+        config = CollapsedConfig()
+    else:
+        from latentscm.inference.collapsed import scaled_settings
+
+        train, _ = simulate(SimulationConfig(d=args.d, D=100, graph="er", edges_per_node=1.0, targets="multi",
+                                             n_regimes=100, rows_per_regime=100, n_pairs=10000), 0)
+        config = CollapsedConfig(**scaled_settings(args.d))
     with jax.enable_x64(True):
         problem = build_collapsed(train, config, parse_priors(None), 0).problem
         state = init(seed_keys(0, 3 + config.num_restarts)[0], problem.params, problem.optimizer)
@@ -69,7 +81,7 @@ def main():
         t2 = time.perf_counter()
         hlo = compiled.as_text()
         s, losses, chunk_ms = state, [], []
-        for _ in range(config.steps // chunk):  # the whole run from the start: numbers and fit-average time
+        for _ in range(args.chunks or config.steps // chunk):  # the whole run from the start: numbers and fit-average time
             a = time.perf_counter()
             s, info = compiled(s, problem.data)
             losses.append(np.asarray(info.loss))
@@ -86,7 +98,7 @@ def main():
     result = {"trace_lower_s": t1 - t0, "compile_s": t2 - t1, "hlo_lines": hlo.count("\n"),
               "while_loops": hlo.count(" while("), "step_ms_median": float(np.median(step_ms)), "step_ms": step_ms,
               "fit_ms_per_step": float(np.mean(chunk_ms)), "chunk_ms": chunk_ms, "final_loss": losses[-1].tolist(),
-              "ablate": args.ablate}
+              "ablate": args.ablate, "d": args.d}
     with open(args.out + ".json", "w") as fh:
         json.dump(result, fh)
     print(json.dumps({k: v for k, v in result.items() if k not in ("step_ms", "chunk_ms")}))
