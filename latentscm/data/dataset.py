@@ -9,10 +9,14 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .._io import atomic_write
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["DataError", "Dataset"]
 
@@ -96,6 +100,36 @@ def _differing_row(key: np.ndarray, regime: np.ndarray, check: np.ndarray) -> tu
         return None
     row = int(np.flatnonzero(bad)[0])
     return row, int(first[inv[row]])
+
+
+def topological_order(weights) -> np.ndarray:
+    """Nodes of the DAG ``weights != 0`` in a topological order (parents first): the roots in index order, then each
+    node once its parents are placed, in the order they become so (networkx's ``topological_sort`` order).
+
+    Raises
+    ------
+    DataError
+        If the graph has a cycle (the message names one).
+    """
+    adj = np.asarray(weights) != 0
+    indegree = adj.sum(0)
+    order = [int(i) for i in np.flatnonzero(indegree == 0)]
+    for i in order:  # the list grows while it is read
+        for j in np.flatnonzero(adj[i]):
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                order.append(int(j))
+    if len(order) < len(adj):
+        left = np.ones(len(adj), bool)
+        left[order] = False  # every node left has a parent left: walk up parents until one repeats
+        path, node = [], int(np.flatnonzero(left)[0])
+        while node not in path:
+            path.append(node)
+            node = int(np.flatnonzero(adj[:, node] & left)[0])
+        cycle = path[path.index(node):][::-1]
+        raise DataError(f"weights must describe a DAG but contain the cycle {cycle}; "
+                        "weights[i, j] != 0 means an edge i -> j")
+    return np.array(order, dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,11 +232,7 @@ class Dataset:
                                     f"D = {big_d}), got {a.shape}")
                 put(name, a)
         if self.weights is not None:
-            g = nx.from_numpy_array((self.weights != 0).astype(int), create_using=nx.DiGraph)
-            if not nx.is_directed_acyclic_graph(g):
-                cycle = [u for u, _ in nx.find_cycle(g)]
-                raise DataError(f"weights must describe a DAG but contain the cycle {cycle}; "
-                                "weights[i, j] != 0 means an edge i -> j")
+            topological_order(self.weights)  # DataError naming a cycle
         if self.image_shape is not None:
             raw = np.asarray(self.image_shape)
             if (raw.ndim > 1 or raw.size not in (2, 3) or not np.issubdtype(raw.dtype, np.number)
@@ -337,6 +367,8 @@ class Dataset:
         """True DAG as a ``networkx.DiGraph`` on nodes ``0..d-1`` with edge attribute ``weight``."""
         if self.weights is None:
             raise DataError("this dataset has no true weights; true_graph() needs ground truth")
+        import networkx as nx
+
         g = nx.DiGraph()
         g.add_nodes_from(range(self.d))
         for i, j in zip(*np.nonzero(self.weights)):

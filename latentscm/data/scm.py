@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 from scipy.linalg import solve_triangular
 
 from .dags import Seed, as_rng
-from .dataset import DataError
+from .dataset import DataError, topological_order
 
 __all__ = ["topological_order", "sample_latents"]
-
-
-def topological_order(weights: np.ndarray) -> np.ndarray:
-    """Nodes of the DAG ``weights != 0`` in a topological order (parents first).
-
-    Raises
-    ------
-    DataError
-        If the graph has a cycle.
-    """
-    w = np.asarray(weights)
-    g = nx.from_numpy_array((w != 0).astype(int), create_using=nx.DiGraph)
-    try:
-        return np.array(list(nx.topological_sort(g)), dtype=np.int64)
-    except nx.NetworkXUnfeasible:
-        cycle = [u for u, _ in nx.find_cycle(g)]
-        raise DataError(f"weights must describe a DAG but contain the cycle {cycle}; "
-                        "weights[i, j] != 0 means an edge i -> j") from None
 
 
 def sample_latents(

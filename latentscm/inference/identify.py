@@ -41,7 +41,6 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 
 from ..models.collapsed import group_rows
 from ..models.scm import LOG_2PI
@@ -175,6 +174,8 @@ def log_likelihood(moments, H, order, tau, value_scale, s2):
 
 def _fit_H(moments, H, order, tau, value_scale, s2, iters=_LBFGS_ITERS):
     f = _objective(moments, order, tau, value_scale, s2)
+    import scipy.optimize  # here: its import is a fifth of a second that fits anchored by known values do not need
+
     res = scipy.optimize.minimize(f, H.reshape(-1), jac=True, method="L-BFGS-B", options={"maxiter": iters})
     return res.x.reshape(H.shape), -res.fun
 

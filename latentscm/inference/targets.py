@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import scipy.optimize
 import scipy.special
 
 from .identify import (_closed_form_start, _fit_H, _peel_start, _polish, _random_start, Moments,
@@ -285,6 +284,8 @@ def _match_labels(on, fixed, free):
     """Permutation of the peeled nodes onto the labels that best agrees with the known target entries."""
     agree = np.einsum("gi,gk->ik", on.astype(float), np.where(free, 0.0, fixed)) \
         + np.einsum("gi,gk->ik", (~on).astype(float), np.where(free, 0.0, 1 - fixed))
+    import scipy.optimize  # here: its import is a fifth of a second that most fits do not need
+
     rows, cols = scipy.optimize.linear_sum_assignment(-agree)
     perm = np.empty(on.shape[1], int)
     perm[cols] = rows  # label k takes peeled node perm[k]
