@@ -62,7 +62,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
-PAIR_WARMUP_MAX_D = 5  # pair_warmup None: 0.5 x steps of warm-up before the paired steps up to this d, none above (docs/collapsed.md, pairs)
+PAIR_WARMUP_MAX_D = 5  # pair_warmup None: half the steps warm up to this d, none above (docs/collapsed.md, pairs)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
 _PAIR_SHRINK = 10.0  # the guide's sds divided by this where the paired steps take over from the warm-up: the paired
@@ -86,7 +86,7 @@ class CollapsedConfig:
     mlp_hidden: int = setting(32, integer(1))
     tau: float = setting(0.1, number(gt=0))
     use_pairs: bool = setting(False, flag())
-    pair_warmup: float | None = setting(None, optional(number(ge=0, le=10), "for 0.5 up to d = 5 and 0 above"))
+    pair_warmup: float | None = setting(None, optional(number(ge=0, lt=1), "for 0.5 up to d = 5 and 0 above"))
     unknown_values: str = setting("error", one_of("error", "latent"))
     value_scale: float = setting(2.0, number(gt=0))
     unknown_targets: str = setting("error", one_of("error", "latent"))
@@ -199,13 +199,12 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) ->
 
 
 def warmup_split(config, d) -> tuple[int, int]:
-    """``(warm-up steps, paired steps)`` for ``d`` latents: with ``use_pairs``, ``pair_warmup`` times ``steps``
-    (None: 0.5 up to ``PAIR_WARMUP_MAX_D``, else 0) fit the rows as independent before the ``steps`` paired steps;
-    without pairs ``(0, steps)``. The warm-up adds to the steps: with half of 1000 steps carved out of them, 500
-    paired steps stopped short on a single-target knockout fit that 1000 after the warm-up fixed (docs/collapsed.md,
-    pairs)."""
+    """``(warm-up steps, paired steps)`` for ``d`` latents: with ``use_pairs``, the first ``pair_warmup`` of ``steps``
+    (None: 0.5 up to ``PAIR_WARMUP_MAX_D``, else 0; at least one step left for the pairs) fit the rows as
+    independent; without pairs ``(0, steps)``."""
     fraction = config.pair_warmup if config.pair_warmup is not None else 0.5 if d <= PAIR_WARMUP_MAX_D else 0.0
-    return (round(config.steps * fraction) if config.use_pairs else 0), config.steps
+    warm = min(round(config.steps * fraction), config.steps - 1) if config.use_pairs else 0
+    return warm, config.steps - warm
 
 
 def _pair_warmup(dataset, config, built, priors, seed, key, progress):
