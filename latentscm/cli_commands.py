@@ -74,22 +74,7 @@ def _print_metrics(metrics: dict) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def _figures_ahead(args, posterior, dataset):
-    """Settle the run folder (``args.out``) and, with matplotlib's Agg backend (the command line's default), start
-    drawing the posterior's figures there in a thread while the metrics and checks run (``runs.write_figures_ahead``);
-    returns the function that waits for them, or None."""
-    import os
-
-    if not args.out:
-        args.out = str(_default_out(posterior.method, args.seed))
-    if os.environ.get("MPLBACKEND", "").lower() != "agg":
-        return None
-    from latentscm.runs import write_figures_ahead
-
-    return write_figures_ahead(args.out, posterior, dataset)
-
-
-def _finish(args, posterior, metrics, dataset, *, save_dataset, info, figures=None) -> None:
+def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     from latentscm.criticism import criticise
     from latentscm.runs import write_json, write_run
 
@@ -104,8 +89,7 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info, figures=No
     args.out = str(out)
     if "decoder_choice" in posterior.info:
         info = dict(info) | {"decoder_choice": posterior.info["decoder_choice"]}
-    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism,
-              figures=figures)
+    write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)
     print(f"run folder: {out}")
     if getattr(args, "json", None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -129,23 +113,21 @@ def cmd_run(args) -> int:
     print(f"simulated: {train.N} training rows (paired, {sim.n_regimes} regimes), {test.N} test rows, "
           f"d = {train.d}, D = {train.D}, seed {args.seed}", flush=True)
     posterior = _fit(train, settings, args.seed)
-    figures = _figures_ahead(args, posterior, train)
     metrics = run_metrics(posterior, train, test, seed=args.seed)
-    gen = None
+    figure = None
     if images:  # generation under unseen interventions do(z_j = -7): error and figure grid
-        from latentscm.generation import generation_error
+        from latentscm.generation import generation_error, plot_generation_grid
 
         gen = generation_error(posterior, train, value=-7.0, seed=args.seed)
         metrics |= {"gen_error": gen["error"], "gen_error_baseline": gen["baseline_error"]}
-    info = {"command": "run", "argv": args.argv, "seed": args.seed, "example": args.example,
-            "simulation": dataclasses.asdict(sim), **settings.described}
-    _finish(args, posterior, metrics, train, save_dataset=True, info=info, figures=figures)
-    if gen is not None:  # drawn once the figures' thread is done (one thread at a time in matplotlib)
-        from latentscm.generation import plot_generation_grid
-        from latentscm.plots import save_figure
-
         figure = plot_generation_grid(gen["truth"], gen["generated"], train.image_shape, baseline=gen["baseline"],
                                       labels=[f"do(z{j} = -7)" for j in range(train.d)])
+    info = {"command": "run", "argv": args.argv, "seed": args.seed, "example": args.example,
+            "simulation": dataclasses.asdict(sim), **settings.described}
+    _finish(args, posterior, metrics, train, save_dataset=True, info=info)
+    if figure is not None:
+        from latentscm.plots import save_figure
+
         path = save_figure(figure, Path(args.out) / "generation.png", dpi=80)
         print(f"generation figure: {path}")
     return 0
@@ -202,9 +184,8 @@ def cmd_fit(args) -> int:
     write_json(out / "run.json", info)  # written first, so that --resume can find the run
     print(f"run folder: {out}" + (" (resuming)" if args.resume else ""), flush=True)
     posterior = _fit(dataset, settings, args.seed)
-    figures = _figures_ahead(args, posterior, dataset)
     metrics = run_metrics(posterior, dataset, test, seed=args.seed)
-    _finish(args, posterior, metrics, dataset, save_dataset=False, info=info, figures=figures)
+    _finish(args, posterior, metrics, dataset, save_dataset=False, info=info)
     return 0
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["atomic_write", "write_json", "run_metrics", "write_run", "write_figures", "write_figures_ahead"]
+__all__ = ["atomic_write", "write_json", "run_metrics", "write_run"]
 
 
 def _jsonable(obj):
@@ -125,60 +125,8 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 
-def write_figures(out_dir: str | os.PathLike, posterior, dataset=None) -> None:
-    """The run folder's figures of the posterior alone (all but ``ppc.png``): target probabilities (when the fit
-    inferred targets), edge and order probabilities, the ELBO trace, the latents (when the truth is known)."""
-    from .metrics import order_probabilities, regime_table
-    from .plots import (plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities,
-                        plot_target_probabilities, save_figure)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if posterior.target_probs is not None:
-        truth = None
-        if dataset is not None and dataset.true_targets is not None:
-            truth = regime_table(dataset.regime, dataset.true_targets)[1]
-        save_figure(plot_target_probabilities(posterior.target_probs, truth, regime_ids=posterior.regimes),
-                    out / "target_probabilities.png")
-    true_w = None if dataset is None else dataset.weights
-    save_figure(plot_edge_probabilities(posterior.edge_probs(), true_w), out / "edge_probabilities.png")
-    save_figure(plot_order_probabilities(order_probabilities(np.asarray(posterior.orders))),
-                out / "order_probabilities.png")
-    elbo = np.asarray(posterior.elbo if posterior.elbo is not None else [])
-    if elbo.size:
-        save_figure(plot_elbo(elbo), out / "elbo.png")
-    if dataset is not None and dataset.z is not None and np.shape(posterior.latent_mean) == dataset.z.shape:
-        save_figure(plot_latents(posterior.latent_mean, dataset.z), out / "latents.png")
-
-
-def write_figures_ahead(out_dir: str | os.PathLike, posterior, dataset=None):
-    """:func:`write_figures` in a thread, started now; returns a function that waits for it (re-raising its error),
-    to pass to :func:`write_run` as ``figures``. Drawing is Python work, the model criticism meanwhile mostly
-    compiled JAX code that releases the GIL. Only for matplotlib's Agg backend (the command line's): no other
-    thread may use matplotlib until the returned function has been called."""
-    import threading
-
-    failure = []
-
-    def work():
-        try:
-            write_figures(out_dir, posterior, dataset)
-        except BaseException as e:  # noqa: BLE001 - re-raised by wait()
-            failure.append(e)
-
-    thread = threading.Thread(target=work, name="latentscm-figures", daemon=True)
-    thread.start()
-
-    def wait():
-        thread.join()
-        if failure:
-            raise failure[0]
-
-    return wait
-
-
 def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=None, *,
-              save_dataset: bool = True, info: Mapping | None = None, criticism=None, figures=None) -> Path:
+              save_dataset: bool = True, info: Mapping | None = None, criticism=None) -> Path:
     """Write a run folder (see the module docstring for its files).
 
     Parameters
@@ -198,14 +146,16 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
     criticism : latentscm.criticism.Criticism, optional
         The model criticism of ``posterior`` on ``dataset`` when already computed; by default computed
         here (:func:`latentscm.criticism.criticise`) whenever ``dataset`` is given.
-    figures : callable, optional
-        From :func:`write_figures_ahead`: the posterior's figures are being drawn already; waited for here.
 
     Returns
     -------
     pathlib.Path
         The run folder.
     """
+    from .metrics import order_probabilities, regime_table
+    from .plots import (plot_edge_probabilities, plot_elbo, plot_latents, plot_order_probabilities,
+                        plot_target_probabilities, save_figure)
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if criticism is None and dataset is not None:
@@ -220,20 +170,31 @@ def write_run(out_dir: str | os.PathLike, posterior, metrics: Mapping, dataset=N
         diagnostics += [p for p in criticism.problems if p not in diagnostics]
         notes = list(criticism.notes)
     write_json(out / "metrics.json", {**metrics, "diagnostics": diagnostics, "notes": notes})
+    if criticism is not None and criticism.check is not None:
+        from .plots_checks import plot_regime_check
+
+        write_json(out / "ppc.json", criticism.check.to_json())
+        save_figure(plot_regime_check(criticism.check), out / "ppc.png")
     if info is not None:
         write_json(out / "run.json", info)
     if "order_mixture" in posterior.info:
         write_json(out / "order_posterior.json", posterior.info["order_mixture"])
     if dataset is not None and save_dataset:
         dataset.save(out / "dataset.npz")
-    if figures is None:
-        write_figures(out, posterior, dataset)
-    else:
-        figures()  # before the regime check's figure: one thread at a time in matplotlib
-    if criticism is not None and criticism.check is not None:
-        from .plots import save_figure
-        from .plots_checks import plot_regime_check
 
-        write_json(out / "ppc.json", criticism.check.to_json())
-        save_figure(plot_regime_check(criticism.check), out / "ppc.png")
+    if posterior.target_probs is not None:
+        truth = None
+        if dataset is not None and dataset.true_targets is not None:
+            truth = regime_table(dataset.regime, dataset.true_targets)[1]
+        save_figure(plot_target_probabilities(posterior.target_probs, truth, regime_ids=posterior.regimes),
+                    out / "target_probabilities.png")
+    true_w = None if dataset is None else dataset.weights
+    save_figure(plot_edge_probabilities(posterior.edge_probs(), true_w), out / "edge_probabilities.png")
+    save_figure(plot_order_probabilities(order_probabilities(np.asarray(posterior.orders))),
+                out / "order_probabilities.png")
+    elbo = np.asarray(posterior.elbo if posterior.elbo is not None else [])
+    if elbo.size:
+        save_figure(plot_elbo(elbo), out / "elbo.png")
+    if dataset is not None and dataset.z is not None and np.shape(posterior.latent_mean) == dataset.z.shape:
+        save_figure(plot_latents(posterior.latent_mean, dataset.z), out / "latents.png")
     return out
