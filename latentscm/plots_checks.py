@@ -48,7 +48,11 @@ def plot_regime_check(check, *, max_coords: int = 4, level: float = 0.95) -> Fig
             ax.plot(x[~outside], obs[~outside], "o", color="C0", ms=4, label="observed")
             ax.plot(x[outside], obs[outside], "o", color="C3", ms=4, label="observed, outside")
             ax.set_ylabel(f"{coord} {j} {name}", fontsize=8)
-            ax.set_xticks(ticks, [] if j < q - 1 else [str(check.regimes[r]) for r in ticks], fontsize=7)
+            ax.set_xlim(-0.6, R - 0.4)
+            if j == q - 1:  # ticks on the bottom row only (matplotlib's ticks were most of the figure's time)
+                ax.set_xticks(ticks, [str(check.regimes[r]) for r in ticks], fontsize=7)
+            else:
+                ax.set_xticks([])
     if q:  # one legend for the panels, in the top margin under the title
         fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=7, frameon=False,
                    bbox_to_anchor=(0.5, 1 - 0.5 / height))
