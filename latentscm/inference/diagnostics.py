@@ -202,4 +202,4 @@ def moment_problems(x, targets, values, draws, *, tau, value_scale, max_draws=20
     return [f"posterior predictive check: the fitted model misses the second moments of {len(bad)} of {len(use)} "
             f"target patterns (worst: targets {nodes or 'none'}, {n[worst]} rows, misfit {kl[worst]:.2f} nats per "
             f"row, p = {pval[worst]:.1e}); the graph, the decoder (e.g. an image renderer that saturates) or the "
-            "latents may be wrong"]
+            "latents may be wrong, or the optimisation stopped short of the posterior (try more steps)"]
