@@ -43,7 +43,13 @@ def _same(a, b):
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
     monkeypatch.setattr(programs, "folder", lambda: tmp_path)
+    monkeypatch.setattr(programs, "_COMPILED", {})  # this test's programs start as in a new process
     return tmp_path
+
+
+def _new_process():
+    """What a new process has not: the programs compiled in this one."""
+    programs._COMPILED.clear()
 
 
 def test_without_a_folder_it_is_jax_jit(monkeypatch):
@@ -61,7 +67,8 @@ def test_a_second_process_loads_the_program_and_gets_the_same_numbers(folder):
     first = programs.program(_fun(calls), "f", static_argnums=2)
     assert _same(first(state, data, 3), expected)
     assert len(calls) == 1 and len(list(folder.glob("*.jaxexport"))) == 1
-    # a new program object stands for a new process: read from the folder, never traced
+    # a new process reads it from the folder and never traces it
+    _new_process()
     again = []
     second = programs.program(_fun(again), "f", static_argnums=(2,))
     assert _same(second.lower(state, data, 3).compile()(state, data), expected)
@@ -78,10 +85,23 @@ def test_a_damaged_file_is_exported_again(folder):
     programs.program(_fun([]), "f", static_argnums=2)(state, data, 3)
     (path,) = folder.glob("*.jaxexport")
     path.write_bytes(b"not a program")
+    _new_process()
     calls = []
     out = programs.program(_fun(calls), "f", static_argnums=2)(state, data, 3)
     assert len(calls) == 1 and _same(out, jax.jit(_fun([]), static_argnums=2)(state, data, 3))
     assert path.read_bytes() != b"not a program"
+
+
+def test_a_later_program_of_the_same_process_reuses_the_compiled_one(folder):
+    """Another program object with the same key (a later fit in the same process) neither traces nor reads the
+    folder: it runs what the first compiled."""
+    state, data = _args()
+    expected = programs.program(_fun([]), "f", static_argnums=2)(state, data, 3)
+    for path in folder.glob("*.jaxexport"):
+        path.unlink()
+    calls = []
+    out = programs.program(_fun(calls), "f", static_argnums=2)(state, data, 3)
+    assert calls == [] and list(folder.glob("*.jaxexport")) == [] and _same(out, expected)
 
 
 def test_a_program_export_cannot_take_runs_as_jax_jit_traced_once(folder, monkeypatch):
@@ -114,6 +134,7 @@ def test_the_collapsed_fit_is_the_same_with_kept_programs_and_traces_them_once(f
         raise AssertionError("a kept program was traced again")
 
     monkeypatch.setattr(programs._Program, "_export", no_tracing)
+    _new_process()  # the second fit loads the three programs from the folder
     second = fit(train, "collapsed", config=config, progress=False)
     monkeypatch.setattr(programs, "folder", lambda: None)
     plain = fit(train, "collapsed", config=config, progress=False)

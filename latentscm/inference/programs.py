@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 SUBFOLDER = "latentscm-programs"
 
+# compiled programs by key, shared by every program of the process: the key determines the program (as it does the
+# file's), so a later fit in the same process (``compare``, a notebook, the tests) neither reads nor compiles again
+_COMPILED: dict = {}
+
 
 def folder() -> Path | None:
     """Where exported programs go: ``latentscm-programs`` in JAX's compilation cache folder, or None (off)."""
@@ -69,7 +73,7 @@ def program(fun, identity: str | None, *, static_argnums: tuple[int, ...] = ()):
 class _Program:
     def __init__(self, fun, jitted, identity, static_argnums):
         self.fun, self.jitted, self.identity, self.static = fun, jitted, identity, static_argnums
-        self._compiled = {}
+        self._compiled = _COMPILED
 
     def __call__(self, *args):
         return self.lower(*args).compile()(*(a for i, a in enumerate(args) if i not in self.static))
