@@ -222,9 +222,9 @@ def regime_check(posterior, dataset, *, num_draws=100, seed=0) -> RegimeCheck:
     draws = rng.integers(posterior.num_draws, size=num_draws)
     fixed = None if posterior.target_draws is not None and dataset.target_unknown is not None else _patterns(
         dataset.targets.astype(bool), np.asarray(dataset.values, np.float64))  # the same for every draw
-    reps = [_regime_moments(_replicate(posterior, dataset, s, rng, center, basis, fixed), index, len(ids))
+    reps = [_regime_moments(*_replicate(posterior, dataset, s, rng, center, basis, fixed), index, len(ids))
             for s in draws]
-    rows, mean, cov = _regime_moments(y, index, len(ids))
+    rows, mean, cov = _regime_moments(y, None, index, len(ids))
     mean_rep, cov_rep = np.stack([r[1] for r in reps]), np.stack([r[2] for r in reps])
     ref_mean, ref_cov = mean_rep.mean(0), cov_rep.mean(0)
     t_mean, t_cov = _discrepancies(rows, mean, cov, ref_mean, ref_cov)
@@ -257,8 +257,9 @@ def _patterns(targets, values):
 
 
 def _replicate(posterior, dataset, s, rng, center, basis, patterns=None):
-    """One replicated data set (N, q) in the basis, from posterior draw ``s`` and the rows' interventions;
-    ``patterns``: :func:`_patterns` of the rows when their targets are known (else drawn per draw)."""
+    """One replicated data set (N, q) in the basis, from posterior draw ``s`` and the rows' interventions, its rows
+    grouped by pattern, and the order of the rows it holds (N,); ``patterns``: :func:`_patterns` of the rows when
+    their targets are known (else drawn per draw)."""
     targets, values = dataset.targets.astype(bool), np.asarray(dataset.values, np.float64)
     if posterior.target_draws is not None and dataset.target_unknown is not None:
         probs = posterior.target_draws[s][np.searchsorted(posterior.regimes, dataset.regime)]
@@ -267,27 +268,31 @@ def _replicate(posterior, dataset, s, rng, center, basis, patterns=None):
     known = targets & np.isfinite(values)
     value_scale = float(posterior.info.get("config", {}).get("value_scale", 1.0))
     W, sigma = np.asarray(posterior.W[s], np.float64), np.asarray(posterior.noise_scales[s], np.float64)
-    z = np.empty(targets.shape)
     patterns, g = _patterns(targets, values) if patterns is None else patterns
     d = targets.shape[1]
-    for p, pattern in enumerate(patterns):
-        rows = g == p
-        C, omega = pattern_moments(W, sigma, pattern[:d], pattern[d:], tau=posterior.tau, value_scale=value_scale)
-        e = np.where(known[rows], values[rows], 0.0) + np.sqrt(omega) * rng.standard_normal((rows.sum(), d))
-        z[rows] = e @ C
+    C, omega = pattern_moments(W, sigma, patterns[:, :d], patterns[:, d:], tau=posterior.tau, value_scale=value_scale)
+    order = np.argsort(g, kind="stable")  # each pattern's rows contiguous: one product per pattern on a slice
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=len(patterns)))])
+    e = (np.where(known, values, 0.0)[order]
+         + np.sqrt(omega[g[order]]) * rng.standard_normal(targets.shape))  # the exogenous terms, in that order
+    z = np.empty(targets.shape)
+    for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        z[a:b] = e[a:b] @ C[p]
     if posterior.decoder.kind == "identity":
-        return (z - center) @ basis
+        return (z - center) @ basis, order
     scale = float(np.asarray(posterior.decoder["obs_scale"])[s])
     noise = scale * rng.standard_normal((len(z), basis.shape[1]))  # projected N(0, s^2 I_D): N(0, s^2 I_q)
     if posterior.decoder.kind == "linear":  # projected without forming the (N, D) mean
         A, b = np.asarray(posterior.decoder["A"][s], np.float64), np.asarray(posterior.decoder["b"][s], np.float64)
-        return z @ (A @ basis) + (b - center) @ basis + noise
+        return z @ (A @ basis) + (b - center) @ basis + noise, order
     mean = np.asarray(posterior.decoder.mean(z[None].astype(np.float32), np.array([s])), np.float64)[0]
-    return (mean - center) @ basis + noise
+    return (mean - center) @ basis + noise, order
 
 
-def _regime_moments(y, index, R):
-    """Rows (R,), means (R, q) and covariances (R, q, q) (divisor n) of the rows of each regime."""
+def _regime_moments(y, order, index, R):
+    """Rows (R,), means (R, q) and covariances (R, q, q) (divisor n) of the rows of each regime; ``y`` holds the
+    rows ``order`` (None: all, in order) of the regime ids ``index``."""
+    index = index if order is None else index[order]
     rows = np.bincount(index, minlength=R)
     mean = np.stack([np.bincount(index, weights=col, minlength=R) for col in y.T], 1) / np.maximum(rows, 1)[:, None]
     r = y - mean[index]

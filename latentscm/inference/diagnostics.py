@@ -136,9 +136,10 @@ def pattern_moments(W, sigma, mask, known, *, tau, value_scale):
     """Propagator ``C = (I - W diag(1 - m))^-1`` (d, d) and exogenous variances ``omega`` (d,) of one
     (targets ``mask``, known-values ``known``) pattern: ``z = e C`` with independent ``e_j`` of mean
     ``m_j k_j v_j`` and variance ``omega_j``: ``sigma_j^2`` when free, ``tau^2`` when intervened with a
-    known value, ``tau^2 + value_scale^2`` when the value is unknown (its prior N(0, value_scale^2))."""
+    known value, ``tau^2 + value_scale^2`` when the value is unknown (its prior N(0, value_scale^2)).
+    ``mask`` and ``known`` (P, d): P patterns at once, C (P, d, d) and omega (P, d)."""
     m, k = np.asarray(mask, np.float64), np.asarray(known, np.float64)
-    C = np.linalg.inv(np.eye(len(m)) - np.asarray(W) * (1 - m)[None, :])
+    C = np.linalg.inv(np.eye(m.shape[-1]) - np.asarray(W) * (1 - m)[..., None, :])
     return C, (1 - m) * np.asarray(sigma) ** 2 + m * (tau**2 + (1 - k) * value_scale**2)
 
 
