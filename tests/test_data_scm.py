@@ -61,3 +61,26 @@ def test_cycle_rejected():
     w = np.array([[0, 1.0], [1.0, 0]])
     with pytest.raises(DataError, match="cycle"):
         sample_latents(0, w, np.ones(2), np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+def test_topological_order_is_networkx_order_and_names_a_cycle():
+    """The numpy topological order equals networkx's topological_sort on random DAGs (so simulated data did not
+    change when networkx left the path); a graph with a cycle raises DataError naming a real cycle."""
+    import networkx as nx
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        d = int(rng.integers(1, 25))
+        perm = rng.permutation(d)
+        adj = np.tril(rng.random((d, d)) < rng.random(), -1)[np.ix_(perm, perm)]
+        g = nx.from_numpy_array(adj.astype(int), create_using=nx.DiGraph)
+        assert list(topological_order(adj)) == list(nx.topological_sort(g))
+        if adj.any():
+            i, j = np.argwhere(adj)[0]
+            adj[j, i] = True  # a back edge closes a cycle through i -> j
+            with pytest.raises(DataError, match="cycle") as err:
+                topological_order(adj)
+            cycle = eval(str(err.value).split("cycle ")[1].split(";")[0])
+            assert all(adj[cycle[k], cycle[(k + 1) % len(cycle)]] for k in range(len(cycle)))
+    with pytest.raises(DataError, match=r"cycle \[1\]"):
+        topological_order(np.diag([0.0, 1.0, 0.0]))  # a self-loop
