@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SUBFOLDER = "latentscm-programs"
 
 # compiled programs by key, shared by every program of the process: the key determines the program (as it does the
-# file's), so a later fit in the same process (``compare``, a notebook, the tests) neither reads nor compiles again
+# file's), so a later fit in the same process (a notebook, a script, the tests) neither reads nor compiles again
 _COMPILED: dict = {}
 
 
