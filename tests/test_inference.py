@@ -213,16 +213,14 @@ def test_checkpoint_resume_matches_uninterrupted_run(data, tmp_path):
 
 def test_pair_warmup_split():
     """With pairs the first pair_warmup of the steps fit the rows as independent, at least one step left paired;
-    by default (None) two thirds of them up to d = 5 and none above, and the steps' default is then 1500."""
-    from latentscm.inference.collapsed import CollapsedConfig, resolved_steps, warmup_split
+    by default (None) half of them up to d = 5 and none above."""
+    from latentscm.inference.collapsed import CollapsedConfig, warmup_split
 
-    assert warmup_split(CollapsedConfig(), 5) == (0, 1000)  # no pairs: no warm-up, 1000 steps
-    assert warmup_split(CollapsedConfig(use_pairs=True), 5) == (1000, 500)
-    assert warmup_split(CollapsedConfig(use_pairs=True), 6) == (0, 1000)
-    assert warmup_split(CollapsedConfig(use_pairs=True, pair_warmup=0.0), 5) == (0, 1000)
-    assert resolved_steps(CollapsedConfig(use_pairs=True, pair_warmup=0.25), 10) == 1500
-    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True), 5) == (667, 333)  # given steps are split
+    assert warmup_split(CollapsedConfig(steps=1000), 5) == (0, 1000)  # no pairs: no warm-up
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True), 5) == (500, 500)
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True), 6) == (0, 1000)
     assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True, pair_warmup=0.25), 10) == (250, 750)
+    assert warmup_split(CollapsedConfig(steps=1000, use_pairs=True, pair_warmup=0.0), 5) == (0, 1000)
     assert warmup_split(CollapsedConfig(steps=1, use_pairs=True, pair_warmup=0.9), 5) == (0, 1)
     assert warmup_split(CollapsedConfig(steps=10, use_pairs=True, pair_warmup=0.99), 5) == (9, 1)
     with pytest.raises(ValueError, match="pair_warmup"):
@@ -236,10 +234,10 @@ def test_paired_fit_warms_up_and_resumes_in_its_paired_steps(data, tmp_path):
     train, _ = data
     cfg = {"steps": 200, "num_draws": 20, "chunk": 50, "checkpoint_every": 50, "use_pairs": True}
     full = fit(train, config={**cfg, "checkpoint_dir": str(tmp_path / "a")}, seed=3, progress=False)
-    assert full.info["pair_warmup_steps"] == 133 and len(full.elbo) == 200
+    assert full.info["pair_warmup_steps"] == 100 and len(full.elbo) == 200
     assert (tmp_path / "a" / "checkpoint-unpaired.npz").exists() and (tmp_path / "a" / "checkpoint.npz").exists()
     # the paired steps score the pairs jointly: their ELBO differs from the warm-up's unpaired one at the switch
-    assert abs(full.elbo[133] - full.elbo[132]) > 10 * abs(full.elbo[132] - full.elbo[131])
+    assert abs(full.elbo[100] - full.elbo[99]) > 10 * abs(full.elbo[99] - full.elbo[98])
 
     # interrupted in the second run of the steps (the paired ones) after 50 steps
     _interrupted_fit(train, {**cfg, "checkpoint_dir": str(tmp_path / "b")},

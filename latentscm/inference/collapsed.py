@@ -62,8 +62,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
-PAIR_WARMUP_MAX_D = 5  # pair_warmup None: the first two thirds of the steps warm up to this d, none above
-PAIR_WARMUP = 2 / 3  # (docs/collapsed.md, pairs); with it ``steps`` None is 1500: 1000 unpaired, then 500 paired
+PAIR_WARMUP_MAX_D = 5  # pair_warmup None: half the steps warm up to this d, none above (docs/collapsed.md, pairs)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
 _PAIR_SHRINK = 10.0  # the guide's sds divided by this where the paired steps take over from the warm-up: the paired
@@ -75,7 +74,7 @@ _ROW_BUCKET = 1024  # latent summaries: rows per block at most (blocks: the powe
 class CollapsedConfig:
     """Settings of the ``collapsed`` method (bounds declared per field; ``logit_scale`` None: :func:`order_margin`)."""
 
-    steps: int | None = setting(None, optional(integer(1), "for 1000, or 1500 when pairs warm up (up to d = 5)"))
+    steps: int = setting(1000, integer(1))
     learning_rate: float = setting(0.01, number(gt=0))
     lr_final_fraction: float = setting(0.05, number(gt=0, le=1))
     num_particles: int = setting(4, integer(1))
@@ -87,7 +86,7 @@ class CollapsedConfig:
     mlp_hidden: int = setting(32, integer(1))
     tau: float = setting(0.1, number(gt=0))
     use_pairs: bool = setting(False, flag())
-    pair_warmup: float | None = setting(None, optional(number(ge=0, lt=1), "for 2/3 up to d = 5 and 0 above"))
+    pair_warmup: float | None = setting(None, optional(number(ge=0, lt=1), "for 0.5 up to d = 5 and 0 above"))
     unknown_values: str = setting("error", one_of("error", "latent"))
     value_scale: float = setting(2.0, number(gt=0))
     unknown_targets: str = setting("error", one_of("error", "latent"))
@@ -168,7 +167,6 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) ->
     rng = np.random.default_rng(seed)
     identity = config.decoder == "identity"
     open_rows = None if dataset.target_unknown is None else dataset.target_unknown.any(1)
-    config = dataclasses.replace(config, steps=resolved_steps(config, d))
     if config.init_scale == "auto":  # inferred targets: latents in the unknown-value gauge, often >> 1: steps too;
         # pairs: the start scale did not make LOO reliable and cost one hidden-value fit its graph (docs/collapsed.md)
         auto = "data" if open_rows is not None else "fixed" if config.use_pairs else "scale"
@@ -200,28 +198,13 @@ def build_collapsed(dataset, config: CollapsedConfig, priors, seed, ini=None) ->
     return CollapsedBuild(problem, config, ini, units, tstats, devices, known)
 
 
-def _warmup_fraction(config, d) -> float:
-    """The share of the steps that fit paired rows as independent first (0 without pairs)."""
-    if not config.use_pairs:
-        return 0.0
-    return config.pair_warmup if config.pair_warmup is not None else PAIR_WARMUP if d <= PAIR_WARMUP_MAX_D else 0.0
-
-
-def resolved_steps(config, d) -> int:
-    """``steps``, or for None its default: 1000, and 1500 when paired rows warm up unpaired first (1000 of them,
-    then 500 paired: with 500 + 500 single-target knockouts lost a graph, docs/collapsed.md, pairs)."""
-    if config.steps is not None:
-        return config.steps
-    return 1500 if _warmup_fraction(config, d) > 0 else 1000
-
-
 def warmup_split(config, d) -> tuple[int, int]:
-    """``(warm-up steps, paired steps)`` for ``d`` latents: with ``use_pairs``, the first ``pair_warmup`` of the
-    steps (None: 2/3 up to ``PAIR_WARMUP_MAX_D``, else 0; at least one step left for the pairs) fit the rows as
+    """``(warm-up steps, paired steps)`` for ``d`` latents: with ``use_pairs``, the first ``pair_warmup`` of ``steps``
+    (None: 0.5 up to ``PAIR_WARMUP_MAX_D``, else 0; at least one step left for the pairs) fit the rows as
     independent; without pairs ``(0, steps)``."""
-    steps = resolved_steps(config, d)
-    warm = min(round(steps * _warmup_fraction(config, d)), steps - 1)
-    return warm, steps - warm
+    fraction = config.pair_warmup if config.pair_warmup is not None else 0.5 if d <= PAIR_WARMUP_MAX_D else 0.0
+    warm = min(round(config.steps * fraction), config.steps - 1) if config.use_pairs else 0
+    return warm, config.steps - warm
 
 
 def _pair_warmup(dataset, config, built, priors, seed, key, progress):
