@@ -127,6 +127,18 @@ def single_row_log_likelihood(stats, W, sigma, A, b, obs_scale, tau, value_scale
     return jnp.sum(n * (dag_log_det(B) - 0.5 * per_row) - 0.5 * quad)
 
 
+def _pattern_rows(masks, known, X, V, W, sigma, A, b, obs_scale, tau, value_scale):
+    """What every single row of one pattern needs (module docstring): the exogenous variances ``var`` (d,), the
+    Cholesky factor ``L`` of ``K``, the residuals ``e = X - b`` (n, D), the exogenous means ``mu`` (n, d) and
+    ``h`` (n, d)."""
+    s2 = obs_scale**2
+    var, B, P = _exogenous(W, sigma, masks, known, tau, value_scale)
+    L = jnp.linalg.cholesky(P @ B.T + A @ A.T / s2)
+    e = X - b
+    mu = V * (masks * known)
+    return var, L, e, mu, e @ A.T / s2 + mu @ P.T
+
+
 def pattern_row_log_likelihood(masks, known, X, V, W, sigma, A, b, obs_scale, tau, value_scale=1.0):
     """Per-row ``log p(x_n | ...)`` (n,) of single rows that share one pattern: target mask ``masks`` (d,)
     and known-value mask ``known`` (d,); X (n, D), V (n, d) (values, read where targeted and known).
@@ -134,11 +146,7 @@ def pattern_row_log_likelihood(masks, known, X, V, W, sigma, A, b, obs_scale, ta
     for held-out scoring; the density of :func:`single_row_log_likelihood` row by row."""
     D = A.shape[-1]
     s2 = obs_scale**2
-    var, B, P = _exogenous(W, sigma, masks, known, tau, value_scale)
-    L = jnp.linalg.cholesky(P @ B.T + A @ A.T / s2)
-    e = X - b
-    mu = V * (masks * known)
-    h = e @ A.T / s2 + mu @ P.T  # (n, d)
+    var, L, e, mu, h = _pattern_rows(masks, known, X, V, W, sigma, A, b, obs_scale, tau, value_scale)
     y = jax.scipy.linalg.solve_triangular(L, h.T, lower=True)  # (d, n): |y_n|^2 = h_n K^-1 h_n^T
     quad = jnp.sum(e**2, -1) / s2 + jnp.sum(mu**2 / var, -1) - jnp.sum(y**2, 0)
     logdet = jnp.sum(jnp.log(var)) + 2 * jnp.sum(jnp.log(jnp.diagonal(L)))
@@ -152,10 +160,7 @@ def pattern_row_moments(masks, known, X, V, W, sigma, A, b, obs_scale, tau, valu
     In precision form: the posterior precision is ``K`` of the module docstring and the mean ``h_n K^-1``, so one
     Cholesky factor and one triangular inverse per call, ``O(d^2)`` per row, where the factor form goes through two
     inverses (``(I - W)^-1`` and the Woodbury matrix); the d = 100 scaling problem's summaries took 24 s instead of 33."""
-    s2 = obs_scale**2
-    var, B, P = _exogenous(W, sigma, masks, known, tau, value_scale)
-    L = jnp.linalg.cholesky(P @ B.T + A @ A.T / s2)
-    h = (X - b) @ A.T / s2 + (V * (masks * known)) @ P.T  # (n, d)
+    _, L, _, _, h = _pattern_rows(masks, known, X, V, W, sigma, A, b, obs_scale, tau, value_scale)
     Li = jax.scipy.linalg.solve_triangular(L, jnp.eye(L.shape[-1], dtype=L.dtype), lower=True)
     mean = (h @ Li.T) @ Li  # h K^-1, K^-1 = Li^T Li
     return mean, mean**2 + jnp.sum(Li**2, 0)
