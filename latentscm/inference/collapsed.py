@@ -49,7 +49,7 @@ from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .decoders import IdentityDecoder, LinearDecoder
-from .diagnostics import FitDiagnosticWarning, restart_problems
+from .diagnostics import FitDiagnosticWarning, moment_problems, restart_problems
 from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
                     softplus_inv, step_factors)
 from .initialise import initialise
@@ -62,6 +62,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
+REFIT_MAX_D = 10  # refit_on_misfit None: one refit up to this d, none above (docs/collapsed.md, the moment check)
 PAIR_WARMUP_MAX_D = 5  # pair_warmup None: half the steps warm up to this d, none above (docs/collapsed.md, pairs)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
@@ -87,6 +88,7 @@ class CollapsedConfig:
     tau: float = setting(0.1, number(gt=0))
     use_pairs: bool = setting(False, flag())
     pair_warmup: float | None = setting(None, optional(number(ge=0, lt=1), "for 0.5 up to d = 5 and 0 above"))
+    refit_on_misfit: int | None = setting(None, optional(integer(0), "for 1 up to d = 10 and 0 above"))
     unknown_values: str = setting("error", one_of("error", "latent"))
     value_scale: float = setting(2.0, number(gt=0))
     unknown_targets: str = setting("error", one_of("error", "latent"))
@@ -237,7 +239,7 @@ def program_identity(name, config, priors, devices):
     if len(devices) > 1 or any(p.distribution is not None for p in priors.priors.values()):
         return None
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                if f.name not in ("checkpoint_dir", "checkpoint_every")}
+                if f.name not in ("checkpoint_dir", "checkpoint_every", "refit_on_misfit")}
     return f"{name}|{type(config).__name__}{settings!r}|{priors!r}"
 
 
@@ -348,7 +350,7 @@ def weighing_problem(built, dataset, priors, params):
 
 def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
     """Fit the collapsed model to ``dataset``; returns a :class:`Posterior`."""
-    start = time.perf_counter()
+    start, given = time.perf_counter(), config
     priors = parse_priors(priors)
     d = dataset.d
     # float64: everything under x64. float32: the statistics (centred per pattern) and the
@@ -371,6 +373,10 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known,
                                program_identity("collapsed.draws", config, priors, built.devices))
         draws = draw(sampler, svi.restart(svi.best), keys[1])
+        misfit = guide_misfit(dataset, config, draws) if built.tstats is None and refits(config, d) else []
+    if misfit:  # stopped short of the posterior, or a wrong graph: the fit again with twice the steps
+        return _refit(dataset, given, priors, seed, progress, misfit, start)
+    with jax.enable_x64(x64):
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
         others = {r: draw(sampler, svi.restart(r), keys[2 + r]) for r in range(config.num_restarts) if r != svi.best}
         restart_probs = np.stack([edge_probabilities(np.asarray(others.get(r, draws)["W"], np.float64))
@@ -410,13 +416,43 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         elbo=-np.concatenate(([] if warm is None else [warm.losses[:, svi.best]]) + [svi.losses[:, svi.best]]),
         tau=config.tau,
         info={"restart_elbo": (-svi.tail).tolist(), "best_restart": svi.best,
-              "pair_warmup_steps": warm_steps,
+              "pair_warmup_steps": warm_steps, "refits": [],
               "restart_edge_probs": restart_probs.tolist(), "proposal_order": built.ini.order.tolist(),
               "units": {f"k={u.x.shape[1]}": len(u.x) for u in units}, "config": config.__dict__,
               **({"order_mixture": mixture.summary()} if mixture is not None else {}),
               "priors": priors.describe()},
         diagnostics=diagnostics, **targets,
     )
+
+
+def refits(config, d) -> int:
+    """How often a fit whose guide fails the moment check (:func:`guide_misfit`) is redone with twice the steps
+    (:func:`_refit`): ``refit_on_misfit``, or when None 1 up to :data:`REFIT_MAX_D` and 0 above."""
+    if config.refit_on_misfit is not None:
+        return config.refit_on_misfit
+    return 1 if d <= REFIT_MAX_D else 0
+
+
+def _refit(dataset, config, priors, seed, progress, misfit, start):
+    """The fit of ``config`` (as given) again with twice the steps and one refit fewer, after ``misfit`` (the
+    check's sentences); its checkpoints in the subfolder ``refit`` of ``checkpoint_dir``. Its posterior records
+    the refit (``info["refits"]``) and counts the time of both fits."""
+    longer = dataclasses.replace(config, steps=2 * config.steps, refit_on_misfit=refits(config, dataset.d) - 1)
+    if config.checkpoint_dir is not None:
+        longer = dataclasses.replace(longer, checkpoint_dir=str(Path(config.checkpoint_dir) / "refit"))
+    posterior = fit_collapsed(dataset, config=longer, priors=priors, seed=seed, progress=progress)
+    info = {**posterior.info, "refits": [{"steps": config.steps, "misfit": misfit[0]}] + posterior.info["refits"]}
+    return dataclasses.replace(posterior, info=info, seconds=time.perf_counter() - start)
+
+
+def guide_misfit(dataset, config, draws):
+    """The posterior predictive check of every target pattern's second moments
+    (:func:`~latentscm.inference.diagnostics.moment_problems`, as ``fit`` runs it afterwards) on the guide's
+    ``draws``: its sentences, empty when the fit passes. Known targets only."""
+    decoder = {"A": draws.get("decoder_weight"), "b": draws.get("decoder_bias"), "obs_scale": draws.get("obs_scale")}
+    return moment_problems(dataset.x, dataset.targets, dataset.values,
+                           {"W": draws["W"], "noise_scales": draws["noise_scale"], **decoder},
+                           tau=config.tau, value_scale=config.value_scale)
 
 
 def uses_mixture(config, d) -> bool:
