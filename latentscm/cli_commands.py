@@ -83,12 +83,13 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     _print_metrics(metrics)
     for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
         print(f"warning: {problem}")
+    for refit in posterior.info.get("refits", []):
+        print(f"note: refitted with {2 * refit['steps']} steps: the {refit['steps']}-step fit failed its {refit['misfit']}")
     for note in criticism.notes:  # about the criticism's own estimates
         print(f"note: {note}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)
     args.out = str(out)
-    if "decoder_choice" in posterior.info:
-        info = dict(info) | {"decoder_choice": posterior.info["decoder_choice"]}
+    info = dict(info) | {k: posterior.info[k] for k in ("decoder_choice", "refits") if posterior.info.get(k)}
     write_run(out, posterior, metrics, dataset, save_dataset=save_dataset, info=info, criticism=criticism)
     print(f"run folder: {out}")
     if getattr(args, "json", None):

@@ -99,6 +99,8 @@ def run_metrics(posterior, dataset, test=None, *, seed=None) -> dict:
     if seed is not None:
         out["seed"] = int(seed)
     out |= {"n": dataset.N, "d": dataset.d, "D": dataset.D, "seconds": float(posterior.seconds)}
+    if "refits" in posterior.info:  # fits redone with twice the steps after failing their moment check
+        out["refits"] = len(posterior.info["refits"])
     W, probs, z_pred = posterior.W, posterior.target_probs, posterior.latent_mean
     if dataset.target_unknown is not None and dataset.z is not None:
         # inferred targets name the latents only up to relabelling: align them with the truth by the MCC matching

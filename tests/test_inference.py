@@ -403,3 +403,65 @@ def test_run_svi_compiles_every_chunk_length_before_after_compile():
                         after_compile=lambda: events.append(list(traced)),
                         callback=lambda s, losses: events.append(len(losses)))
     assert sorted(traced) == [5, 10] and events == [[5, 10], 10, 20, 25] and losses.shape == (25, 2)
+
+
+def test_fit_failing_its_moment_check_is_redone_with_twice_the_steps(data, monkeypatch, tmp_path):
+    """A fit that fails the moment check runs again with twice the steps (refit_on_misfit; by default once up to
+    d = 10, never above) and the better is kept: the one that passes, else the higher ELBO; ``info["refits"]``
+    says why and which, the refit checkpoints in ``refit/``, and fit(...) does not run the check again. The fits
+    themselves are stand-ins here (their ELBO falls with the steps); a real one: the slow test below."""
+    import dataclasses
+
+    import latentscm.inference.collapsed as collapsed
+    from latentscm.inference.collapsed import CollapsedConfig, refits
+    from latentscm.inference.decoders import LinearDecoder
+
+    assert refits(CollapsedConfig(), 10) == 1 and refits(CollapsedConfig(), 11) == 0
+    assert refits(CollapsedConfig(refit_on_misfit=3), 50) == 3
+    train = data[0]
+    S, d, D = 4, train.d, train.D
+    fits, verdicts = [], {}
+
+    def fit_once(dataset, config, priors, seed, progress):
+        fits.append(config)
+        return Posterior(method="collapsed", W=np.tile(train.weights, (S, 1, 1)), noise_scales=np.ones((S, d)),
+                         orders=np.tile(np.arange(d), (S, 1)), decoder=LinearDecoder(
+                             np.tile(train.projection, (S, 1, 1)), np.zeros((S, D)), np.ones(S)),
+                         latent_mean=train.z, latent_scale=np.ones_like(train.z), elbo=np.zeros(config.steps),
+                         seconds=1.0, info={"config": dataclasses.asdict(config), "restart_elbo": [-config.steps],
+                                            "best_restart": 0, "refits": []})
+
+    monkeypatch.setattr(collapsed, "_fit_once", fit_once)
+    monkeypatch.setattr(collapsed, "posterior_moment_problems", lambda dataset, p: verdicts[p.info["config"]["steps"]])
+    verdicts |= {20: ["posterior predictive check: first"], 40: []}  # the refit passes: kept
+    post = fit(train, config={"steps": 20, "checkpoint_dir": str(tmp_path)}, seed=0, progress=False)
+    assert [c.steps for c in fits] == [20, 40] and fits[1].checkpoint_dir == str(tmp_path / "refit")
+    assert fits[1].refit_on_misfit == 0 and not post.diagnostics
+    assert post.info["refits"] == [{"steps": 20, "misfit": "posterior predictive check: first", "elbo": -20,
+                                    "refit_elbo": -40, "kept": "refit"}]
+    assert len(post.elbo) == 40 and post.info["moment_problems"] == []
+
+    fits.clear()  # both fail: the higher ELBO (the first's) is kept, and fit(...) reports its problems
+    verdicts[40] = ["posterior predictive check: refit"]
+    with pytest.warns(UserWarning, match="posterior predictive check: first"):
+        post = fit(train, config={"steps": 20}, seed=0, progress=False)
+    assert post.info["refits"][0]["kept"] == "first" and len(post.elbo) == 20
+    assert post.diagnostics == ["posterior predictive check: first"]
+
+    fits.clear()  # none allowed: one fit, not checked in it; fit(...) runs the real check (the stand-in misses)
+    with pytest.warns(UserWarning, match="misses the second moments"):
+        post = fit(train, config={"steps": 20, "refit_on_misfit": 0}, seed=0, progress=False)
+    assert len(fits) == 1 and post.info["refits"] == [] and "moment_problems" not in post.info
+
+
+@pytest.mark.slow
+def test_a_real_refit_doubles_the_steps_and_checkpoints_apart(data, monkeypatch, tmp_path):
+    """The same with real fits: the refit's ELBO trace is twice as long, its checkpoint in ``refit/``."""
+    import latentscm.inference.collapsed as collapsed
+
+    verdicts = [["posterior predictive check: stand-in"], []]
+    monkeypatch.setattr(collapsed, "posterior_moment_problems", lambda dataset, posterior: verdicts.pop(0))
+    cfg = {"steps": 20, "num_draws": 20, "chunk": 10, "checkpoint_dir": str(tmp_path)}
+    post = fit(data[0], config=cfg, seed=0, progress=False)
+    assert verdicts == [] and post.info["refits"][0]["kept"] == "refit" and len(post.elbo) == 40
+    assert (tmp_path / "checkpoint.npz").exists() and (tmp_path / "refit" / "checkpoint.npz").exists()

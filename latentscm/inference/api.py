@@ -7,12 +7,10 @@ import warnings
 from importlib import import_module
 from typing import Callable, NamedTuple
 
-import numpy as np
-
 from .._validate import normalise
 from ..data import DataError, Dataset
 from ..models.priors import parse_priors
-from .diagnostics import FitDiagnosticWarning, moment_problems
+from .diagnostics import FitDiagnosticWarning, posterior_moment_problems
 
 
 class Method(NamedTuple):
@@ -102,26 +100,20 @@ def fit(dataset, method="collapsed", *, config=None, priors=None, seed=0, progre
 
     Everything is validated before any compilation starts. Afterwards, for linear and identity decoders,
     the posterior predictive check of each target pattern's second moments
-    (:func:`~latentscm.inference.diagnostics.moment_problems`) runs on the draws; a failure is added to
-    ``Posterior.diagnostics`` and emitted as a ``FitDiagnosticWarning``.
+    (:func:`~latentscm.inference.diagnostics.posterior_moment_problems`) runs on the draws, unless the method ran
+    it itself (``info["moment_problems"]``); a failure is added to ``Posterior.diagnostics`` and emitted as a
+    ``FitDiagnosticWarning``.
     """
     cfg = check_fit_inputs(dataset, method, config)
     spec = parse_priors(priors)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     posterior = METHODS[method].fit(dataset, config=cfg, priors=spec, seed=seed, progress=progress)
-    if posterior.decoder.kind not in ("linear", "identity") or (posterior.decoder.kind == "identity"
-                                                                 and dataset.D != dataset.d):
+    problems = posterior.info.get("moment_problems")  # a method that ran the check itself
+    if problems is None:
+        problems = posterior_moment_problems(dataset, posterior)
+    if not problems:  # None: the check does not apply
         return posterior
-    targets, values = dataset.targets, dataset.values
-    if posterior.target_draws is not None:  # the check at the inferred targets (probability > 1/2)
-        inferred = (posterior.target_probs > 0.5).astype(np.int8)[np.searchsorted(posterior.regimes, dataset.regime)]
-        targets = np.where(dataset.target_unknown, inferred, dataset.targets)
-        values = np.where(targets > dataset.targets, np.nan, values)
-    value_scale = posterior.info.get("config", {}).get("value_scale", 1.0)  # the fit's own (auto: the kept fit's)
-    problems = moment_problems(dataset.x, targets, values,
-                               {"W": posterior.W, "noise_scales": posterior.noise_scales, **posterior.decoder},
-                               tau=posterior.tau, value_scale=value_scale)
     for problem in problems:
         warnings.warn(f"{method}: {problem}", FitDiagnosticWarning, stacklevel=2)
-    return dataclasses.replace(posterior, diagnostics=list(posterior.diagnostics) + problems) if problems else posterior
+    return dataclasses.replace(posterior, diagnostics=list(posterior.diagnostics) + problems)

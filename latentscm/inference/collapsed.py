@@ -49,7 +49,7 @@ from ..models.observed import identity_model, identity_stats
 from ..models.priors import parse_priors
 from ._datarules import check_decoder, check_known_order, check_pairs, check_unknowns
 from .decoders import IdentityDecoder, LinearDecoder
-from .diagnostics import FitDiagnosticWarning, moment_problems, restart_problems
+from .diagnostics import FitDiagnosticWarning, posterior_moment_problems, restart_problems
 from .guide import (draw, initial_params, make_sampler, mean_field_guide, scale_updates, site_specs,
                     softplus_inv, step_factors)
 from .initialise import initialise
@@ -349,9 +349,23 @@ def weighing_problem(built, dataset, priors, params):
 
 
 def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, progress=True):
-    """Fit the collapsed model to ``dataset``; returns a :class:`Posterior`."""
-    start, given = time.perf_counter(), config
-    priors = parse_priors(priors)
+    """Fit the collapsed model to ``dataset``; returns a :class:`Posterior`. A fit that fails the posterior
+    predictive check of its second moments is redone with twice the steps (:func:`refits` times at most) and the
+    better of the two kept (:func:`_refit`)."""
+    start = time.perf_counter()
+    posterior = _fit_once(dataset, config, parse_priors(priors), seed, progress)
+    if not refits(config, dataset.d):
+        return posterior
+    problems = posterior_moment_problems(dataset, posterior)
+    posterior.info["moment_problems"] = problems  # fit(...) reports them
+    if not problems:
+        return posterior
+    return _refit(dataset, config, priors, seed, progress, posterior, start)
+
+
+def _fit_once(dataset, config, priors, seed, progress):
+    """One fit of ``config`` (``priors`` parsed): the start, the steps, the draws, the order weighing, the latents."""
+    start = time.perf_counter()
     d = dataset.d
     # float64: everything under x64. float32: the statistics (centred per pattern) and the
     # latent summaries in float64, the SVI steps in float32 (the identity decoder's O(d^3) model: float64)
@@ -373,10 +387,6 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
         sampler = make_sampler(built.problem.guide, config.temperature[1], config.num_draws, d, built.known,
                                program_identity("collapsed.draws", config, priors, built.devices))
         draws = draw(sampler, svi.restart(svi.best), keys[1])
-        misfit = guide_misfit(dataset, config, draws) if built.tstats is None and refits(config, d) else []
-    if misfit:  # stopped short of the posterior, or a wrong graph: the fit again with twice the steps
-        return _refit(dataset, given, priors, seed, progress, misfit, start)
-    with jax.enable_x64(x64):
         # the other restarts' graphs (own keys: the posterior's draws are unchanged)
         others = {r: draw(sampler, svi.restart(r), keys[2 + r]) for r in range(config.num_restarts) if r != svi.best}
         restart_probs = np.stack([edge_probabilities(np.asarray(others.get(r, draws)["W"], np.float64))
@@ -426,33 +436,32 @@ def fit_collapsed(dataset, *, config: CollapsedConfig, priors=None, seed=0, prog
 
 
 def refits(config, d) -> int:
-    """How often a fit whose guide fails the moment check (:func:`guide_misfit`) is redone with twice the steps
-    (:func:`_refit`): ``refit_on_misfit``, or when None 1 up to :data:`REFIT_MAX_D` and 0 above."""
+    """How often a fit that fails the moment check (:func:`~.diagnostics.posterior_moment_problems`) may be
+    redone with twice the steps (:func:`_refit`): ``refit_on_misfit``, or when None 1 up to :data:`REFIT_MAX_D`
+    and 0 above."""
     if config.refit_on_misfit is not None:
         return config.refit_on_misfit
     return 1 if d <= REFIT_MAX_D else 0
 
 
-def _refit(dataset, config, priors, seed, progress, misfit, start):
-    """The fit of ``config`` (as given) again with twice the steps and one refit fewer, after ``misfit`` (the
-    check's sentences); its checkpoints in the subfolder ``refit`` of ``checkpoint_dir``. Its posterior records
-    the refit (``info["refits"]``) and counts the time of both fits."""
+def _refit(dataset, config, priors, seed, progress, first, start):
+    """The fit of ``config`` again with twice the steps and one refit fewer, after ``first`` failed its moment
+    check; its checkpoints in the subfolder ``refit`` of ``checkpoint_dir``. Kept: the fit that passes the check,
+    or when both fail the one with the higher ELBO (the best restart's tail median). ``info["refits"]`` records
+    each refit (the steps and misfit before it, both ELBOs, which was kept); ``seconds`` counts both fits."""
     longer = dataclasses.replace(config, steps=2 * config.steps, refit_on_misfit=refits(config, dataset.d) - 1)
     if config.checkpoint_dir is not None:
         longer = dataclasses.replace(longer, checkpoint_dir=str(Path(config.checkpoint_dir) / "refit"))
-    posterior = fit_collapsed(dataset, config=longer, priors=priors, seed=seed, progress=progress)
-    info = {**posterior.info, "refits": [{"steps": config.steps, "misfit": misfit[0]}] + posterior.info["refits"]}
-    return dataclasses.replace(posterior, info=info, seconds=time.perf_counter() - start)
-
-
-def guide_misfit(dataset, config, draws):
-    """The posterior predictive check of every target pattern's second moments
-    (:func:`~latentscm.inference.diagnostics.moment_problems`, as ``fit`` runs it afterwards) on the guide's
-    ``draws``: its sentences, empty when the fit passes. Known targets only."""
-    decoder = {"A": draws.get("decoder_weight"), "b": draws.get("decoder_bias"), "obs_scale": draws.get("obs_scale")}
-    return moment_problems(dataset.x, dataset.targets, dataset.values,
-                           {"W": draws["W"], "noise_scales": draws["noise_scale"], **decoder},
-                           tau=config.tau, value_scale=config.value_scale)
+    second = fit_collapsed(dataset, config=longer, priors=priors, seed=seed, progress=progress)
+    if second.info.get("moment_problems") is None:  # no refit left there: its check not run yet
+        second.info["moment_problems"] = posterior_moment_problems(dataset, second)
+    elbo = [p.info["restart_elbo"][p.info["best_restart"]] for p in (first, second)]
+    keep = 1 if not second.info["moment_problems"] or elbo[1] >= elbo[0] else 0
+    record = {"steps": config.steps, "misfit": first.info["moment_problems"][0], "elbo": elbo[0],
+              "refit_elbo": elbo[1], "kept": ("first", "refit")[keep]}
+    kept = (first, second)[keep]
+    info = {**kept.info, "refits": [record] + second.info["refits"]}
+    return dataclasses.replace(kept, info=info, seconds=time.perf_counter() - start)
 
 
 def uses_mixture(config, d) -> bool:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..models.collapsed import group_rows
 
-__all__ = ["FitDiagnosticWarning", "restart_problems", "elbo_noise", "moment_problems", "pattern_moments"]
+__all__ = ["FitDiagnosticWarning", "restart_problems", "elbo_noise", "moment_problems", "pattern_moments",
+           "posterior_moment_problems"]
 
 #: an edge belongs to a restart's graph when its posterior probability exceeds this
 EDGE_PROB = 0.5
@@ -204,3 +205,21 @@ def moment_problems(x, targets, values, draws, *, tau, value_scale, max_draws=20
             f"target patterns (worst: targets {nodes or 'none'}, {n[worst]} rows, misfit {kl[worst]:.2f} nats per "
             f"row, p = {pval[worst]:.1e}); the graph, the decoder (e.g. an image renderer that saturates) or the "
             "latents may be wrong, or the optimisation stopped short of the posterior (try more steps)"]
+
+
+def posterior_moment_problems(dataset, posterior):
+    """:func:`moment_problems` of ``posterior``'s draws on ``dataset`` (where targets were inferred, at the
+    targets of probability > 1/2, their values unknown); None where the check does not apply (a decoder other
+    than linear, or the identity where x is not z)."""
+    kind = posterior.decoder.kind
+    if kind not in ("linear", "identity") or (kind == "identity" and dataset.D != dataset.d):
+        return None
+    targets, values = dataset.targets, dataset.values
+    if posterior.target_draws is not None:
+        inferred = (posterior.target_probs > 0.5).astype(np.int8)[np.searchsorted(posterior.regimes, dataset.regime)]
+        targets = np.where(dataset.target_unknown, inferred, dataset.targets)
+        values = np.where(targets > dataset.targets, np.nan, values)
+    value_scale = posterior.info.get("config", {}).get("value_scale", 1.0)  # the fit's own (auto: the kept fit's)
+    return moment_problems(dataset.x, targets, values,
+                           {"W": posterior.W, "noise_scales": posterior.noise_scales, **posterior.decoder},
+                           tau=posterior.tau, value_scale=value_scale)
