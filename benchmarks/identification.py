@@ -78,7 +78,7 @@ METRICS = ["e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse", "targe
 TARGET_AUROC_BOUND = 0.95
 UNKNOWN_E_SHD_BOUND = {5: 1.0, 10: 2.0}
 COLUMNS = KEYS + ["seed", "n", "D", "n_regimes", "rows_per_regime", "weak_edges"] + METRICS + [
-    "seconds", "wall_s", "peak_rss_mb", "cpus", "config", "error"]
+    "refits", "seconds", "wall_s", "peak_rss_mb", "cpus", "config", "error"]
 E_SHD_BOUND = {5: 0.5, 10: 1.0, 20: 2.0}
 AUROC_BOUND, MCC_BOUND, SINGLE_SECONDS = 0.97, 0.95, 30.0
 METHOD = "collapsed"
@@ -230,7 +230,7 @@ def run_cell(cell, work, *, progress=True):
     start = time.perf_counter()
     try:
         metrics = run_fit_process(data, fits, method=METHOD, seed=cell.seed, config=config, name=cell.name)
-        record |= {k: metrics.get(k) for k in ["n", "D"] + METRICS + ["seconds", "wall_s", "peak_rss_mb"]}
+        record |= {k: metrics.get(k) for k in ["n", "D"] + METRICS + ["refits", "seconds", "wall_s", "peak_rss_mb"]}
         record["error"] = ""
     except Exception as e:  # noqa: BLE001 - recorded; the plan goes on
         record |= {"wall_s": time.perf_counter() - start, "error": str(e).strip().splitlines()[-1][:300]}
@@ -260,6 +260,11 @@ def _fmt(x, nd=2):
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
 
 
+def _per_seed(g, column):
+    """``a / b / c``: an integer column per seed ("-" where a record lacks it)."""
+    return " / ".join("-" if pd.isna(v) else str(int(v)) for v in g[column]) if column in g else "-"
+
+
 def summary(table):
     """One row per (generator, values, design, targets, d): means over seeds, per-seed E-SHD, the check."""
     ok = table[table["error"].fillna("") == ""]
@@ -282,8 +287,8 @@ def summary(table):
             "N": int(g["n"].iloc[0]), "D": int(g["D"].iloc[0]), "seeds": ",".join(str(int(s)) for s in g["seed"]),
             "E-SHD": _fmt(mean["e_shd"], 3),
             "E-SHD per seed": " / ".join(_fmt(v) for v in g["e_shd"]),
-            "weak edges per seed": (" / ".join("-" if pd.isna(v) else str(int(v)) for v in g["weak_edges"])
-                                    if "weak_edges" in g else "-"),
+            "weak edges per seed": _per_seed(g, "weak_edges"),
+            "refits per seed": _per_seed(g, "refits"),
             "AUROC": _fmt(mean["auroc"], 3), "AUPRC": _fmt(mean["auprc"], 3), "MCC": _fmt(mean["mcc"], 3),
             "edge RMSE": _fmt(mean["edge_rmse"], 3),
             "target AUROC": _fmt(mean.get("target_auroc", np.nan), 3),
@@ -319,7 +324,9 @@ def write_tables(records, out):
         "values (`unknown_values = \"latent\"`), `gaussian` = known values (control). N counts rows "
         "(paired: twice the pairs). The `cpus` column of the CSV is the process's CPU affinity size. "
         "`weak edges`: true edges with |w| <= 0.3, the metrics' edge threshold, which no fit can count as "
-        "found (each adds up to 1 to that seed's E-SHD; the independent generator draws |w| ~ U(0.4, 1.5)).\n\n"
+        "found (each adds up to 1 to that seed's E-SHD; the independent generator draws |w| ~ U(0.4, 1.5)). "
+        "`refits`: the fit failed its moment check and was redone with twice the steps, the better of the two "
+        "kept (`refit_on_misfit`, docs/collapsed.md; blank: a record from before refits).\n\n"
         f"Acceptance per row: mean E-SHD within the bound for its d, mean AUROC >= {AUROC_BOUND}, mean MCC >= "
         f"{MCC_BOUND}; single-target knockouts at d = 5 also every fit <= {SINGLE_SECONDS:g} s (`fit s`).\n\n"
         + (summ.to_markdown(index=False) if len(summ) else "(no finished fits)") + "\n\n"
