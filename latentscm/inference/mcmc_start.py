@@ -33,7 +33,8 @@ def chain_starts(dataset, config, rng):
         from .collapsed import CollapsedConfig, fit_collapsed
 
         svi = fit_collapsed(dataset, config=CollapsedConfig(
-            steps=config.svi_init_steps, num_draws=max(C, 2), tau=config.tau, known_order=config.known_order),
+            steps=config.svi_init_steps, num_draws=max(C, 2), tau=config.tau, known_order=config.known_order,
+            refit_on_misfit=0),  # a start only: no refit
             priors=None, seed=int(rng.integers(2**31)), progress=False)
     starts, orders = [], []
     for c in range(C):
