@@ -205,7 +205,7 @@ def main(argv=None):
                 print(records[-1], flush=True)
     records = [r for rec in records for r in (rec if isinstance(rec, list) else [rec])]
     df = pd.DataFrame(records)
-    cols = ["case", "seed", "d", "D", "n", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
+    cols = ["case", "seed", "d", "D", "n", "refits", "e_shd", "e_shd_double", "auroc", "auprc", "mcc", "edge_rmse",
             "heldout_nll", "seconds", "wall_s", "cpu_s"]
     df = df[[c for c in cols if c in df]]
     df.to_csv(RESULTS / f"{args.name}.csv", index=False)
