@@ -451,6 +451,20 @@ def test_fit_failing_its_moment_check_is_redone_with_twice_the_steps(data, monke
     assert post.info["refits"][0]["kept"] == "first" and len(post.elbo) == 20
     assert post.diagnostics == ["posterior predictive check: first"]
 
+    def diverging(dataset, config, *args):
+        if config.steps > 20:
+            raise FloatingPointError("SVI: the loss became nan")
+        return fit_once(dataset, config, *args)
+
+    fits.clear()  # the refit diverges: the first fit stands, and says why
+    monkeypatch.setattr(collapsed, "_fit_once", diverging)
+    with pytest.warns(UserWarning, match="posterior predictive check: first"):
+        post = fit(train, config={"steps": 20}, seed=0, progress=False)
+    assert post.info["refits"] == [{"steps": 20, "misfit": "posterior predictive check: first", "elbo": -20,
+                                    "refit_error": "SVI: the loss became nan", "kept": "first"}]
+    assert len(post.elbo) == 20
+
+    monkeypatch.setattr(collapsed, "_fit_once", fit_once)
     fits.clear()  # none allowed: one fit, not checked in it; fit(...) runs the real check (the stand-in misses)
     with pytest.warns(UserWarning, match="misses the second moments"):
         post = fit(train, config={"steps": 20, "refit_on_misfit": 0}, seed=0, progress=False)

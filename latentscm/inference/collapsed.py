@@ -447,18 +447,24 @@ def refits(config, dataset) -> int:
 def _refit(dataset, config, priors, seed, progress, first, start):
     """The fit of ``config`` again with twice the steps and one refit fewer, after ``first`` failed its moment
     check; its checkpoints in the subfolder ``refit`` of ``checkpoint_dir``. Kept: the fit that passes the check,
-    or when both fail the one with the higher ELBO (the best restart's tail median). ``info["refits"]`` records
-    each refit (the steps and misfit before it, both ELBOs, which was kept); ``seconds`` counts both fits."""
+    or when both fail the one with the higher ELBO (the best restart's tail median), or the first when the refit's
+    loss became non-finite. ``info["refits"]`` records each refit (the steps and misfit before it, both ELBOs or
+    the refit's error, which was kept); ``seconds`` counts both fits."""
     longer = dataclasses.replace(config, steps=2 * config.steps, refit_on_misfit=refits(config, dataset) - 1)
     if config.checkpoint_dir is not None:
         longer = dataclasses.replace(longer, checkpoint_dir=str(Path(config.checkpoint_dir) / "refit"))
-    second = fit_collapsed(dataset, config=longer, priors=priors, seed=seed, progress=progress)
+    record = {"steps": config.steps, "misfit": first.info["moment_problems"][0],
+              "elbo": first.info["restart_elbo"][first.info["best_restart"]]}
+    try:
+        second = fit_collapsed(dataset, config=longer, priors=priors, seed=seed, progress=progress)
+    except FloatingPointError as e:  # the longer steps diverged: the first fit stands
+        info = {**first.info, "refits": [record | {"refit_error": str(e), "kept": "first"}]}
+        return dataclasses.replace(first, info=info, seconds=time.perf_counter() - start)
     if second.info.get("moment_problems") is None:  # no refit left there: its check not run yet
         second.info["moment_problems"] = posterior_moment_problems(dataset, second)
-    elbo = [p.info["restart_elbo"][p.info["best_restart"]] for p in (first, second)]
-    keep = 1 if not second.info["moment_problems"] or elbo[1] >= elbo[0] else 0
-    record = {"steps": config.steps, "misfit": first.info["moment_problems"][0], "elbo": elbo[0],
-              "refit_elbo": elbo[1], "kept": ("first", "refit")[keep]}
+    record["refit_elbo"] = second.info["restart_elbo"][second.info["best_restart"]]
+    keep = 1 if not second.info["moment_problems"] or record["refit_elbo"] >= record["elbo"] else 0
+    record["kept"] = ("first", "refit")[keep]
     kept = (first, second)[keep]
     info = {**kept.info, "refits": [record] + second.info["refits"]}
     return dataclasses.replace(kept, info=info, seconds=time.perf_counter() - start)
