@@ -62,7 +62,7 @@ from .targets import has_observational_regime, hard_targets, open_target_stats, 
 _SUMMARY_NUMBERS = 5e6  # latent summaries: (draws, rows, k (D + d)) arrays (residuals k D wide) at most this big
 _SHARDED_DRAWS = 8  # latent summaries over several devices: draws per call
 MIXTURE_MAX_D = 5  # order_posterior = "auto": orders weighed up to this d (docs/collapsed.md, the order posterior)
-REFIT_MAX_D = 5  # refit_on_misfit None: one refit up to this d (targets known), none above (docs/collapsed.md)
+REFIT_MAX_D = 5  # refit_on_misfit None: one refit up to this d, none above (docs/collapsed.md)
 PAIR_WARMUP_MAX_D = 5  # pair_warmup None: half the steps warm up to this d, none above (docs/collapsed.md, pairs)
 _PATTERN_BUCKET = 4  # patterns and factor blocks padded to a multiple of this with empty ones (they add exactly
 # nothing): datasets of one design, whose count of distinct patterns varies by a few, share compiled programs
@@ -88,7 +88,7 @@ class CollapsedConfig:
     tau: float = setting(0.1, number(gt=0))
     use_pairs: bool = setting(False, flag())
     pair_warmup: float | None = setting(None, optional(number(ge=0, lt=1), "for 0.5 up to d = 5 and 0 above"))
-    refit_on_misfit: int | None = setting(None, optional(integer(0), "for 1 up to d = 5 with known targets, else 0"))
+    refit_on_misfit: int | None = setting(None, optional(integer(0), "for 1 up to d = 5 and 0 above"))
     unknown_values: str = setting("error", one_of("error", "latent"))
     value_scale: float = setting(2.0, number(gt=0))
     unknown_targets: str = setting("error", one_of("error", "latent"))
@@ -438,10 +438,10 @@ def _fit_once(dataset, config, priors, seed, progress):
 def refits(config, dataset) -> int:
     """How often a fit that fails the moment check (:func:`~.diagnostics.posterior_moment_problems`) may be
     redone with twice the steps (:func:`_refit`): ``refit_on_misfit``, or when None 1 up to :data:`REFIT_MAX_D`
-    latents with every target known (measured there, docs/collapsed.md) and 0 otherwise."""
+    latents and 0 above (docs/collapsed.md)."""
     if config.refit_on_misfit is not None:
         return config.refit_on_misfit
-    return 1 if dataset.d <= REFIT_MAX_D and dataset.target_unknown is None else 0
+    return 1 if dataset.d <= REFIT_MAX_D else 0
 
 
 def _refit(dataset, config, priors, seed, progress, first, start):
