@@ -83,8 +83,10 @@ def _finish(args, posterior, metrics, dataset, *, save_dataset, info) -> None:
     _print_metrics(metrics)
     for problem in list(getattr(posterior, "diagnostics", [])) + criticism.problems:  # the evidence disagrees
         print(f"warning: {problem}")
-    for refit in posterior.info.get("refits", []):
-        print(f"note: refitted with {2 * refit['steps']} steps: the {refit['steps']}-step fit failed its {refit['misfit']}")
+    for refit in posterior.info.get("refits", []):  # which fit was kept, and why it was redone
+        failed = f" (the refit failed: {refit['refit_error']})" if "refit_error" in refit else ""
+        print(f"note: refitted with {2 * refit['steps']} steps, kept the {refit['kept']} fit{failed}: the "
+              f"{refit['steps']}-step fit failed its {refit['misfit']}")
     for note in criticism.notes:  # about the criticism's own estimates
         print(f"note: {note}")
     out = Path(args.out) if args.out else _default_out(posterior.method, args.seed)

@@ -124,7 +124,9 @@ def test_cli_prints_the_diagnostics_after_the_metrics(tmp_path, capsys, monkeypa
     post = Posterior(method="collapsed", W=np.tile(train.weights, (S, 1, 1)), noise_scales=np.ones((S, d)),
                      orders=np.tile(np.arange(d), (S, 1)),
                      decoder=LinearDecoder(np.tile(train.projection, (S, 1, 1)), np.zeros((S, D)), np.ones(S)),
-                     latent_mean=train.z, latent_scale=np.ones_like(train.z), elbo=np.zeros(0), seconds=1.0)
+                     latent_mean=train.z, latent_scale=np.ones_like(train.z), elbo=np.zeros(0), seconds=1.0,
+                     info={"refits": [{"steps": 1000, "misfit": "posterior predictive check: stand-in", "elbo": 1.0,
+                                       "refit_elbo": 0.5, "kept": "first"}]})
     problems = ["restarts disagree on the graph: restart 1 differs from the best (restart 0) in 1 edge"]
 
     def fake_fit(dataset, method="collapsed", **kwargs):
@@ -137,8 +139,13 @@ def test_cli_prints_the_diagnostics_after_the_metrics(tmp_path, capsys, monkeypa
         assert main(["fit", "--data", str(train.save(tmp_path / "t.npz")), "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[out.index(f"warning: {problems[0]}") - 1].startswith("ppc_failed")  # right after the metrics
-    written = json.loads((tmp_path / "run" / "metrics.json").read_text())["diagnostics"]
-    assert written[:1] == problems  # then the model criticism's own (this hand-built posterior misses regime 0)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["diagnostics"][:1] == problems  # then the model criticism's own (this posterior misses regime 0)
+    # a refit: counted in the metrics, said in a note, recorded in run.json
+    assert ("note: refitted with 2000 steps, kept the first fit: the 1000-step fit failed its posterior predictive "
+            "check: stand-in") in out
+    assert written["refits"] == 1
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["refits"] == post.info["refits"]
 
 
 def test_moment_check_passes_the_truth_and_fails_a_wrong_graph():
